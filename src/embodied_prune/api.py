@@ -1,0 +1,184 @@
+"""The Python API: the same operations as the CLI verbs, on model objects or model specs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .errors import EmbodiedPruneError
+from .io import check_output_dir
+from .models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
+from .pruning.calibration import calibration_ids
+from .pruning.masks import check_sparsity, parse_pattern
+from .pruning.structured import prune_structured
+from .pruning.unstructured import METHODS, prune_unstructured
+from .recovery.gluestick import GluestickReport, attach_factors, compute_factors, save_factors
+
+PRUNE_METHODS = ("structured", *METHODS.names())
+
+
+@dataclass
+class Outcome:
+    """A compressed model, what was done to it, and where it was saved (if anywhere)."""
+
+    model: PreTrainedModel
+    record: dict[str, Any]
+    path: Path | None = None
+    details: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _resolve(model: PreTrainedModel | str | os.PathLike, with_factors: bool = True):
+    """``(model, tokenizer, history)`` for a model object or a spec."""
+    if isinstance(model, (str, os.PathLike)):
+        where = resolve_model_path(model)
+        history = read_side_file(where).get("history", []) if Path(where).is_dir() else []
+        return load_model(model, with_factors=with_factors), load_tokenizer(model), history
+    return model, None, []
+
+
+def _check_layers(layers: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    if layers is None or isinstance(layers, tuple):
+        return layers
+    try:
+        start, end = (int(x) for x in str(layers).split(":"))
+    except ValueError:
+        raise EmbodiedPruneError(f"layer range {layers!r} is not of the form START:END (e.g. 4:30).") from None
+    return start, end
+
+
+def prune(
+    model: PreTrainedModel | str | os.PathLike,
+    method: str,
+    sparsity: float | None = None,
+    pattern: str | tuple[int, int] | None = None,
+    importance: str = "l2",
+    taylor: str = "param_first",
+    attention: str = "auto",
+    layers: tuple[int, int] | str | None = None,
+    calibration: str | os.PathLike | torch.Tensor | None = "random",
+    n_samples: int = 32,
+    seq_len: int = 128,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Outcome:
+    """Prune ``model`` (an object, pruned in place, or a spec: path, hub id or ``builtin:NAME``).
+
+    ``method`` is ``structured`` (physically removes heads and MLP channels) or an unstructured
+    method (magnitude, wanda, sparsegpt) with ``sparsity`` or an N:M ``pattern`` such as ``"2:4"``.
+    With ``out`` the result is saved there atomically.
+    """
+    if method not in PRUNE_METHODS:
+        raise EmbodiedPruneError(f"unknown pruning method {method!r}; choose one of: {', '.join(PRUNE_METHODS)}.")
+    nm = parse_pattern(pattern)
+    if nm is not None and method == "structured":
+        raise EmbodiedPruneError(
+            "N:M patterns apply to unstructured methods (magnitude, wanda, sparsegpt), not structured."
+        )
+    if nm is not None:
+        implied = 1 - nm[0] / nm[1]
+        if sparsity is not None and abs(sparsity - implied) > 1e-9:
+            raise EmbodiedPruneError(
+                f"pattern {nm[0]}:{nm[1]} means sparsity {implied:g}, but sparsity {sparsity:g} was asked; "
+                "pass only one."
+            )
+        sparsity = implied
+    if sparsity is None:
+        raise EmbodiedPruneError("pass a sparsity (fraction removed, e.g. 0.5) or an N:M pattern (e.g. 2:4).")
+    check_sparsity(sparsity)
+    span = _check_layers(layers)
+    if out is not None:
+        check_output_dir(out, overwrite)
+    source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    model, tokenizer, history = _resolve(model, with_factors=False)
+    needs_data = (method == "structured" and importance == "taylor") or (
+        method != "structured" and METHODS.get(method).needs_calibration
+    )
+    ids = None
+    if needs_data:
+        ids = calibration_ids(calibration, n_samples, seq_len, model.config.vocab_size, tokenizer, seed)
+    if method == "structured":
+        details = prune_structured(
+            model, sparsity, importance, taylor, attention, layers=span, calibration=ids, seed=seed, progress=progress
+        )
+    else:
+        details = prune_unstructured(model, method, sparsity, nm, calibration=ids, layers=span, progress=progress)
+    record = {
+        "op": "prune",
+        "method": method,
+        "sparsity": sparsity,
+        "pattern": f"{nm[0]}:{nm[1]}" if nm else None,
+        "importance": importance if method == "structured" else None,
+        "taylor": taylor if method == "structured" and importance == "taylor" else None,
+        "attention": attention if method == "structured" else None,
+        "layers": list(span) if span else None,
+        "calibration": None
+        if ids is None
+        else (str(calibration) if not isinstance(calibration, torch.Tensor) else "tensor"),
+        "calibration_samples": None if ids is None else list(ids.shape),
+        "seed": seed,
+        "source": source,
+        "date": _now(),
+    }
+    history = [*history, record]
+    path = save_model(model, out, tokenizer, history, overwrite) if out is not None else None
+    return Outcome(model, record, path, details, history)
+
+
+def recover(
+    dense: PreTrainedModel | str | os.PathLike,
+    pruned: PreTrainedModel | str | os.PathLike,
+    rank: int,
+    svd: str = "exact",
+    include: list[str] | None = None,
+    exclude: tuple[str, ...] | list[str] = ("lm_head",),
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Outcome:
+    """GLUESTICK: attach rank-``rank`` corrections of ``dense − pruned`` to the pruned model.
+
+    Returns the corrected model (a copy of ``pruned`` when it is a spec, else ``pruned`` itself, wrapped
+    in place) and a :class:`GluestickReport` in ``details``. With ``out`` the pruned checkpoint and its
+    ``gluestick.safetensors`` are saved there atomically.
+    """
+    if out is not None:
+        check_output_dir(out, overwrite)
+    dense_model, _, _ = _resolve(dense, with_factors=False)
+    pruned_model, tokenizer, history = _resolve(pruned, with_factors=False)
+    report: GluestickReport = compute_factors(dense_model, pruned_model, rank, svd, include, exclude)
+    record = {
+        "op": "recover",
+        "method": "gluestick",
+        "rank": rank,
+        "svd": svd,
+        "layers": len(report.layers),
+        "extra_parameters": report.extra_parameters,
+        "overhead": report.overhead,
+        "dense": str(dense) if isinstance(dense, (str, os.PathLike)) else None,
+        "date": _now(),
+    }
+    history = [*history, record]
+    path = None
+    if out is not None:
+        path = save_model(
+            pruned_model,
+            out,
+            tokenizer,
+            history,
+            overwrite,
+            extra={"gluestick": lambda tmp: save_factors(report.layers, tmp, svd)},
+        )
+    attach_factors(pruned_model, report.layers)
+    return Outcome(pruned_model, record, path, report, history)

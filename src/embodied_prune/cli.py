@@ -1,0 +1,343 @@
+"""``embodied-prune``: one console script, one verb per task; each verb is a thin call into the library.
+
+Every model argument takes a checkpoint folder, a Hugging Face hub id or ``builtin:NAME``
+(``embodied-prune models`` lists those). Bad input ends with one line naming the problem and the fix,
+exit status 2, and nothing half-written on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import EmbodiedPruneError
+
+EXIT_USAGE = 2
+
+EPILOG_MODELS = "Model arguments take a checkpoint folder, a hub id, or builtin:NAME (see `embodied-prune models`)."
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=100)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our exit convention: usage errors print one line and exit 2."""
+
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _sparsity(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity {text!r} is not a number; pass e.g. 0.5") from None
+
+
+# --- verbs ------------------------------------------------------------------------------------------
+
+
+def cmd_prune(a: argparse.Namespace) -> None:
+    from .api import prune
+
+    outcome = prune(
+        a.model,
+        a.method,
+        a.sparsity,
+        a.pattern,
+        a.importance,
+        a.taylor,
+        a.attention,
+        a.layers,
+        a.calibration,
+        a.calibration_samples,
+        a.calibration_seq_len,
+        a.seed,
+        a.out,
+        a.overwrite,
+        progress=not a.quiet,
+    )
+    from .bench.speed import count_parameters
+
+    params, nonzero, nbytes = count_parameters(outcome.model)
+    print(f"pruned {a.model} with {a.method} → {outcome.path}")
+    print(f"parameters: {params:,} (non-zero {nonzero:,}), weights {nbytes / 2**20:.1f} MiB")
+    side = json.loads((outcome.path / "embodied_prune.json").read_text())
+    if side["layer_shapes"]:
+        print("layer shapes differ: load it with embodied_prune.load_model (plain from_pretrained cannot).")
+    else:
+        print("plain transformers AutoModelForCausalLM.from_pretrained loads this folder.")
+
+
+def cmd_recover(a: argparse.Namespace) -> None:
+    from .api import recover
+
+    outcome = recover(a.dense, a.pruned, a.rank, a.svd, a.include, a.exclude, a.out, a.overwrite)
+    rep = outcome.details
+    print(f"GLUESTICK rank {a.rank} on {len(rep.layers)} layers → {outcome.path}")
+    print(
+        f"extra parameters: {rep.extra_parameters:,} ({100 * rep.overhead:.1f} % of the corrected layers' "
+        f"{rep.base_parameters:,})"
+    )
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    import torch
+
+    from .bench.speed import bench_models
+    from .evaluation.report import human_bytes, markdown_table
+    from .io import atomic_write_text
+    from .models.checkpoint import load_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise EmbodiedPruneError(f"device {a.device} was asked for but CUDA is not available; use --device cpu.")
+    names = _unique_names(a.model)
+    models = {n: load_model(spec).to(a.device) for n, spec in zip(names, a.model, strict=True)}
+    rows = bench_models(
+        models,
+        a.prompt_len,
+        a.new_tokens,
+        a.repeats,
+        a.warmup,
+        a.seed,
+        memory_specs=None if a.no_memory else dict(zip(names, a.model, strict=True)),
+        progress=not a.quiet,
+    )
+    base = rows[0]
+    table = [
+        {
+            **r.to_dict(),
+            "weights": human_bytes(r.weight_bytes),
+            "peak": human_bytes(r.peak_memory_bytes),
+            "speedup": r.decode_tokens_per_s / base.decode_tokens_per_s,
+        }
+        for r in rows
+    ]
+    print(
+        markdown_table(
+            table,
+            [
+                ("model", "model"),
+                ("params", "params"),
+                ("nonzero_params", "non-zero"),
+                ("weights", "weights"),
+                ("prefill_ms", "prefill ms"),
+                ("decode_tokens_per_s", "decode tok/s"),
+                ("speedup", f"decode × vs {base.model}"),
+                ("peak", "peak memory"),
+            ],
+        )
+    )
+    print(
+        f"\n{base.device}, {base.threads} threads, prompt {a.prompt_len}, {a.new_tokens} new tokens, "
+        f"median of {a.repeats}"
+    )
+    if a.json:
+        atomic_write_text(a.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
+def _unique_names(specs: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for s in specs:
+        base = s if s.startswith("builtin:") else os.path.basename(os.path.normpath(s)) or s
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
+def cmd_models(a: argparse.Namespace) -> None:
+    from .models.builtin import list_builtins
+
+    for m in list_builtins():
+        kind = "shipped" if m.shipped else "built on first use"
+        print(f"builtin:{m.name:<14} [{kind}] {m.description}")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(out=a.out, quick=a.quick, overwrite=a.overwrite, progress=not a.quiet)
+
+
+# --- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pruning.calibration import CALIBRATION_HELP
+    from .pruning.importance import CRITERIA, TAYLOR_VARIANTS
+    from .pruning.structured import ATTENTION_MODES
+    from .recovery.gluestick import SVD_METHODS
+
+    p = _Parser(prog="embodied-prune", description=__doc__, formatter_class=_formatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
+
+    def verb(name: str, fn: Callable, help: str, description: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=description, epilog=EPILOG_MODELS, formatter_class=_formatter)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return sp
+
+    sp = verb(
+        "prune",
+        cmd_prune,
+        "prune a causal LM (structured, magnitude, Wanda, SparseGPT, N:M)",
+        "Prune the decoder layers of a causal LM and save it as a Hugging Face checkpoint.\n\n"
+        "  structured  removes whole attention heads (with their KV groups) and MLP channels, LLM-Pruner\n"
+        "              style: the model gets physically smaller and faster. --sparsity is the fraction of\n"
+        "              heads and MLP channels removed per pruned layer.\n"
+        "  magnitude   zeroes the smallest |w| of each layer (no data needed).\n"
+        "  wanda       zeroes the smallest |w|·sqrt(E[x²]) per output row (needs calibration data).\n"
+        "  sparsegpt   prunes with second-order weight updates (needs calibration data).\n\n"
+        "Unstructured methods take --sparsity or an N:M --pattern (2:4 keeps 2 of every 4 inputs).\n"
+        "Example:\n"
+        "  embodied-prune prune --model builtin:tinylm --method wanda --pattern 2:4 --out runs/tinylm-w24",
+    )
+    sp.add_argument("--model", required=True, help="model to prune")
+    sp.add_argument("--method", required=True, help="structured, magnitude, wanda or sparsegpt")
+    sp.add_argument("--sparsity", type=_sparsity, help="fraction removed, in [0, 1) (e.g. 0.5)")
+    sp.add_argument(
+        "--pattern", metavar="N:M", help="N:M sparsity for unstructured methods (e.g. 2:4); implies the sparsity"
+    )
+    sp.add_argument(
+        "--importance",
+        default="l2",
+        help=f"structured: criterion ranking the groups, one of {', '.join(CRITERIA.names())} (default l2)",
+    )
+    sp.add_argument(
+        "--taylor",
+        default="param_first",
+        help=f"structured + taylor: variant, one of {', '.join(TAYLOR_VARIANTS)} (default param_first)",
+    )
+    sp.add_argument(
+        "--attention",
+        default="auto",
+        help=f"structured: how heads go, one of {', '.join(ATTENTION_MODES)} "
+        "(auto picks whole KV groups or query heads within groups, whichever lands closer to the sparsity)",
+    )
+    sp.add_argument(
+        "--layers",
+        metavar="START:END",
+        help="prune only decoder layers START..END-1 (e.g. 4:30 leaves the first 4 and the last dense)",
+    )
+    sp.add_argument("--calibration", default="random", help=CALIBRATION_HELP + " (default random)")
+    sp.add_argument("--calibration-samples", type=int, default=32, help="number of calibration sequences (default 32)")
+    sp.add_argument(
+        "--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)"
+    )
+    sp.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and random importance")
+    sp.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    sp = verb(
+        "recover",
+        cmd_recover,
+        "GLUESTICK: training-free low-rank recovery of a pruned model",
+        "For every pruned linear layer, the truncated SVD (rank R) of W_dense − W_pruned gives factors\n"
+        "applied beside the sparse weight at inference: y = W_pruned·x + U_r(V_rᵀx). No training.\n"
+        "The output folder holds the pruned checkpoint plus gluestick.safetensors; embodied_prune.load_model\n"
+        "loads both (plain from_pretrained loads the pruned model without the correction).\n\n"
+        "Example:\n"
+        "  embodied-prune recover --dense builtin:tinylm --pruned runs/tinylm-w24 --rank 16 --out runs/tinylm-w24-r16",
+    )
+    sp.add_argument("--dense", required=True, help="the dense model the pruned one was made from")
+    sp.add_argument("--pruned", required=True, help="the pruned model (same layer shapes: unstructured or N:M pruning)")
+    sp.add_argument(
+        "--rank", type=int, required=True, help="rank R of every correction (clipped to each layer's min(d_in, d_out))"
+    )
+    sp.add_argument(
+        "--svd", default="exact", choices=SVD_METHODS, help="exact SVD or randomized (faster on large layers)"
+    )
+    sp.add_argument(
+        "--include",
+        nargs="*",
+        metavar="PATTERN",
+        help="only layers matching these glob patterns or last names (e.g. down_proj)",
+    )
+    sp.add_argument(
+        "--exclude", nargs="*", default=["lm_head"], metavar="PATTERN", help="skip these layers (default lm_head)"
+    )
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    sp = verb(
+        "bench",
+        cmd_bench,
+        "side-by-side size, prefill, decode speed and memory of several models",
+        "Measures parameters, weight bytes, prefill latency, greedy decode tokens/s (KV cache, fixed\n"
+        "length, warm-up, median of repeats, models interleaved) and peak memory (fresh subprocess per\n"
+        "model) for every --model, in one run. Speed-ups are relative to the first model.\n\n"
+        "Example:\n"
+        "  embodied-prune bench --model builtin:llama-130m --model runs/llama-130m-s50 --json bench.json",
+    )
+    sp.add_argument("--model", action="append", required=True, help="a model to measure (repeat the option for more)")
+    sp.add_argument("--prompt-len", type=int, default=64, help="prompt tokens for prefill (default 64)")
+    sp.add_argument("--new-tokens", type=int, default=64, help="greedy tokens decoded after the prompt (default 64)")
+    sp.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per model; the median is reported (default 5)"
+    )
+    sp.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    sp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
+    sp.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    sp.add_argument("--json", help="write the rows to this JSON file (a list of objects)")
+
+    verb("models", cmd_models, "list the built-in models", "List the models addressable as builtin:NAME.")
+
+    sp = verb(
+        "demo",
+        cmd_demo,
+        "prune, recover and measure the built-in models end to end",
+        "Prunes builtin:tinylm structurally (Taylor, 50 %) and with 2:4 Wanda, recovers the 2:4 model with\n"
+        "GLUESTICK at several ranks, and prints one table of parameters, output fidelity (KL to the dense\n"
+        "model on held-out text) and speed; then measures decode speed of builtin:llama-130m dense vs\n"
+        "50 % structured side by side. Artefacts go to --out.",
+    )
+    sp.add_argument(
+        "--out", default="runs/demo", help="folder for the pruned checkpoints and the report (default runs/demo)"
+    )
+    sp.add_argument("--quick", action="store_true", help="skip the 130 M-parameter speed section")
+    sp.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        args.fn(args)
+    except EmbodiedPruneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

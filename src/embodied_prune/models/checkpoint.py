@@ -1,0 +1,272 @@
+"""Saving and loading (pruned) checkpoints.
+
+A checkpoint is an ordinary Hugging Face folder (``config.json`` + safetensors) plus a side file,
+``embodied_prune.json``, that plain ``transformers`` ignores::
+
+    {
+      "format": 1,
+      "layer_shapes": null | [{"num_heads": 8, "num_kv_heads": 2, "head_dim": 64,
+                               "intermediate_size": 1024}, ...],   # one entry per decoder layer
+      "history": [{"op": "prune", "method": "structured", "sparsity": 0.5, ...}, ...]
+    }
+
+``layer_shapes`` is ``null`` when every decoder layer has the same shape: the config then describes the
+model fully and ``AutoModelForCausalLM.from_pretrained`` loads it with no code of ours. When shapes
+differ per layer (e.g. a layer range was left dense) the config keeps the largest sizes, plain
+``from_pretrained`` refuses the folder (size mismatch), and :func:`load_pruned` rebuilds each layer
+at its own size. A GLUESTICK-recovered checkpoint also holds ``gluestick.safetensors``
+(see :mod:`embodied_prune.recovery.gluestick`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..errors import EmbodiedPruneError
+from ..io import atomic_dir
+from .adapters import DecoderAdapter, LayerShape, adapter_for
+
+SIDE_FILE = "embodied_prune.json"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def read_side_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The side file of a checkpoint folder, or an empty record when there is none."""
+    side = Path(path) / SIDE_FILE
+    if not side.exists():
+        return {"format": 1, "layer_shapes": None, "history": []}
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise EmbodiedPruneError(f"{side} is not valid JSON ({e}); restore it or re-export the checkpoint.") from e
+
+
+def save_model(
+    model: PreTrainedModel,
+    out: str | os.PathLike,
+    tokenizer=None,
+    history: list[dict[str, Any]] | None = None,
+    overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` (pruned or not) as a Hugging Face folder plus the side file, atomically.
+
+    ``history`` is the list of operations applied so far (recorded in the side file); ``extra`` maps
+    file names to callables ``f(path)`` that write additional files into the folder before it is renamed.
+    """
+    adapter = adapter_for(model)
+    shapes = adapter.sync(model)
+    uniform = len(set(shapes)) == 1
+    cfg = adapter.get_config(model)
+    if uniform and cfg.hidden_size % shapes[0].num_heads != 0:
+        # transformers 5 validates hidden_size % num_attention_heads on save even with an explicit
+        # head_dim; such a model can only travel with the side file.
+        uniform = False
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if not uniform and cfg.hidden_size % cfg.num_attention_heads != 0:
+            cfg.num_attention_heads = _divisor_at_least(cfg.hidden_size, cfg.num_attention_heads)
+        model.save_pretrained(tmp)
+        adapter.sync(model)  # restore config fields touched for validation
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        record = {
+            "format": 1,
+            "layer_shapes": None if uniform else [s.__dict__ for s in shapes],
+            "history": list(history or []),
+        }
+        (tmp / SIDE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        for writer in (extra or {}).values():
+            writer(tmp)
+    return Path(out)
+
+
+def _divisor_at_least(n: int, k: int) -> int:
+    return next(d for d in range(k, n + 1) if n % d == 0)
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Raise a clear error when ``path`` is not a complete checkpoint folder."""
+    if not (path / "config.json").is_file():
+        raise EmbodiedPruneError(
+            f"checkpoint folder {path} has no config.json; pass a folder written by save_pretrained "
+            "or `embodied-prune prune`."
+        )
+    present = [f for f in WEIGHT_FILES if (path / f).is_file()]
+    if not present:
+        raise EmbodiedPruneError(
+            f"checkpoint folder {path} has no weights ({', '.join(WEIGHT_FILES)}); "
+            "copy the weight files into it or re-export the model."
+        )
+    if present[0].endswith(".index.json"):
+        index = json.loads((path / present[0]).read_text())
+        missing = sorted({f for f in index.get("weight_map", {}).values() if not (path / f).is_file()})
+        if missing:
+            raise EmbodiedPruneError(
+                f"checkpoint folder {path} is missing weight shards {', '.join(missing)}; copy them into it."
+            )
+
+
+def resolve_model_path(spec: str | os.PathLike) -> str:
+    """Turn ``builtin:NAME``, a local folder or a hub id into something ``from_pretrained`` takes."""
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        from .builtin import builtin_path
+
+        return str(builtin_path(spec.removeprefix("builtin:")))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EmbodiedPruneError(f"model path {path} is a file; pass the checkpoint folder that holds it.")
+        check_checkpoint_dir(path)
+        return str(path)
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
+        return spec  # a hub id: from_pretrained resolves it (the cache, or a download outside tests)
+    raise EmbodiedPruneError(
+        f"model {spec!r} does not exist; pass a checkpoint folder, a hub id or builtin:NAME "
+        "(`embodied-prune models` lists the built-in ones)."
+    )
+
+
+def load_model(
+    spec: str | os.PathLike, dtype: torch.dtype | None = torch.float32, with_factors: bool = True
+) -> PreTrainedModel:
+    """Load a causal LM from ``builtin:NAME``, a checkpoint folder (pruned or not) or a hub id.
+
+    Folders whose side file lists per-layer shapes go through :func:`load_pruned`; GLUESTICK factors
+    beside the weights are attached unless ``with_factors`` is False. Everything else is plain
+    ``AutoModelForCausalLM.from_pretrained``.
+    """
+    where = resolve_model_path(spec)
+    local = Path(where).is_dir()
+    side = read_side_file(where) if local else {"layer_shapes": None}
+    if side.get("layer_shapes"):
+        model = load_pruned(where, dtype=dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+            raise EmbodiedPruneError(f"could not load model {spec!r}: {_first_line(e)}") from e
+    model.eval()
+    if local and with_factors:
+        from ..recovery.gluestick import FACTORS_FILE, load_factors
+
+        if (Path(where) / FACTORS_FILE).is_file():
+            load_factors(model, where)
+    return model
+
+
+def load_pruned(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> PreTrainedModel:
+    """Load a checkpoint whose decoder layers have different shapes (listed in the side file)."""
+    path = Path(path)
+    check_checkpoint_dir(path)
+    side = read_side_file(path)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    adapter = adapter_for(model)
+    shapes = side.get("layer_shapes") or []
+    layers = adapter.get_layers(model)
+    if len(shapes) != len(layers):
+        raise EmbodiedPruneError(
+            f"{path / SIDE_FILE} lists {len(shapes)} layer shapes but the config has {len(layers)} layers; "
+            "re-export the checkpoint."
+        )
+    for layer, raw in zip(layers, shapes, strict=True):
+        _resize_layer(adapter, layer, LayerShape(**raw))
+    state = _read_state_dict(path)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) if config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise EmbodiedPruneError(
+            f"checkpoint {path} does not match its side file (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); re-export it."
+        )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    _materialise_buffers(model, config)
+    adapter.sync(model)
+    return model.eval()
+
+
+def _resize_layer(adapter: DecoderAdapter, layer: nn.Module, shape: LayerShape) -> None:
+    hidden_q = shape.num_heads * shape.head_dim
+    hidden_kv = shape.num_kv_heads * shape.head_dim
+    sizes = {
+        "q_proj": (None, hidden_q),
+        "k_proj": (None, hidden_kv),
+        "v_proj": (None, hidden_kv),
+        "o_proj": (hidden_q, None),
+        "gate_proj": (None, shape.intermediate_size),
+        "up_proj": (None, shape.intermediate_size),
+        "down_proj": (shape.intermediate_size, None),
+    }
+    for role, (d_in, d_out) in sizes.items():
+        old = adapter.linear(layer, role)
+        new = nn.Linear(
+            d_in or old.in_features,
+            d_out or old.out_features,
+            bias=old.bias is not None,
+            device="meta",
+            dtype=old.weight.dtype,
+        )
+        adapter.set_linear(layer, role, new)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if (path / "model.safetensors").is_file():
+            return load_file(path / "model.safetensors")
+        if (path / "model.safetensors.index.json").is_file():
+            index = json.loads((path / "model.safetensors.index.json").read_text())
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                state.update(load_file(path / shard))
+            return state
+    except (OSError, SafetensorError) as e:
+        raise EmbodiedPruneError(
+            f"could not read the weights in {path}: {_first_line(e)}; re-export the checkpoint."
+        ) from e
+    raise EmbodiedPruneError(f"pruned checkpoint {path} must hold safetensors weights; re-export it.")
+
+
+def _materialise_buffers(model: nn.Module, config) -> None:
+    """Re-create non-persistent buffers (rotary inverse frequencies) that were left on the meta device."""
+    for name, module in model.named_modules():
+        if hasattr(module, "inv_freq") and module.inv_freq.is_meta:
+            fresh = type(module)(config=config)
+            for bname, buf in fresh.named_buffers(recurse=False):
+                module.register_buffer(bname, buf, persistent=False)
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta:
+                raise EmbodiedPruneError(f"buffer {name}.{bname} could not be restored; re-export the checkpoint.")
+
+
+def load_tokenizer(spec: str | os.PathLike):
+    """The tokenizer saved with a model, or None when the folder has none."""
+    where = resolve_model_path(spec)
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,177 @@
+"""Calibration data and activation capture.
+
+``calibration_ids`` turns a calibration spec into token ids. ``LayerwiseRunner`` runs the model one
+decoder layer at a time over the calibration set, as Wanda and SparseGPT do, so only one layer's
+activations (and statistics) are alive at once. ``accumulate_gradients`` runs the loss backward over
+the calibration set for Taylor importance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import EmbodiedPruneError
+from ..models.adapters import DecoderAdapter
+
+CALIBRATION_HELP = (
+    "calibration data: 'random' (uniform random token ids), a .txt file (its text, cut into samples) "
+    "or a .jsonl file with a 'text' field per line"
+)
+
+
+def calibration_ids(
+    spec: str | os.PathLike | torch.Tensor | None,
+    n_samples: int = 32,
+    seq_len: int = 128,
+    vocab_size: int | None = None,
+    tokenizer=None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Token ids of shape ``[n_samples, seq_len]`` for calibration.
+
+    ``spec`` is a tensor of ids (used as is), ``"random"``/``None`` (random ids in ``[0, vocab_size)``),
+    or a path to a ``.txt`` or ``.jsonl`` (field ``text``) file, tokenised with ``tokenizer`` and cut
+    into ``n_samples`` windows of ``seq_len`` tokens taken at seeded random offsets.
+    """
+    if n_samples < 1 or seq_len < 2:
+        raise EmbodiedPruneError(f"calibration needs n_samples >= 1 and seq_len >= 2, got {n_samples} and {seq_len}.")
+    if isinstance(spec, torch.Tensor):
+        return spec.long()
+    gen = torch.Generator().manual_seed(seed)
+    if spec is None or str(spec) == "random":
+        if vocab_size is None:
+            raise EmbodiedPruneError("random calibration needs the model's vocab_size.")
+        return torch.randint(0, vocab_size, (n_samples, seq_len), generator=gen)
+    path = Path(spec)
+    if not path.is_file():
+        raise EmbodiedPruneError(f"calibration file {path} does not exist; pass 'random' or a .txt/.jsonl file.")
+    if tokenizer is None:
+        raise EmbodiedPruneError(
+            f"calibration file {path} needs a tokenizer, but the model folder has none; "
+            "save a tokenizer beside the model or use --calibration random."
+        )
+    text = _read_text(path)
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if ids.numel() < seq_len + 1:
+        raise EmbodiedPruneError(
+            f"calibration file {path} has {ids.numel()} tokens, fewer than --calibration-seq-len {seq_len}; "
+            "use a longer file or a shorter sequence length."
+        )
+    starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=gen)
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+
+
+def _read_text(path: Path) -> str:
+    if path.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise EmbodiedPruneError(
+                    f"{path} line {i} is not a JSON object with a 'text' field ({e}); fix that line."
+                ) from e
+        return "\n".join(texts)
+    return path.read_text()
+
+
+def batches(ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, ids.shape[0], batch_size):
+        yield ids[i : i + batch_size]
+
+
+def accumulate_gradients(
+    model: nn.Module, ids: torch.Tensor, batch_size: int = 8, progress: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Summed gradients and summed per-batch squared gradients of the LM loss, per parameter name."""
+    grads: dict[str, torch.Tensor] = {}
+    grad_sq: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for chunk in tqdm(list(batches(ids, batch_size)), desc="gradients", disable=not progress, leave=False):
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=chunk, labels=chunk).loss
+        loss.backward()
+        for name, p in params.items():
+            if p.grad is None:
+                continue
+            g = p.grad.detach().float()
+            grads[name] = grads[name] + g if name in grads else g.clone()
+            grad_sq[name] = grad_sq[name] + g * g if name in grad_sq else g * g
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return grads, grad_sq
+
+
+class _StopForward(Exception):
+    pass
+
+
+class LayerwiseRunner:
+    """Feeds calibration ids through the decoder one layer at a time.
+
+    ``run(visit)`` calls ``visit(index, layer, forward)`` for every decoder layer, where
+    ``forward()`` runs the layer over all calibration samples (with whatever hooks ``visit`` has
+    installed) and returns nothing. After ``visit`` returns, the layer is run once more, now as
+    ``visit`` left it (e.g. pruned), and its outputs become the next layer's inputs.
+    """
+
+    def __init__(self, model: nn.Module, adapter: DecoderAdapter, ids: torch.Tensor, batch_size: int = 8) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.ids = ids
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def _first_inputs(self) -> list[tuple[torch.Tensor, dict]]:
+        layers = self.adapter.get_layers(self.model)
+        captured: list[tuple[torch.Tensor, dict]] = []
+
+        def catch(_module, args, kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            kwargs["past_key_values"] = None
+            kwargs["use_cache"] = False
+            captured.append((hidden, kwargs))
+            raise _StopForward
+
+        handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            for chunk in batches(self.ids, self.batch_size):
+                with contextlib.suppress(_StopForward):
+                    self.model(input_ids=chunk, use_cache=False)
+        finally:
+            handle.remove()
+        return captured
+
+    @torch.no_grad()
+    def run(self, visit: Callable[[int, nn.Module, Callable[[], None]], None], progress: bool = True) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        states = self._first_inputs()
+        layers = self.adapter.get_layers(self.model)
+
+        def forward_all(layer: nn.Module) -> list[torch.Tensor]:
+            return [_hidden(layer(h, **kw)) for h, kw in states]
+
+        for i in tqdm(range(len(layers)), desc="layers", disable=not progress, leave=False):
+            layer = layers[i]
+            visit(i, layer, lambda layer=layer: forward_all(layer) and None)
+            outs = forward_all(layer)
+            states = [(o, kw) for o, (_, kw) in zip(outs, states, strict=True)]
+        self.model.train(was_training)
+
+
+def _hidden(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Built-in models are built into a per-session cache, never the user's."""
+    os.environ["EMBODIED_PRUNE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(0, 384, (4, 24), generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,120 @@
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from embodied_prune import prune, recover
+from embodied_prune.errors import EmbodiedPruneError
+from embodied_prune.evaluation.fidelity import layer_output_error
+from embodied_prune.models import build_tiny, load_model
+from embodied_prune.pruning.masks import magnitude_scores, select_mask, wanda_scores
+from embodied_prune.recovery import (
+    GluestickLinear,
+    compute_factors,
+    gap_factors,
+    gluestick_layers,
+    read_factors,
+)
+
+
+def pruned_layer(seed=0, d_out=48, d_in=80, pattern=(2, 4)):
+    gen = torch.Generator().manual_seed(seed)
+    dense = nn.Linear(d_in, d_out, bias=True)
+    with torch.no_grad():
+        dense.weight.copy_(torch.randn(d_out, d_in, generator=gen))
+        dense.bias.copy_(torch.randn(d_out, generator=gen))
+    x = torch.randn(512, d_in, generator=gen) * torch.exp(torch.randn(d_in, generator=gen))
+    pruned = copy.deepcopy(dense)
+    with torch.no_grad():
+        pruned.weight.mul_(select_mask(wanda_scores(dense.weight, (x * x).mean(0)), 0.5, pattern, rowwise=True))
+    return dense, pruned, x
+
+
+def corrected_error(dense, pruned, x, rank, method="exact"):
+    v, u = gap_factors(dense.weight, pruned.weight, rank, method)
+    layer = GluestickLinear(pruned, v, u)
+    with torch.no_grad():
+        return float((layer(x) - dense(x)).pow(2).sum() / (dense(x) - dense.bias).pow(2).sum())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_error_falls_strictly_with_rank_and_vanishes_at_full_rank(seed):
+    # Output error of the residual Σ_{i>r} σ_i u_i v_iᵀ is Σ_{i>r} σ_i²‖X v_i‖² (orthogonal u_i), so it
+    # must fall with every added rank on any inputs.
+    dense, pruned, x = pruned_layer(seed, d_out=[48, 80, 33][seed], d_in=[80, 48, 64][seed])
+    full = min(dense.weight.shape)
+    ranks = sorted({1, 2, 4, 8, 16, full // 2, full - 1})
+    errors = [layer_output_error(dense.weight, pruned.weight, x)] + [
+        corrected_error(dense, pruned, x, r) for r in ranks
+    ]
+    assert all(a > b for a, b in itertools.pairwise(errors)), errors
+    v, u = gap_factors(dense.weight, pruned.weight, full)
+    layer = GluestickLinear(pruned, v, u)
+    torch.testing.assert_close(layer(x), dense(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pruned.weight + (v @ u).T, dense.weight, atol=1e-5, rtol=1e-5)
+
+
+def test_factor_shapes_extra_parameters_and_rank_clipping():
+    dense, pruned, _ = pruned_layer()
+    v, u = gap_factors(dense.weight, pruned.weight, 8)
+    assert v.shape == (80, 8) and u.shape == (8, 48)
+    assert GluestickLinear(pruned, v, u).extra_parameters() == 8 * (80 + 48)
+    v, u = gap_factors(dense.weight, pruned.weight, 1000)
+    assert v.shape[1] == 48
+
+
+def test_randomized_svd_is_close_to_exact():
+    dense, pruned, x = pruned_layer(1)
+    exact = corrected_error(dense, pruned, x, 8, "exact")
+    randomized = corrected_error(dense, pruned, x, 8, "randomized")
+    assert randomized < 1.15 * exact
+    assert randomized < layer_output_error(dense.weight, pruned.weight, x)
+
+
+def test_model_level_recovery_save_load_roundtrip(tmp_path, ids):
+    dense = build_tiny("qwen2", num_hidden_layers=2)
+    dense.save_pretrained(tmp_path / "dense")
+    prune(tmp_path / "dense", "magnitude", pattern="2:4", out=tmp_path / "pruned", progress=False)
+    out = recover(tmp_path / "dense", tmp_path / "pruned", rank=4, out=tmp_path / "rec")
+    report = out.details
+    assert len(report.layers) == 14  # every decoder linear, not lm_head
+    assert all(not f.name.endswith("lm_head") for f in report.layers)
+    assert report.extra_parameters == sum(4 * (f.d_in + f.d_out) for f in report.layers)
+    again = load_model(tmp_path / "rec")
+    assert len(gluestick_layers(again)) == 14
+    torch.testing.assert_close(again(ids).logits, out.model(ids).logits, rtol=0, atol=0)
+    pruned = load_model(tmp_path / "pruned")
+    kl = lambda m: torch.nn.functional.kl_div(  # noqa: E731
+        m(ids).logits.log_softmax(-1), dense(ids).logits.log_softmax(-1), log_target=True, reduction="sum"
+    )
+    with torch.no_grad():
+        assert kl(again) < kl(pruned)
+    assert len(read_factors(tmp_path / "rec")) == 14
+
+
+def test_include_and_exclude_patterns():
+    dense = build_tiny("llama")
+    pruned = copy.deepcopy(dense)
+    with torch.no_grad():
+        for _name, m in pruned.named_modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(select_mask(magnitude_scores(m.weight), 0.5, None, False))
+    only_mlp = compute_factors(dense, pruned, 2, include=["down_proj", "*.up_proj"])
+    assert {f.name.rsplit(".", 1)[1] for f in only_mlp.layers} == {"down_proj", "up_proj"}
+    with_head = compute_factors(dense, pruned, 2, exclude=[])
+    assert any(f.name == "lm_head" for f in with_head.layers)
+
+
+def test_mismatched_models_are_refused():
+    dense = build_tiny("llama")
+    structured = copy.deepcopy(dense)
+    prune(structured, "structured", 0.5, progress=False)
+    with pytest.raises(EmbodiedPruneError, match=r"do not match at model\.layers\.0"):
+        compute_factors(dense, structured, 4)
+    other = build_tiny("llama", num_hidden_layers=3)
+    with pytest.raises(EmbodiedPruneError, match="do not match layer for layer"):
+        compute_factors(dense, other, 4)
+    with pytest.raises(EmbodiedPruneError, match="no linear layer"):
+        compute_factors(dense, copy.deepcopy(dense), 4)

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from embodied_prune.errors import EmbodiedPruneError
+from embodied_prune.models import adapter_for, build_tiny
+from embodied_prune.pruning import LayerwiseRunner, calibration_ids, prune_unstructured
+from embodied_prune.pruning.masks import prune_count
+
+
+@pytest.fixture
+def calib():
+    return calibration_ids("random", 8, 32, vocab_size=384, seed=1)
+
+
+def test_layerwise_runner_feeds_each_layer_its_true_inputs(calib):
+    model = build_tiny("qwen2", num_hidden_layers=3)
+    with torch.no_grad():
+        hidden = model(input_ids=calib, output_hidden_states=True).hidden_states
+    seen = {}
+
+    def visit(index, layer, forward):
+        captured = []
+        handle = layer.register_forward_pre_hook(
+            lambda _m, args, kw: captured.append(args[0] if args else kw["hidden_states"]), with_kwargs=True
+        )
+        forward()
+        handle.remove()
+        seen[index] = torch.cat(captured)
+
+    LayerwiseRunner(model, adapter_for(model), calib, batch_size=3).run(visit, progress=False)
+    for i in range(3):
+        torch.testing.assert_close(seen[i], hidden[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_every_decoder_linear_reaches_the_sparsity_and_nothing_else_changes(method, family, calib, ids):
+    model = build_tiny(family, num_hidden_layers=2)
+    untouched = {n: p.clone() for n, p in model.named_parameters() if "layers" not in n or "norm" in n}
+    result = prune_unstructured(model, method, 0.37, calibration=calib, progress=False)
+    modules = dict(model.named_modules())
+    assert len(result.layer_sparsity) == 14
+    for name in result.layer_sparsity:
+        w = modules[name].weight
+        assert int((w == 0).sum()) == prune_count(w.numel(), 0.37)
+    for n, p in model.named_parameters():
+        if n in untouched:
+            assert torch.equal(p, untouched[n]), n
+    assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_two_four_pattern_on_a_model(method, calib):
+    model = build_tiny("mistral")
+    prune_unstructured(model, method, 0.0, pattern=(2, 4), calibration=calib, layers=(1, 2), progress=False)
+    layers = adapter_for(model).get_layers(model)
+    q0 = layers[0].self_attn.q_proj.weight
+    assert int((q0 == 0).sum()) == 0  # outside the layer range
+    for w in (layers[1].self_attn.q_proj.weight, layers[1].mlp.down_proj.weight):
+        groups = (w != 0).reshape(w.shape[0], -1, 4).sum(-1)
+        assert (groups == 2).all()
+
+
+def test_calibrated_methods_need_data():
+    with pytest.raises(EmbodiedPruneError, match="needs calibration"):
+        prune_unstructured(build_tiny("llama"), "wanda", 0.5, progress=False)
+    with pytest.raises(EmbodiedPruneError, match="unknown unstructured pruning method"):
+        prune_unstructured(build_tiny("llama"), "obc", 0.5, progress=False)
+
+
+def test_calibration_from_text_and_jsonl(tmp_path):
+    from embodied_prune.models.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    (tmp_path / "c.txt").write_text("drive in the left lane. " * 40)
+    ids = calibration_ids(tmp_path / "c.txt", 4, 16, tokenizer=tok)
+    assert ids.shape == (4, 16) and ids.max() < len(tok)
+    (tmp_path / "c.jsonl").write_text('{"text": "stay in lane"}\n{"text": "overtake the truck now please"}\n')
+    assert calibration_ids(tmp_path / "c.jsonl", 2, 8, tokenizer=tok).shape == (2, 8)
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    with pytest.raises(EmbodiedPruneError, match="line 2"):
+        calibration_ids(tmp_path / "bad.jsonl", 2, 8, tokenizer=tok)
+    with pytest.raises(EmbodiedPruneError, match="fewer than"):
+        calibration_ids(tmp_path / "c.jsonl", 2, 500, tokenizer=tok)
+    with pytest.raises(EmbodiedPruneError, match="needs a tokenizer"):
+        calibration_ids(tmp_path / "c.txt", 2, 8)
