@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench llmc-venv clean
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,18 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-bench: setup
+bench: setup llmc-venv
 	$(PY) benchmarks/run_all.py
+
+# llm-compressor (for benchmarks/llmcompressor_compare.py only) pins transformers <= 5.17, so it gets
+# its own environment; torch is pinned first here too.
+llmc-venv: .venv-llmc/.installed
+
+.venv-llmc/.installed:
+	test -x .venv-llmc/bin/python || python3 -m venv .venv-llmc
+	.venv-llmc/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	.venv-llmc/bin/python -m pip install --quiet --disable-pip-version-check "llmcompressor==0.14.0.1"
+	touch $@
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

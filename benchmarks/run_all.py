@@ -1,0 +1,45 @@
+"""Regenerate every number in BENCHMARKS.md: run each benchmark script, then join their sections.
+
+python benchmarks/run_all.py            # run everything, then rebuild BENCHMARKS.md
+python benchmarks/run_all.py --report   # only rebuild BENCHMARKS.md from benchmarks/results/*.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Order of the sections in BENCHMARKS.md.
+SCRIPTS = ["structured_decode", "unstructured_fidelity", "llmcompressor_compare"]
+
+HEADER = """# Benchmarks
+
+Every number below was produced by a script in `benchmarks/`; each section names its command, the
+machine and the date. `python benchmarks/run_all.py` reruns them all and rebuilds this file
+(`--report` only rebuilds it from `benchmarks/results/`). Ratios are measured side by side in one run.
+
+"""
+
+
+def build_report() -> None:
+    sections = [(HERE / "results" / f"{name}.md") for name in SCRIPTS]
+    body = "\n".join(p.read_text() for p in sections if p.exists())
+    (HERE.parent / "BENCHMARKS.md").write_text(HEADER + body)
+    print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", action="store_true", help="only rebuild BENCHMARKS.md")
+    a = ap.parse_args()
+    if not a.report:
+        for name in SCRIPTS:
+            subprocess.run([sys.executable, str(HERE / f"{name}.py")], cwd=HERE, check=True)
+    build_report()
+
+
+if __name__ == "__main__":
+    main()
