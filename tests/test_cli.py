@@ -1,4 +1,5 @@
 import json
+import shlex
 import subprocess
 import sys
 
@@ -9,8 +10,9 @@ from embodied_prune.cli import main
 from embodied_prune.models import build_tiny
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
+def cli(capsys, line: str):
+    """Run one command line in-process; returns (exit code, stdout, stderr)."""
+    code = main(shlex.split(line))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -33,41 +35,29 @@ def dense_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     "extra,needle",
     [
-        (["--method", "magnitude", "--sparsity", "1.0"], r"outside [0, 1)"),
-        (["--method", "magnitude", "--sparsity", "-0.1"], r"outside [0, 1)"),
-        (["--method", "magnitude", "--sparsity", "nan"], r"outside [0, 1)"),
-        (["--method", "wanda", "--pattern", "4:4"], "1 <= N < M"),
-        (["--method", "wanda", "--pattern", "3:2"], "1 <= N < M"),
-        (["--method", "wanda", "--pattern", "2:4", "--sparsity", "0.3"], "pass only one"),
-        (["--method", "obc", "--sparsity", "0.5"], "unknown pruning method 'obc'"),
-        (
-            ["--method", "structured", "--sparsity", "0.5", "--importance", "fisher"],
-            "unknown importance criterion 'fisher'",
-        ),
-        (["--method", "structured", "--pattern", "2:4"], "N:M patterns apply to unstructured"),
-        (["--method", "structured", "--sparsity", "0.5", "--layers", "3-5"], "START:END"),
-        (["--method", "magnitude"], "pass a sparsity"),
+        ("--method magnitude --sparsity 1.0", r"outside [0, 1)"),
+        ("--method magnitude --sparsity -0.1", r"outside [0, 1)"),
+        ("--method magnitude --sparsity nan", r"outside [0, 1)"),
+        ("--method wanda --pattern 4:4", "1 <= N < M"),
+        ("--method wanda --pattern 3:2", "1 <= N < M"),
+        ("--method wanda --pattern 2:4 --sparsity 0.3", "pass only one"),
+        ("--method obc --sparsity 0.5", "unknown pruning method 'obc'"),
+        ("--method structured --sparsity 0.5 --importance fisher", "unknown importance criterion 'fisher'"),
+        ("--method structured --pattern 2:4", "N:M patterns apply to unstructured"),
+        ("--method structured --sparsity 0.5 --layers 3-5", "START:END"),
+        ("--method magnitude", "pass a sparsity"),
     ],
 )
 def test_bad_prune_arguments(capsys, tmp_path, dense_dir, extra, needle):
-    code, _, err = run(capsys, "prune", "--model", str(dense_dir), "--out", str(tmp_path / "o"), *extra)
+    code, _, err = cli(capsys, f"prune --model {dense_dir} --out {tmp_path / 'o'} {extra}")
     assert_clean_failure(code, err, tmp_path / "o")
     assert needle in err
 
 
 def test_unsupported_architecture(capsys, tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
-    code, _, err = run(
-        capsys,
-        "prune",
-        "--model",
-        str(tmp_path / "gpt2"),
-        "--method",
-        "magnitude",
-        "--sparsity",
-        "0.5",
-        "--out",
-        str(tmp_path / "o"),
+    code, _, err = cli(
+        capsys, f"prune --model {tmp_path / 'gpt2'} --method magnitude --sparsity 0.5 --out {tmp_path / 'o'}"
     )
     assert_clean_failure(code, err, tmp_path / "o")
     assert "unsupported architecture 'gpt2'" in err
@@ -88,18 +78,7 @@ def test_broken_checkpoint_folders(capsys, tmp_path, damage):
         (broken / "model.safetensors").unlink()
     elif damage == "corrupt":
         (broken / "model.safetensors").write_bytes(b"\x00" * 100)
-    code, _, err = run(
-        capsys,
-        "prune",
-        "--model",
-        str(broken),
-        "--method",
-        "magnitude",
-        "--sparsity",
-        "0.5",
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = cli(capsys, f"prune --model {broken} --method magnitude --sparsity 0.5 --out {tmp_path / 'o'}")
     assert_clean_failure(code, err, tmp_path / "o")
     expected = {
         "no_config": "no config.json",
@@ -114,192 +93,66 @@ def test_broken_checkpoint_folders(capsys, tmp_path, damage):
 def test_existing_output_is_not_overwritten(capsys, tmp_path, dense_dir):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "keep.txt").write_text("mine")
-    code, _, err = run(
-        capsys,
-        "prune",
-        "--model",
-        str(dense_dir),
-        "--method",
-        "magnitude",
-        "--sparsity",
-        "0.5",
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = cli(capsys, f"prune --model {dense_dir} --method magnitude --sparsity 0.5 --out {tmp_path / 'o'}")
     assert code == 2 and "--overwrite" in err
     assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
 
 
 def test_recover_refuses_a_mismatched_pair(capsys, tmp_path, dense_dir):
     assert (
-        run(
-            capsys,
-            "prune",
-            "--model",
-            str(dense_dir),
-            "--method",
-            "structured",
-            "--sparsity",
-            "0.5",
-            "--out",
-            str(tmp_path / "s"),
-            "-q",
-        )[0]
-        == 0
+        cli(capsys, f"prune --model {dense_dir} --method structured --sparsity 0.5 --out {tmp_path / 's'} -q")[0] == 0
     )
-    code, _, err = run(
-        capsys,
-        "recover",
-        "--dense",
-        str(dense_dir),
-        "--pruned",
-        str(tmp_path / "s"),
-        "--rank",
-        "4",
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = cli(capsys, f"recover --dense {dense_dir} --pruned {tmp_path / 's'} --rank 4 --out {tmp_path / 'o'}")
     assert_clean_failure(code, err, tmp_path / "o")
     assert "do not match" in err
-    code, _, err = run(
-        capsys,
-        "recover",
-        "--dense",
-        str(dense_dir),
-        "--pruned",
-        str(dense_dir),
-        "--rank",
-        "0",
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, _, err = cli(capsys, f"recover --dense {dense_dir} --pruned {dense_dir} --rank 0 --out {tmp_path / 'o'}")
     assert_clean_failure(code, err, tmp_path / "o")
 
 
 def test_failure_while_writing_leaves_nothing(capsys, tmp_path, dense_dir, monkeypatch):
-    assert (
-        run(
-            capsys,
-            "prune",
-            "--model",
-            str(dense_dir),
-            "--method",
-            "magnitude",
-            "--sparsity",
-            "0.5",
-            "--out",
-            str(tmp_path / "m"),
-            "-q",
-        )[0]
-        == 0
-    )
+    assert cli(capsys, f"prune --model {dense_dir} --method magnitude --sparsity 0.5 --out {tmp_path / 'm'} -q")[0] == 0
 
     def explode(*_a, **_k):
         raise OSError("disk full")
 
     monkeypatch.setattr("embodied_prune.api.save_factors", explode)
     with pytest.raises(OSError):
-        main(
-            [
-                "recover",
-                "--dense",
-                str(dense_dir),
-                "--pruned",
-                str(tmp_path / "m"),
-                "--rank",
-                "2",
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
+        cli(capsys, f"recover --dense {dense_dir} --pruned {tmp_path / 'm'} --rank 2 --out {tmp_path / 'o'}")
     assert not (tmp_path / "o").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
 
 
 def test_prune_recover_bench_end_to_end(capsys, tmp_path, dense_dir):
+    s, w, r = tmp_path / "s", tmp_path / "w", tmp_path / "r"
+    common = "--calibration-samples 4 -q"
     assert (
-        run(
+        cli(
             capsys,
-            "prune",
-            "--model",
-            str(dense_dir),
-            "--method",
-            "structured",
-            "--sparsity",
-            "0.5",
-            "--importance",
-            "taylor",
-            "--calibration-samples",
-            "4",
-            "--out",
-            str(tmp_path / "s"),
-            "-q",
+            f"prune --model {dense_dir} --method structured --sparsity 0.5 --importance taylor --out {s} {common}",
         )[0]
         == 0
     )
-    assert (
-        run(
-            capsys,
-            "prune",
-            "--model",
-            str(dense_dir),
-            "--method",
-            "sparsegpt",
-            "--pattern",
-            "2:4",
-            "--calibration-samples",
-            "4",
-            "--out",
-            str(tmp_path / "w"),
-            "-q",
-        )[0]
-        == 0
-    )
-    code, out, _ = run(
-        capsys,
-        "recover",
-        "--dense",
-        str(dense_dir),
-        "--pruned",
-        str(tmp_path / "w"),
-        "--rank",
-        "4",
-        "--out",
-        str(tmp_path / "r"),
-        "-q",
-    )
+    assert cli(capsys, f"prune --model {dense_dir} --method sparsegpt --pattern 2:4 --out {w} {common}")[0] == 0
+    code, out, _ = cli(capsys, f"recover --dense {dense_dir} --pruned {w} --rank 4 --out {r} -q")
     assert code == 0 and "extra parameters" in out
-    code, out, _ = run(
+    bench = tmp_path / "b.json"
+    code, out, _ = cli(
         capsys,
-        "bench",
-        "--model",
-        str(dense_dir),
-        "--model",
-        str(tmp_path / "s"),
-        "--model",
-        str(tmp_path / "r"),
-        "--repeats",
-        "2",
-        "--new-tokens",
-        "4",
-        "--prompt-len",
-        "8",
-        "--json",
-        str(tmp_path / "b.json"),
-        "-q",
+        f"bench --model {dense_dir} --model {s} --model {r} --repeats 2 --new-tokens 4 --prompt-len 8 "
+        f"--json {bench} -q",
     )
     assert code == 0
-    rows = json.loads((tmp_path / "b.json").read_text())
-    assert [r["model"] for r in rows] == ["dense", "s", "r"]
-    for r in rows:
+    rows = json.loads(bench.read_text())
+    assert [row["model"] for row in rows] == ["dense", "s", "r"]
+    for row in rows:
         for key in ("model", "params", "weight_bytes", "prefill_ms", "decode_tokens_per_s", "peak_memory_bytes"):
-            assert key in r
-        assert r["decode_tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0
+            assert key in row
+        assert row["decode_tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
     assert rows[1]["params"] < rows[0]["params"] < rows[2]["params"]
 
 
 def test_models_lists_builtins(capsys):
-    code, out, _ = run(capsys, "models")
+    code, out, _ = cli(capsys, "models")
     assert code == 0 and "builtin:tinylm" in out and "builtin:llama-130m" in out
 
 
@@ -311,11 +164,7 @@ def test_every_verb_has_help(capsys, verb):
     assert "usage: embodied-prune " + verb in capsys.readouterr().out
 
 
-def test_console_script_exit_code():
-    exe = [sys.executable, "-m", "embodied_prune.cli"]
-    proc = subprocess.run(
-        [*exe, "prune", "--model", "builtin:nope", "--method", "magnitude", "--sparsity", "0.5", "--out", "/tmp/never"],
-        capture_output=True,
-        text=True,
-    )
+def test_console_script_exit_code(tmp_path):
+    line = f"prune --model builtin:nope --method magnitude --sparsity 0.5 --out {tmp_path / 'never'}"
+    proc = subprocess.run([sys.executable, "-m", "embodied_prune.cli", *line.split()], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown built-in model 'nope'" in proc.stderr

@@ -92,6 +92,8 @@ def test_model_level_recovery_save_load_roundtrip(tmp_path, ids):
     with torch.no_grad():
         assert kl(again) < kl(pruned)
     assert len(read_factors(tmp_path / "rec")) == 14
+    with pytest.raises(EmbodiedPruneError, match="carries GLUESTICK corrections"):
+        prune(again, "magnitude", 0.5, progress=False)
 
 
 def test_include_and_exclude_patterns():

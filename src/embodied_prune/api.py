@@ -18,7 +18,7 @@ from .pruning.calibration import calibration_ids
 from .pruning.masks import check_sparsity, parse_pattern
 from .pruning.structured import prune_structured
 from .pruning.unstructured import METHODS, prune_unstructured
-from .recovery.gluestick import GluestickReport, attach_factors, compute_factors, save_factors
+from .recovery.gluestick import GluestickReport, attach_factors, compute_factors, gluestick_layers, save_factors
 
 PRUNE_METHODS = ("structured", *METHODS.names())
 
@@ -103,6 +103,10 @@ def prune(
         check_output_dir(out, overwrite)
     source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     model, tokenizer, history = _resolve(model, with_factors=False)
+    if gluestick_layers(model):
+        raise EmbodiedPruneError(
+            "this model carries GLUESTICK corrections; prune the dense model first, then run recover on the result."
+        )
     needs_data = (method == "structured" and importance == "taylor") or (
         method != "structured" and METHODS.get(method).needs_calibration
     )

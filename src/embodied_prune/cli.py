@@ -33,6 +33,12 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def add_output_args(sp: argparse.ArgumentParser) -> None:
+    """``--out`` and ``--overwrite``, shared by every verb that writes a checkpoint folder."""
+    sp.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
 def _sparsity(text: str) -> float:
     try:
         return float(text)
@@ -237,8 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)"
     )
     sp.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and random importance")
-    sp.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
-    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_output_args(sp)
 
     sp = verb(
         "recover",
@@ -268,8 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--exclude", nargs="*", default=["lm_head"], metavar="PATTERN", help="skip these layers (default lm_head)"
     )
-    sp.add_argument("--out", required=True, help="output folder")
-    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_output_args(sp)
 
     sp = verb(
         "bench",

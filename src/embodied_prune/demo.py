@@ -52,7 +52,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, overwrite: bool
     specs = {k: str(v) for k, v in paths.items()}
     models = {k: load_model(v) for k, v in specs.items()}
     dense = models["dense"]
-    speed = {r.model: r for r in bench_models(models, prompt_len=64, new_tokens=64, repeats=5, progress=progress)}
+    speed = {r.model: r for r in bench_models(models, prompt_len=64, new_tokens=64, repeats=10, progress=progress)}
     rows = []
     for name, model in models.items():
         params, nonzero, _ = count_parameters(model)
