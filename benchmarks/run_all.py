@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Order of the sections in BENCHMARKS.md.
-SCRIPTS = ["structured_decode", "unstructured_fidelity", "llmcompressor_compare"]
+SCRIPTS = ["structured_decode", "unstructured_fidelity", "llmcompressor_compare", "driving_controllers"]
 
 HEADER = """# Benchmarks
 

@@ -298,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     sp.add_argument("--json", help="write the rows to this JSON file (a list of objects)")
 
+    from .cli_driving import add_verbs as add_driving_verbs
+
+    add_driving_verbs(verb)
+
     verb("models", cmd_models, "list the built-in models", "List the models addressable as builtin:NAME.")
 
     sp = verb(
@@ -307,12 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Prunes builtin:tinylm structurally (Taylor, 50 %) and with 2:4 Wanda, recovers the 2:4 model with\n"
         "GLUESTICK at several ranks, and prints one table of parameters, output fidelity (KL to the dense\n"
         "model on held-out text) and speed; then measures decode speed of builtin:llama-130m dense vs\n"
-        "50 % structured side by side. Artefacts go to --out.",
+        "50 % structured side by side; finally evaluates the shipped driving controller\n"
+        "builtin:driving-l-grpo in closed loop before and after 30 % structured pruning. Artefacts go to --out.",
     )
     sp.add_argument(
         "--out", default="runs/demo", help="folder for the pruned checkpoints and the report (default runs/demo)"
     )
-    sp.add_argument("--quick", action="store_true", help="skip the 130 M-parameter speed section")
+    sp.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip the 130 M-parameter speed section; 40 driving instructions instead of 100",
+    )
     sp.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
     return p
 

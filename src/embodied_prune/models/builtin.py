@@ -124,3 +124,22 @@ BUILTINS.add(
         "`python -m embodied_prune.models.train_lm src/embodied_prune/assets/tinylm --overwrite`",
     ),
 )
+
+
+def _register_controllers() -> None:
+    from ..training.controller import SIZE_NOTES
+
+    for size, note in SIZE_NOTES.items():
+        for stage, how in (("sft", "SFT on teacher labels"), ("grpo", "SFT, then GRPO with the closed-loop reward")):
+            name = f"driving-{size}-{stage}"
+            BUILTINS.add(
+                name,
+                BuiltinModel(
+                    name,
+                    f"driving controller ({note}), {how}; regenerate all with "
+                    "`python -m embodied_prune.training.ship`",
+                ),
+            )
+
+
+_register_controllers()

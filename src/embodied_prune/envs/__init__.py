@@ -1,0 +1,1 @@
+"""Closed-loop environments behind the gymnasium API (driving now; manipulation later)."""

@@ -1,0 +1,1 @@
+"""Training entry points: the driving controller (tokenizer, sizes, SFT, GRPO)."""

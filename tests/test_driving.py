@@ -1,0 +1,326 @@
+"""The driving task: answer parser, constraint checks, scoring, instruction files, failures, training smoke."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from embodied_prune.envs.driving.constraints import CONSTRAINTS, constraint_error, constraint_satisfied
+from embodied_prune.envs.driving.instructions import (
+    HELD_OUT_COMBOS,
+    JOINERS,
+    PARTS,
+    PHRASES,
+    Instruction,
+    generate_split,
+    load_instructions,
+    teacher_params,
+    write_instructions,
+)
+from embodied_prune.envs.driving.params import DEFAULT_PARAMS, SPECS, ControllerParams, format_answer, parse_answer
+from embodied_prune.envs.driving.scenario import Scenario, Trajectory
+from embodied_prune.envs.driving.scoring import E_FAIL, ClosedLoopScorer
+from embodied_prune.envs.driving.sim import InstructedVehicle, run_episode
+from embodied_prune.errors import EmbodiedPruneError
+
+SHORT = {"duration": 6.0, "vehicles": 6}
+
+
+# --- the answer parser -------------------------------------------------------------------------------
+
+
+def test_answer_round_trip_and_defaults():
+    p = ControllerParams(target_speed=18.0, preferred_lane=2, allow_lane_change=False)
+    parsed = parse_answer("noise " + format_answer(p) + " trailing")
+    assert parsed.params == p and parsed.error is None and parsed.unknown_keys == []
+    assert parse_answer("<answer>{}</answer>").params == DEFAULT_PARAMS
+
+
+def test_answer_values_are_clipped_and_unknown_keys_reported():
+    parsed = parse_answer('<answer>{"target_speed": 99, "preferred_lane": -3, "wheels": 5}</answer>')
+    assert parsed.params.target_speed == SPECS["target_speed"].high
+    assert parsed.params.preferred_lane == 0
+    assert parsed.unknown_keys == ["wheels"]
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("target_speed 20", "no single"),
+        ("<answer>{}</answer><answer>{}</answer>", "no single"),
+        ('<answer>{"target_speed": 2O}</answer>', "not JSON"),
+        ("<answer>[1, 2]</answer>", "not a JSON object"),
+        ('<answer>{"target_speed": "fast"}</answer>', "target_speed"),
+        ('<answer>{"allow_lane_change": 1}</answer>', "allow_lane_change"),
+        ('<answer>{"time_gap": null}</answer>', "time_gap"),
+    ],
+)
+def test_malformed_answers_are_failures_not_crashes(text, needle):
+    parsed = parse_answer(text)
+    assert parsed.params is None and needle in parsed.error
+
+
+def test_parser_never_raises_on_garbage():
+    rng = random.Random(0)
+    alphabet = '<>/answer{}[]":,0123456789.-truefalsenul '
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(60)))
+        parse_answer(text)
+        parse_answer(f"<answer>{text}</answer>")
+
+
+# --- constraints -------------------------------------------------------------------------------------
+
+
+def trajectory(n=50, speed=20.0, lane=1, headway=2.0, lane_changes=0, overtakes=0, accel=None):
+    speeds = np.full(n, speed, dtype=float) if np.isscalar(speed) else np.asarray(speed, dtype=float)
+    return Trajectory(
+        dt=0.2,
+        speed=speeds,
+        lane=np.full(n, lane) if np.isscalar(lane) else np.asarray(lane),
+        accel=np.zeros(n) if accel is None else np.asarray(accel, dtype=float),
+        headway=np.full(n, headway),
+        lane_changes=lane_changes,
+        overtakes=overtakes,
+        crashed=False,
+        lanes=3,
+    )
+
+
+rng = np.random.default_rng(0)
+# (constraint, a trajectory that meets it, a trajectory that violates it)
+CASES = {
+    "speed": ({"type": "speed", "target": 20.0}, trajectory(speed=20.0), trajectory(speed=26.0)),
+    "speed_max": ({"type": "speed_max", "limit": 18.0}, trajectory(speed=17.0), trajectory(speed=22.0)),
+    "speed_min": ({"type": "speed_min", "limit": 25.0}, trajectory(speed=26.0), trajectory(speed=21.0)),
+    "lane": ({"type": "lane", "lane": 2}, trajectory(lane=2), trajectory(lane=1)),
+    "avoid_lane": ({"type": "avoid_lane", "lane": 0}, trajectory(lane=1), trajectory(lane=0)),
+    "headway": ({"type": "headway", "min_s": 2.0}, trajectory(headway=2.5), trajectory(headway=0.8)),
+    "no_lane_change": ({"type": "no_lane_change"}, trajectory(), trajectory(lane_changes=2)),
+    "overtake": ({"type": "overtake", "count": 2}, trajectory(overtakes=3), trajectory(overtakes=0)),
+    "smooth": (
+        {"type": "smooth", "max_rms_acc": 0.6},
+        trajectory(accel=rng.normal(0, 0.2, 50)),
+        trajectory(accel=rng.normal(0, 2.0, 50)),
+    ),
+}
+
+
+def test_every_constraint_type_has_a_case():
+    assert set(CASES) == set(CONSTRAINTS.names())
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_each_constraint_catches_its_violation(kind):
+    c, good, bad = CASES[kind]
+    assert constraint_satisfied(good, c) and constraint_error(good, c) < 0.1
+    assert not constraint_satisfied(bad, c) and constraint_error(bad, c) > 0.3
+
+
+def test_violations_caught_in_closed_loop():
+    """Parameters that contradict an instruction make the simulated car violate it, and it is caught."""
+    scenario = Scenario(seed=5, **SHORT)
+    slow = run_episode(ControllerParams(target_speed=15.0, allow_lane_change=False), scenario)
+    right = run_episode(ControllerParams(target_speed=22.0, preferred_lane=2), Scenario(seed=5, duration=10.0))
+    assert not constraint_satisfied(slow, {"type": "speed_min", "limit": 25.0})
+    assert constraint_satisfied(slow, {"type": "speed_max", "limit": 20.0})
+    assert not constraint_satisfied(right, {"type": "lane", "lane": 0})
+    assert constraint_error(right, {"type": "lane", "lane": 2}) < constraint_error(right, {"type": "lane", "lane": 0})
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+
+def test_scoring_is_deterministic_and_memoised():
+    items = generate_split("val", 3)
+    answers = [format_answer(teacher_params(x.constraints)) for x in items] + ["garbage"]
+    items = [*items, items[0]]
+    scenarios = [x.make_scenario() for x in items]
+    for x in scenarios:
+        object.__setattr__(x, "duration", SHORT["duration"])
+    with ClosedLoopScorer(workers=2) as a, ClosedLoopScorer(workers=1) as b:
+        first = [s.to_dict() for s in a.score(items, answers, scenarios)]
+        assert [s.to_dict() for s in a.score(items, answers, scenarios)] == first
+        assert [s.to_dict() for s in b.score(items, answers, scenarios)] == first
+        assert len(b._cache) == len({s.key() for s in scenarios}) + 3  # defaults + three parseable answers
+    assert first[-1]["parse_failure"] and first[-1]["error_model"] == E_FAIL
+
+
+def test_simulator_exception_is_a_recorded_failure(monkeypatch):
+    original = InstructedVehicle.act
+
+    def act(self, action=None):
+        if self.target_speed == 13.0:
+            raise RuntimeError("wheel fell off")
+        return original(self, action)
+
+    monkeypatch.setattr(InstructedVehicle, "act", act)
+    items = generate_split("val", 2)
+    answers = ['<answer>{"target_speed": 13.0}</answer>', '<answer>{"target_speed": 20.0}</answer>']
+    scenarios = [Scenario(seed=i, **SHORT) for i in range(2)]
+    with ClosedLoopScorer(workers=1) as scorer:
+        broken, fine = scorer.score(items, answers, scenarios)
+    assert "wheel fell off" in broken.failure and broken.error_model == E_FAIL and not broken.satisfied
+    assert fine.failure is None and fine.error_model < E_FAIL
+
+
+# --- instruction files and splits ------------------------------------------------------------------
+
+
+def test_splits_hold_out_paraphrases_and_combinations():
+    for kind, (heads, tails) in PARTS.items():
+        train, test = PHRASES[kind]
+        assert test and not set(train) & set(test)
+        assert all(any(p.startswith(h + " ") for p in train) for h in heads)  # every part is seen in training
+        assert all(any(p.endswith(" " + t) for p in train) for t in tails)
+    train, test = generate_split("train", 600), generate_split("test", 300)
+    assert not any(j in x.text for x in train for j in JOINERS[1])
+    assert any(j in x.text for x in test for j in JOINERS[1])
+    def combos(xs):
+        return {
+            frozenset((a["type"], b["type"])) for x in xs for a in x.constraints for b in x.constraints if a != b
+        }
+    assert not combos(train) & HELD_OUT_COMBOS
+    assert combos(test) & HELD_OUT_COMBOS
+    assert generate_split("test", 20) == test[:20]
+
+
+def test_instruction_file_round_trip(tmp_path):
+    items = generate_split("val", 5)
+    write_instructions(items, tmp_path / "x.jsonl")
+    assert load_instructions(tmp_path / "x.jsonl") == items
+
+
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("{not json", "not valid JSON"),
+        ('["a list"]', "must be a JSON object"),
+        ('{"constraints": [{"type": "speed", "target": 20}]}', "'text'"),
+        ('{"text": "go", "constraints": []}', "'constraints'"),
+        ('{"text": "go", "constraints": [{"type": "fly"}]}', "unknown type 'fly'"),
+        ('{"text": "go", "constraints": [{"type": "speed"}]}', "'target'"),
+        ('{"text": "go", "constraints": [{"type": "lane", "lane": 1.5}]}', "integer"),
+        ('{"text": "go", "constraints": [{"type": "lane", "lane": 7}]}', "lanes 0..2"),
+        ('{"text": "go", "constraints": [{"type": "smooth", "max_rms_acc": 0.5}], "scenario": {"sed": 3}}', "sed"),
+    ],
+)
+def test_malformed_instruction_file_names_the_line(tmp_path, line, needle):
+    good = json.dumps({"text": "drive at 20 m/s", "constraints": [{"type": "speed", "target": 20}]})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(EmbodiedPruneError, match="line 3") as e:
+        load_instructions(path)
+    assert needle in str(e.value)
+
+
+def test_instruction_scenario_fields():
+    x = Instruction("go", [{"type": "speed", "target": 20.0}], "a", {"seed": 4, "vehicles": 3})
+    assert x.make_scenario() == Scenario(seed=4, vehicles=3)
+    assert x.make_scenario(9).seed == 9
+
+
+# --- training smoke, CLI ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_controllers(tmp_path_factory):
+    """Two SFT steps of the smallest controller, then two GRPO steps from it (real TRL trainers)."""
+    from embodied_prune.training.driving import GRPOSettings, SFTSettings, train_grpo, train_sft
+
+    root = tmp_path_factory.mktemp("driving")
+    sft = train_sft(root / "sft", SFTSettings(size="s", n_train=64, max_steps=2, batch_size=8), progress=False)
+    grpo = train_grpo(
+        sft,
+        root / "grpo",
+        GRPOSettings(steps=2, prompts_per_step=2, num_generations=2, workers=1, n_train=8),
+        progress=False,
+    )
+    return sft, grpo
+
+
+def test_sft_then_grpo_smoke(smoke_controllers):
+    from embodied_prune.models import load_model, load_tokenizer
+
+    sft, grpo = smoke_controllers
+    history = json.loads((grpo / "embodied_prune.json").read_text())["history"]
+    assert [h["stage"] for h in history] == ["grpo"] and history[0]["init"] == str(sft)
+    assert history[0]["steps_done"] == 2
+    assert json.loads((sft / "embodied_prune.json").read_text())["history"][0]["steps_done"] == 2
+    assert load_tokenizer(grpo) is not None and load_model(grpo).config.model_type == "qwen2"
+
+
+def test_grpo_rewards_prefer_the_answer_that_drives_better():
+    from embodied_prune.training.driving import DrivingRewards
+
+    x = Instruction("stay in the left lane", [{"type": "lane", "lane": 0}], "t", {"seed": 3, **SHORT})
+    rewards = DrivingRewards(workers=1, scenarios=2)
+    closed_loop, answer_format, parses, valid_names = rewards.functions()
+    answers = ['<answer>{"preferred_lane": 0}</answer>', '<answer>{"preferred_lane": 2}</answer>', "lane 0 please"]
+    column = [json.dumps(x.to_json())] * 3
+    r = closed_loop(None, answers, instruction=column)
+    assert r[0] > r[1] and r[0] > r[2]
+    assert answer_format(None, answers) == [1.0, 1.0, 0.0] and parses(None, answers) == [1.0, 1.0, 0.0]
+    assert valid_names(None, ['<answer>{"preferred_lane": 0, "wings": 2}</answer>']) == [0.5]
+    assert len(rewards.scorer._cache) == 2 * 3  # two scenarios × (default + two parseable answers)
+    rewards.scorer.close()
+
+
+def test_eval_cli_on_user_file_and_pruned_controller(smoke_controllers, tmp_path, capsys):
+    from test_cli import cli
+
+    sft, _ = smoke_controllers
+    items = generate_split("val", 3)
+    write_instructions(items, tmp_path / "mine.jsonl")
+    out = tmp_path / "eval.json"
+    code, text, err = cli(
+        capsys, f"eval driving --model {sft} --instructions {tmp_path / 'mine.jsonl'} --json {out} -q"
+    )
+    assert code == 0, err
+    d = json.loads(out.read_text())
+    assert d["instructions"] == 3 and len(d["per_instruction"]) == 3
+    for key in ("adaptability", "ci95", "satisfied", "collisions", "parse_failures"):
+        assert key in d
+    assert "adaptability" in text
+    # a structurally pruned controller evaluates the same way
+    code, _, err = cli(capsys, f"prune --model {sft} --method structured --sparsity 0.3 --out {tmp_path / 'p30'} -q")
+    assert code == 0, err
+    code, _, err = cli(
+        capsys, f"eval driving --model {tmp_path / 'p30'} --split val --limit 2 --json {tmp_path / 'p.json'} -q"
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "p.json").read_text())["instructions"] == 2
+
+
+def test_eval_cli_rejects_a_malformed_file(smoke_controllers, tmp_path, capsys):
+    from test_cli import cli
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "go", "constraints": [{"type": "speed", "target": 20}]}\n{"text": 3}\n')
+    code, _, err = cli(
+        capsys, f"eval driving --model {smoke_controllers[0]} --instructions {path} --json {tmp_path / 'o.json'}"
+    )
+    assert code == 2 and "line 2" in err and not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("train driving --stage grpo --out {out}", "--init"),
+        ("train driving --stage sft --init x --out {out}", "--init is for --stage grpo"),
+        ("train driving --stage sft --size xl --out {out}", "invalid choice"),
+        ("eval driving --model builtin:tinylm --episodes 0", "--episodes"),
+        ("eval driving --model builtin:tinylm --split test --instructions x.jsonl", "not both"),
+        ("eval driving --model builtin:qwen2-tiny --instructions {missing}", "does not exist"),
+    ],
+)
+def test_driving_cli_usage_errors(tmp_path, capsys, line, needle):
+    from test_cli import cli
+
+    try:
+        code, _, err = cli(capsys, line.format(out=tmp_path / "o", missing=tmp_path / "none.jsonl"))
+    except SystemExit as e:  # argparse's own usage errors exit from the parser
+        code, err = e.code, capsys.readouterr().err
+    assert code == 2 and needle in err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from embodied_prune.evaluation.stats import bootstrap_mean_ci, paired_diff_ci, wilson_ci
+
+
+def test_wilson_matches_the_closed_form():
+    lo, hi = wilson_ci(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_ci(0, 20)[0] == 0.0 and wilson_ci(20, 20)[1] == 1.0
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(0.3, 1.0, 50), rng.normal(0.3, 1.0, 2000)
+    lo_s, hi_s = bootstrap_mean_ci(small)
+    lo_l, hi_l = bootstrap_mean_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < 0.3 < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3
+
+
+def test_paired_difference_sees_a_shift_that_unpaired_intervals_hide():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0.0, 2.0, 200)
+    better = base + 0.2 + rng.normal(0, 0.05, 200)
+    a, b = bootstrap_mean_ci(base), bootstrap_mean_ci(better)
+    assert a[1] > b[0]  # unpaired intervals overlap
+    mean, lo, hi = paired_diff_ci(base, better)
+    assert 0.15 < lo < mean < hi < 0.25
+    with pytest.raises(ValueError):
+        paired_diff_ci([1, 2], [1])
