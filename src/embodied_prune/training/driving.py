@@ -162,7 +162,13 @@ def train_sft(
     )
     _use_compact_progress(trainer, ("loss", "mean_token_accuracy"), progress)
     trainer.train()
-    record = {"op": "train", "stage": "sft", **asdict(s), "wall_s": time.time() - t0, "steps_done": trainer.state.global_step}
+    record = {
+        "op": "train",
+        "stage": "sft",
+        **asdict(s),
+        "wall_s": time.time() - t0,
+        "steps_done": trainer.state.global_step,
+    }
     return _save(trainer.model, tok, out, record, overwrite, save_dtype, args.output_dir)
 
 
@@ -284,7 +290,14 @@ def train_grpo(
         trainer.train()
     finally:
         rewards.scorer.close()
-    record = {"op": "train", "stage": "grpo", "init": str(init), **asdict(s), "wall_s": time.time() - t0, "steps_done": trainer.state.global_step}
+    record = {
+        "op": "train",
+        "stage": "grpo",
+        "init": str(init),
+        **asdict(s),
+        "wall_s": time.time() - t0,
+        "steps_done": trainer.state.global_step,
+    }
     return _save(trainer.model, tok, out, record, overwrite, save_dtype, args.output_dir)
 
 
