@@ -20,14 +20,10 @@ from embodied_prune.bench.speed import count_parameters
 from embodied_prune.envs.driving.instructions import generate_split
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
 from embodied_prune.evaluation.driving import evaluate_driving
-from embodied_prune.evaluation.report import markdown_table
+from embodied_prune.evaluation.report import markdown_table, percent_ci
 from embodied_prune.evaluation.stats import paired_diff_ci
 from embodied_prune.models.checkpoint import load_model, load_tokenizer, resolve_model_path
 from embodied_prune.training.controller import SIZES
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
 
 
 def main() -> None:
@@ -54,15 +50,13 @@ def main() -> None:
                     side = json.loads((Path(resolve_model_path(name)) / "embodied_prune.json").read_text())
                     train_s = side["history"][-1]["wall_s"]
                     reductions[(seed_name, size, stage)] = [r["reduction"] for r in d["per_instruction"]]
-                    lo, hi = d["ci95"]
-                    slo, shi = d["satisfied_ci95"]
                     rows.append(
                         {
                             "traffic": seed_name,
                             "controller": name,
                             "params": count_parameters(model)[0],
-                            "adaptability": f"{pct(d['adaptability'])} [{pct(lo)}, {pct(hi)}]",
-                            "satisfied": f"{pct(d['satisfied'])} [{pct(slo)}, {pct(shi)}]",
+                            "adaptability": percent_ci(d["adaptability"], d["ci95"], unit=""),
+                            "satisfied": percent_ci(d["satisfied"], d["satisfied_ci95"], unit=""),
                             "collisions": f"{d['collisions']} (default {d['collisions_default']})",
                             "parse_failures": d["parse_failures"],
                             "failed": d["failed_episodes"],
@@ -93,7 +87,7 @@ def main() -> None:
             pairs = [(x, y) for x, y in zip(sft, grpo, strict=True) if x is not None and y is not None]
             mean, lo, hi = paired_diff_ci([x for x, _ in pairs], [y for _, y in pairs])
             diffs.append(
-                {"traffic": seed_name, "size": size, "diff": f"{pct(mean)} [{pct(lo)}, {pct(hi)}]", "n": len(pairs)}
+                {"traffic": seed_name, "size": size, "diff": percent_ci(mean, (lo, hi), unit=""), "n": len(pairs)}
             )
     data["grpo_minus_sft"] = diffs
     diff_table = markdown_table(

@@ -1,5 +1,6 @@
 """The driving task: answer parser, constraint checks, scoring, instruction files, failures, training smoke."""
 
+import dataclasses
 import json
 import random
 
@@ -136,9 +137,7 @@ def test_scoring_is_deterministic_and_memoised():
     items = generate_split("val", 3)
     answers = [format_answer(teacher_params(x.constraints)) for x in items] + ["garbage"]
     items = [*items, items[0]]
-    scenarios = [x.make_scenario() for x in items]
-    for x in scenarios:
-        object.__setattr__(x, "duration", SHORT["duration"])
+    scenarios = [dataclasses.replace(x.make_scenario(), duration=SHORT["duration"]) for x in items]
     with ClosedLoopScorer(workers=2) as a, ClosedLoopScorer(workers=1) as b:
         first = [s.to_dict() for s in a.score(items, answers, scenarios)]
         assert [s.to_dict() for s in a.score(items, answers, scenarios)] == first
@@ -177,10 +176,10 @@ def test_splits_hold_out_paraphrases_and_combinations():
     train, test = generate_split("train", 600), generate_split("test", 300)
     assert not any(j in x.text for x in train for j in JOINERS[1])
     assert any(j in x.text for x in test for j in JOINERS[1])
+
     def combos(xs):
-        return {
-            frozenset((a["type"], b["type"])) for x in xs for a in x.constraints for b in x.constraints if a != b
-        }
+        return {frozenset((a["type"], b["type"])) for x in xs for a in x.constraints for b in x.constraints if a != b}
+
     assert not combos(train) & HELD_OUT_COMBOS
     assert combos(test) & HELD_OUT_COMBOS
     assert generate_split("test", 20) == test[:20]
@@ -311,6 +310,7 @@ def test_eval_cli_rejects_a_malformed_file(smoke_controllers, tmp_path, capsys):
         ("train driving --stage sft --init x --out {out}", "--init is for --stage grpo"),
         ("train driving --stage sft --size xl --out {out}", "invalid choice"),
         ("eval driving --model builtin:tinylm --episodes 0", "--episodes"),
+        ("eval driving --model builtin:tinylm --limit 0", "--limit"),
         ("eval driving --model builtin:tinylm --split test --instructions x.jsonl", "not both"),
         ("eval driving --model builtin:qwen2-tiny --instructions {missing}", "does not exist"),
     ],

@@ -17,24 +17,16 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.stage == "sft":
         if a.init:
             raise EmbodiedPruneError("--init is for --stage grpo; SFT trains a fresh controller of --size.")
-        s = SFTSettings(size=a.size, seed=a.seed)
-        if a.epochs is not None:
-            s.epochs = a.epochs
-        if a.learning_rate is not None:
-            s.learning_rate = a.learning_rate
-        if a.max_steps is not None:
-            s.max_steps = a.max_steps
+        given = {"epochs": a.epochs, "learning_rate": a.learning_rate, "max_steps": a.max_steps}
+        s = SFTSettings(size=a.size, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
         path = train_sft(a.out, s, overwrite=a.overwrite, progress=not a.quiet)
     else:
         if not a.init:
             raise EmbodiedPruneError(
                 "--stage grpo needs --init, the SFT controller to start from (e.g. builtin:driving-l-sft)."
             )
-        s = GRPOSettings(seed=a.seed, workers=a.workers)
-        if a.max_steps is not None:
-            s.steps = a.max_steps
-        if a.learning_rate is not None:
-            s.learning_rate = a.learning_rate
+        given = {"learning_rate": a.learning_rate, "steps": a.max_steps}
+        s = GRPOSettings(seed=a.seed, workers=a.workers, **{k: v for k, v in given.items() if v is not None})
         path = train_grpo(a.init, a.out, s, overwrite=a.overwrite, progress=not a.quiet)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained {a.stage} controller in {record['wall_s']:.0f} s → {path}")
@@ -49,6 +41,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     if a.episodes < 1:
         raise EmbodiedPruneError(f"--episodes must be at least 1, got {a.episodes}.")
+    if a.limit is not None and a.limit < 1:
+        raise EmbodiedPruneError(f"--limit must be at least 1, got {a.limit}.")
     if a.instructions and a.split:
         raise EmbodiedPruneError("pass either --instructions FILE or --split, not both.")
     if a.instructions:
@@ -81,6 +75,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``train`` and ``eval`` with the main parser's ``verb`` helper."""
+    from .cli import add_output_args
     from .training.controller import SIZES
 
     sp = verb(
@@ -105,8 +100,7 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--learning-rate", type=float, help="learning rate (sft default 2e-3, grpo default 2e-4)")
     sp.add_argument("--workers", type=int, default=2, help="grpo: simulator processes (default 2)")
     sp.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    sp.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
-    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_output_args(sp)
 
     sp = verb(
         "eval",

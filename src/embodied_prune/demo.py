@@ -12,7 +12,7 @@ from .api import prune, recover
 from .bench.speed import bench_models, count_parameters
 from .data.corpus import instruction_corpus
 from .evaluation.fidelity import logit_fidelity
-from .evaluation.report import human_bytes, markdown_table
+from .evaluation.report import human_bytes, markdown_table, percent_ci
 from .io import atomic_write_text
 from .models.checkpoint import load_model, load_tokenizer
 
@@ -163,12 +163,11 @@ def _driving_section(out: Path, n_instructions: int, overwrite: bool, progress: 
         for name, model in (("dense", load_model(CONTROLLER)), (f"structured {CONTROLLER_SPARSITY:.0%}", pruned.model)):
             d = evaluate_driving(model, tok, instructions, name=name, progress=progress, scorer=scorer).to_dict()
             params, _, _ = count_parameters(model)
-            lo, hi = d["ci95"]
             rows.append(
                 {
                     "variant": name,
                     "params": params,
-                    "adaptability": f"{100 * d['adaptability']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]",
+                    "adaptability": percent_ci(d["adaptability"], d["ci95"]),
                     "satisfied": f"{100 * d['satisfied']:.0f} %",
                     "collisions": d["collisions"],
                     "parse_failures": d["parse_failures"],

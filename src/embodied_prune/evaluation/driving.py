@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..envs.driving.instructions import Instruction
 from ..envs.driving.scoring import ClosedLoopScorer, InstructionScore
-from .report import markdown_table
+from .report import markdown_table, percent_ci
 from .stats import bootstrap_mean_ci, wilson_ci
 
 MAX_NEW_TOKENS = 64
@@ -77,12 +77,10 @@ class DrivingReport:
 
     def markdown(self) -> str:
         d = self.to_dict()
-        lo, hi = d["ci95"]
-        slo, shi = d["satisfied_ci95"]
         row = {
             "model": d["model"],
-            "adaptability": f"{100 * d['adaptability']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]",
-            "satisfied": f"{100 * d['satisfied']:.1f} % [{100 * slo:.1f}, {100 * shi:.1f}]",
+            "adaptability": percent_ci(d["adaptability"], d["ci95"]),
+            "satisfied": percent_ci(d["satisfied"], d["satisfied_ci95"]),
             "episodes": d["episodes"],
             "collisions": d["collisions"],
             "collisions_default": d["collisions_default"],

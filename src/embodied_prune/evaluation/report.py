@@ -21,6 +21,12 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def percent_ci(value: float, ci: Sequence[float], unit: str = " %") -> str:
+    """A fraction and its interval as percentages: ``12.3 % [4.5, 20.1]``."""
+    lo, hi = ci
+    return f"{100 * value:.1f}{unit} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """A GitHub markdown table of ``rows``; ``columns`` are ``(key, header)`` pairs."""
     head = "| " + " | ".join(h for _, h in columns) + " |"
