@@ -17,9 +17,10 @@ from pathlib import Path
 
 from _common import write_result
 from embodied_prune.bench.speed import count_parameters
-from embodied_prune.envs.driving.instructions import generate_split
+from embodied_prune.envs.driving.instructions import generate_split, teacher_params
+from embodied_prune.envs.driving.params import format_answer
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
-from embodied_prune.evaluation.driving import evaluate_driving
+from embodied_prune.evaluation.driving import evaluate_driving, score_completions
 from embodied_prune.evaluation.report import markdown_table, percent_ci
 from embodied_prune.evaluation.stats import paired_diff_ci
 from embodied_prune.models.checkpoint import load_model, load_tokenizer, resolve_model_path
@@ -42,6 +43,12 @@ def main() -> None:
     with ClosedLoopScorer(workers=2) as scorer:
         for seed_name in a.seeds:
             seed = None if seed_name == "own" else int(seed_name)
+            # The reference SFT imitates: the teacher's un-jittered answers, on the same traffic.
+            teacher = [format_answer(teacher_params(x.constraints)) for x in test]
+            d = score_completions(test, teacher, seed=seed, name="teacher", scorer=scorer).to_dict()
+            rows.append(_row(seed_name, "teacher (SFT labels, no jitter)", "–", d, "–"))
+            d.pop("per_instruction")
+            data["runs"].append({**d, "traffic": seed_name})
             for size in SIZES:
                 for stage in ("sft", "grpo"):
                     name = f"builtin:driving-{size}-{stage}"
@@ -50,19 +57,7 @@ def main() -> None:
                     side = json.loads((Path(resolve_model_path(name)) / "embodied_prune.json").read_text())
                     train_s = side["history"][-1]["wall_s"]
                     reductions[(seed_name, size, stage)] = [r["reduction"] for r in d["per_instruction"]]
-                    rows.append(
-                        {
-                            "traffic": seed_name,
-                            "controller": name,
-                            "params": count_parameters(model)[0],
-                            "adaptability": percent_ci(d["adaptability"], d["ci95"], unit=""),
-                            "satisfied": percent_ci(d["satisfied"], d["satisfied_ci95"], unit=""),
-                            "collisions": f"{d['collisions']} (default {d['collisions_default']})",
-                            "parse_failures": d["parse_failures"],
-                            "failed": d["failed_episodes"],
-                            "train_min": f"{train_s / 60:.1f}",
-                        }
-                    )
+                    rows.append(_row(seed_name, name, count_parameters(model)[0], d, f"{train_s / 60:.1f}"))
                     d.pop("per_instruction")
                     data["runs"].append({**d, "traffic": seed_name, "train_wall_s": train_s})
                     print(rows[-1], flush=True)
@@ -111,6 +106,20 @@ def main() -> None:
     write_result(
         "driving_controllers", "Closed-loop driving controllers: SFT vs GRPO, size ladder", body, data, time.time() - t0
     )
+
+
+def _row(traffic: str, controller: str, params, d: dict, train_min: str) -> dict:
+    return {
+        "traffic": traffic,
+        "controller": controller,
+        "params": params,
+        "adaptability": percent_ci(d["adaptability"], d["ci95"], unit=""),
+        "satisfied": percent_ci(d["satisfied"], d["satisfied_ci95"], unit=""),
+        "collisions": f"{d['collisions']} (default {d['collisions_default']})",
+        "parse_failures": d["parse_failures"],
+        "failed": d["failed_episodes"],
+        "train_min": train_min,
+    }
 
 
 if __name__ == "__main__":

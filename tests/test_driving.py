@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import random
 
 import numpy as np
@@ -146,6 +147,19 @@ def test_scoring_is_deterministic_and_memoised():
     assert first[-1]["parse_failure"] and first[-1]["error_model"] == E_FAIL
 
 
+def test_full_length_scoring_ignores_order_and_worker_count():
+    """Full 15 s episodes in the traffic of a built-in split: the in-process scorer and a pool of
+    fresh worker processes, in opposite orders, give identical scores."""
+    items = generate_split("test", 12)
+    answers = [format_answer(teacher_params(x.constraints, random.Random(i))) for i, x in enumerate(items)]
+    scenarios = [x.make_scenario() for x in items]
+    with ClosedLoopScorer(workers=2) as pool, ClosedLoopScorer(workers=1) as here:
+        forward = [s.to_dict() for s in pool.score(items, answers, scenarios)]
+        backward = [s.to_dict() for s in here.score(items[::-1], answers[::-1], scenarios[::-1])][::-1]
+    assert forward == backward
+    assert len({round(s["error_default"], 6) for s in forward}) > 6  # the traffic differs between instructions
+
+
 def test_simulator_exception_is_a_recorded_failure(monkeypatch):
     original = InstructedVehicle.act
 
@@ -183,6 +197,25 @@ def test_splits_hold_out_paraphrases_and_combinations():
     assert not combos(train) & HELD_OUT_COMBOS
     assert combos(test) & HELD_OUT_COMBOS
     assert generate_split("test", 20) == test[:20]
+
+
+def test_splits_do_not_depend_on_the_hash_seed():
+    """Each process has its own string-hash seed; a split must not (sets of names iterate by hash)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from embodied_prune.envs.driving.instructions import generate_split; "
+        "print(json.dumps([[x.to_json() for x in generate_split(s, 90)] for s in ('train', 'val', 'test')]))"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, check=True
+        ).stdout
+        for seed in ("1", "2", "3")
+    ]
+    assert runs[0] == runs[1] == runs[2]
+    assert json.loads(runs[0])[2] == [x.to_json() for x in generate_split("test", 90)]
 
 
 def test_instruction_file_round_trip(tmp_path):

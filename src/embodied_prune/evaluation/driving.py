@@ -121,6 +121,24 @@ def evaluate_driving(
     else each instruction's own scenario first), in closed loop."""
     t0 = time.time()
     completions = generate_answers(model, tokenizer, [x.text for x in instructions], progress=progress)
+    report = score_completions(instructions, completions, seed, episodes, workers, name, progress, scorer)
+    report.wall_s = time.time() - t0
+    return report
+
+
+def score_completions(
+    instructions: list[Instruction],
+    completions: list[str],
+    seed: int | None = None,
+    episodes: int = 1,
+    workers: int = 2,
+    name: str = "answers",
+    progress: bool = True,
+    scorer: ClosedLoopScorer | None = None,
+) -> DrivingReport:
+    """Score given answers (one per instruction) in closed loop, on the traffic :func:`evaluate_driving` uses:
+    a model's, the teacher's or hand-written ones are then directly comparable."""
+    t0 = time.time()
     rows, comps, scenarios = [], [], []
     for i, (ins, comp) in enumerate(zip(instructions, completions, strict=True)):
         for k in range(episodes):

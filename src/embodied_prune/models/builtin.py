@@ -136,8 +136,7 @@ def _register_controllers() -> None:
                 name,
                 BuiltinModel(
                     name,
-                    f"driving controller ({note}), {how}; regenerate all with "
-                    "`python -m embodied_prune.training.ship`",
+                    f"driving controller ({note}), {how}; regenerate all with `python -m embodied_prune.training.ship`",
                 ),
             )
 

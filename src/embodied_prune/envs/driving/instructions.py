@@ -9,6 +9,7 @@ JSONL schema (one object per line)::
 
 ``constraints`` uses the types of :mod:`.constraints` (speed, speed_max, speed_min, lane, avoid_lane,
 headway, no_lane_change, overtake, smooth); lanes are numbered 0 (left) to 2 (right).
+The built-in splits use all but ``smooth`` (see ``GENERATED_KINDS``).
 
 The built-in splits are generated from templates: the *test* split uses paraphrases and joiners that
 never appear in training, and a third of it uses constraint combinations that training never sees.
@@ -114,7 +115,12 @@ CONFLICTS = {
     ]
 }
 # Pairs seen only in the test split.
-HELD_OUT_COMBOS = {frozenset(p) for p in [("speed", "headway"), ("speed_max", "lane"), ("smooth", "avoid_lane")]}
+HELD_OUT_COMBOS = {frozenset(p) for p in [("speed", "headway"), ("speed_max", "lane"), ("headway", "avoid_lane")]}
+# The constraint types the built-in splits draw from. ``smooth`` is left out: beyond the first
+# slow-down into traffic, no IDM/MOBIL parameter set changes the acceleration much (a sweep over
+# comfort_acc, time_gap and lane changes on 12 scenarios moved the error by ≤ 0.25 of the default's),
+# so it would add noise, not a skill. It stays available to instruction files.
+GENERATED_KINDS = ("speed", "speed_max", "speed_min", "lane", "avoid_lane", "headway", "no_lane_change", "overtake")
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 SCENARIO_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -146,15 +152,15 @@ class Instruction:
 
 def _sample_constraint(kind: str, rng: random.Random) -> dict[str, Any]:
     if kind == "speed":
-        return {"type": kind, "target": float(rng.choice(range(14, 33)))}
+        return {"type": kind, "target": float(rng.choice(range(12, 21)))}
     if kind == "speed_max":
-        return {"type": kind, "limit": float(rng.choice(range(14, 24)))}
+        return {"type": kind, "limit": float(rng.choice(range(13, 20)))}
     if kind == "speed_min":
-        return {"type": kind, "limit": float(rng.choice(range(24, 31)))}
+        return {"type": kind, "limit": float(rng.choice(range(22, 27)))}
     if kind in ("lane", "avoid_lane"):
         return {"type": kind, "lane": rng.randrange(3)}
     if kind == "headway":
-        return {"type": kind, "min_s": rng.choice([1.5, 2.0, 2.5, 3.0])}
+        return {"type": kind, "min_s": rng.choice([3.0, 3.5, 4.0])}
     if kind == "overtake":
         return {"type": kind, "count": rng.choice([1, 2, 3])}
     if kind == "smooth":
@@ -187,11 +193,12 @@ def generate_split(split: str, n: int) -> list[Instruction]:
         raise EmbodiedPruneError(f"unknown split {split!r}; choose train, val or test.")
     rng = random.Random(SPLIT_SEEDS[split])
     test = split == "test"
-    kinds = list(PHRASES)
+    kinds = list(GENERATED_KINDS)
     out: list[Instruction] = []
     while len(out) < n:
         if test and len(out) % 3 == 0:
-            chosen = list(rng.choice(sorted(HELD_OUT_COMBOS, key=sorted)))
+            # sorted: a frozenset's iteration order depends on the process's string-hash seed
+            chosen = sorted(rng.choice(sorted(HELD_OUT_COMBOS, key=sorted)))
             rng.shuffle(chosen)
         else:
             k = rng.choices([1, 2, 3], weights=[4, 4, 2])[0]
@@ -296,7 +303,7 @@ def teacher_params(constraints: list[dict[str, Any]], rng: random.Random | None 
         elif kind == "speed_max":
             p["target_speed"] = jitter(c["limit"] - 1.0, speed_steps)
         elif kind == "speed_min":
-            p["target_speed"] = jitter(c["limit"] + 1.0, speed_steps)
+            p["target_speed"] = jitter(c["limit"], speed_steps)
         elif kind == "lane":
             p["preferred_lane"] = c["lane"]
         elif kind == "avoid_lane":

@@ -2,7 +2,7 @@
 
 Per instruction: the task error ``E`` of the instructed quantities (mean over its constraints, see
 :mod:`.constraints`) with the model's parameters and with the default parameters, on the same
-scenario. The relative error reduction ``r = (E_default − E_model) / max(E_default, 0.05)`` is clipped
+scenario. The relative error reduction ``r = (E_default − E_model) / max(E_default, 0.25)`` is clipped
 to ``[−4, 1]`` (RobotxR1's reward clip; 1 is a perfect score). A collision or an unparseable answer
 gets the fixed error ``E_FAIL``; a simulator exception marks the episode failed, with its reason.
 **Control adaptability** is the mean of ``r`` over instructions, as RobotxR1 defines it.
@@ -24,7 +24,9 @@ from .scenario import Scenario, Trajectory
 from .sim import run_episode
 
 E_FAIL = 2.0
-E_FLOOR = 0.05
+# The denominator's floor: where the default parameters already (nearly) meet an instruction, a small
+# model error would otherwise count as a many-fold loss; a quarter of a clear violation is the unit then.
+E_FLOOR = 0.25
 R_MIN, R_MAX = -4.0, 1.0
 
 
