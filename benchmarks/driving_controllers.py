@@ -46,7 +46,7 @@ def main() -> None:
             # The reference SFT imitates: the teacher's un-jittered answers, on the same traffic.
             teacher = [format_answer(teacher_params(x.constraints)) for x in test]
             d = score_completions(test, teacher, seed=seed, name="teacher", scorer=scorer).to_dict()
-            rows.append(_row(seed_name, "teacher (SFT labels, no jitter)", "–", d, "–"))
+            rows.append({**_row(seed_name, "teacher (SFT labels, no jitter)", "–", d, "–"), "recipe": "–"})
             d.pop("per_instruction")
             data["runs"].append({**d, "traffic": seed_name})
             for size in SIZES:
@@ -55,9 +55,11 @@ def main() -> None:
                     model, tok = load_model(name), load_tokenizer(name)
                     d = evaluate_driving(model, tok, test, seed=seed, name=name, scorer=scorer).to_dict()
                     side = json.loads((Path(resolve_model_path(name)) / "embodied_prune.json").read_text())
-                    train_s = side["history"][-1]["wall_s"]
+                    record = side["history"][-1]
+                    train_s = record["wall_s"]
                     reductions[(seed_name, size, stage)] = [r["reduction"] for r in d["per_instruction"]]
                     rows.append(_row(seed_name, name, count_parameters(model)[0], d, f"{train_s / 60:.1f}"))
+                    rows[-1]["recipe"] = _recipe(record)
                     d.pop("per_instruction")
                     data["runs"].append({**d, "traffic": seed_name, "train_wall_s": train_s})
                     print(rows[-1], flush=True)
@@ -73,6 +75,7 @@ def main() -> None:
             ("parse_failures", "parse failures"),
             ("failed", "failed episodes"),
             ("train_min", "training min (this stage)"),
+            ("recipe", "this stage's recipe (from the checkpoint)"),
         ],
     )
     diffs = []
@@ -101,10 +104,22 @@ def main() -> None:
         f"{table}\n\n{diff_table}\n\n"
         "Adaptability: mean over instructions of the relative task-error reduction vs the default parameters "
         "on the same traffic, each clipped to [−4, 1]; CIs by bootstrap over instructions (5000 resamples). "
-        "Training times are the wall time of that stage on this machine, from the checkpoint's side file."
+        "Training minutes and recipes are read from each checkpoint's side file (the wall time on the machine "
+        "that trained it, a 2-core box like this one); compare the recipe with the defaults in "
+        "`embodied_prune.training.driving` to see whether a shipped controller is current."
     )
     write_result(
         "driving_controllers", "Closed-loop driving controllers: SFT vs GRPO, size ladder", body, data, time.time() - t0
+    )
+
+
+def _recipe(record: dict) -> str:
+    """The settings that matter of a training stage, as its checkpoint recorded them."""
+    if record.get("stage") == "sft":
+        return f"SFT: {record['n_train']:,} instructions × {record['epochs']:g} epochs"
+    return (
+        f"GRPO: {record['steps']} steps × {record['prompts_per_step']} prompts × {record['num_generations']}, "
+        f"lr {record['learning_rate']:g}, β {record['beta']:g}"
     )
 
 

@@ -95,7 +95,7 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--stage", required=True, choices=STAGES, help="sft or grpo")
     sp.add_argument("--size", default="l", choices=list(SIZES), help="sft: controller size (default l)")
     sp.add_argument("--init", help="grpo: the controller to start from (an SFT checkpoint or builtin:driving-*-sft)")
-    sp.add_argument("--epochs", type=float, help="sft: epochs over the training instructions (default 6)")
+    sp.add_argument("--epochs", type=float, help="sft: epochs over the 16,000 training instructions (default 1.5)")
     sp.add_argument("--max-steps", type=int, help="optimizer steps (sft: overrides --epochs; grpo default 150)")
     sp.add_argument("--learning-rate", type=float, help="learning rate (sft default 2e-3, grpo default 2e-4)")
     sp.add_argument("--workers", type=int, default=2, help="grpo: simulator processes (default 2)")
