@@ -131,6 +131,21 @@ def test_violations_caught_in_closed_loop():
     assert constraint_error(right, {"type": "lane", "lane": 2}) < constraint_error(right, {"type": "lane", "lane": 0})
 
 
+def test_avoid_lane_parameter_leaves_and_never_enters_the_lane():
+    """Told to avoid the lane it starts in, the car leaves it and never comes back; the default may stay."""
+    errors = []
+    for seed in (5, 6, 7):
+        scenario = Scenario(seed=seed, duration=10.0)
+        default = run_episode(DEFAULT_PARAMS, scenario)
+        start = int(default.lane[0])
+        avoid = run_episode(ControllerParams(avoid_lane=start), scenario)
+        left = int(np.argmax(avoid.lane != start))
+        assert left > 0 and start not in avoid.lane[left:]
+        c = {"type": "avoid_lane", "lane": start}
+        errors.append((constraint_error(default, c), constraint_error(avoid, c)))
+    assert all(a <= d + 0.05 for d, a in errors) and any(a < d - 0.3 for d, a in errors)
+
+
 # --- scoring ---------------------------------------------------------------------------------------
 
 

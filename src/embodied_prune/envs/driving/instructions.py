@@ -307,7 +307,7 @@ def teacher_params(constraints: list[dict[str, Any]], rng: random.Random | None 
         elif kind == "lane":
             p["preferred_lane"] = c["lane"]
         elif kind == "avoid_lane":
-            p["preferred_lane"] = 2 if c["lane"] != 2 else 1
+            p["avoid_lane"] = c["lane"]
         elif kind == "headway":
             p["time_gap"] = jitter(c["min_s"], [-0.5, 0.0, 0.0, 0.0, 0.5])
         elif kind == "no_lane_change":

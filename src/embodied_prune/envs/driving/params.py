@@ -33,6 +33,7 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("lane_change_gain", float, 0.0, 3.0, 0.2, "MOBIL acceleration gain needed to change lane [m/s²]"),
     ParamSpec("allow_lane_change", bool, None, None, True, "whether the car may change lanes at all"),
     ParamSpec("preferred_lane", int, 0, 2, None, "lane to move to and keep (0 left … 2 right), or null"),
+    ParamSpec("avoid_lane", int, 0, 2, None, "lane never to enter and to leave when safe, or null"),
 )
 SPECS = {s.name: s for s in PARAM_SPECS}
 
@@ -49,6 +50,7 @@ class ControllerParams:
     lane_change_gain: float = 0.2
     allow_lane_change: bool = True
     preferred_lane: int | None = None
+    avoid_lane: int | None = None
 
     def key(self) -> tuple:
         """A hashable, rounded identity (for memoising rollouts)."""

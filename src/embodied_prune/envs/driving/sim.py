@@ -26,10 +26,12 @@ class InstructedVehicle(IDMVehicle):
     """IDM + MOBIL with instance-level parameters and an optional preferred lane.
 
     With ``preferred_lane`` set, MOBIL only accepts lane changes towards that lane (subject to its
-    usual safety criterion) and never leaves it.
+    usual safety criterion) and never leaves it. With ``avoid_lane`` set, MOBIL never changes into that
+    lane and, when the car is in it, leaves it as soon as that is safe.
     """
 
     preferred_lane: int | None = None
+    avoid_lane: int | None = None
 
     def configure(self, p: ControllerParams) -> InstructedVehicle:
         self.target_speed = p.target_speed
@@ -41,14 +43,24 @@ class InstructedVehicle(IDMVehicle):
         self.LANE_CHANGE_MIN_ACC_GAIN = p.lane_change_gain
         self.enable_lane_change = p.allow_lane_change
         self.preferred_lane = p.preferred_lane
+        self.avoid_lane = p.avoid_lane
         return self
 
     def mobil(self, lane_index) -> bool:
+        current, candidate = self.lane_index[2], lane_index[2]
+        if self.avoid_lane is not None:
+            if candidate == self.avoid_lane:
+                return False
+            if current == self.avoid_lane:
+                return self._safe_for_new_follower(lane_index)
         if self.preferred_lane is None:
             return super().mobil(lane_index)
-        current, candidate = self.lane_index[2], lane_index[2]
         if abs(candidate - self.preferred_lane) >= abs(current - self.preferred_lane):
             return False
+        return self._safe_for_new_follower(lane_index)
+
+    def _safe_for_new_follower(self, lane_index) -> bool:
+        """MOBIL's safety criterion alone: the new follower need not brake harder than allowed."""
         _, new_following = self.road.neighbour_vehicles(self, lane_index)
         braking = self.acceleration(ego_vehicle=new_following, front_vehicle=self)
         return braking >= -self.LANE_CHANGE_MAX_BRAKING_IMPOSED
