@@ -39,14 +39,14 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     test = generate_split("test", a.instructions)
+    # The reference SFT imitates: the teacher's un-jittered answers, scored on the same traffic.
+    teacher = [format_answer(teacher_params(x.constraints)) for x in test]
     rows, data, reductions = [], {"instructions": a.instructions, "runs": []}, {}
     with ClosedLoopScorer(workers=2) as scorer:
         for seed_name in a.seeds:
             seed = None if seed_name == "own" else int(seed_name)
-            # The reference SFT imitates: the teacher's un-jittered answers, on the same traffic.
-            teacher = [format_answer(teacher_params(x.constraints)) for x in test]
             d = score_completions(test, teacher, seed=seed, name="teacher", scorer=scorer).to_dict()
-            rows.append({**_row(seed_name, "teacher (SFT labels, no jitter)", "–", d, "–"), "recipe": "–"})
+            rows.append(_row(seed_name, "teacher (SFT labels, no jitter)", "–", d, "–", "–"))
             d.pop("per_instruction")
             data["runs"].append({**d, "traffic": seed_name})
             for size in SIZES:
@@ -58,8 +58,8 @@ def main() -> None:
                     record = side["history"][-1]
                     train_s = record["wall_s"]
                     reductions[(seed_name, size, stage)] = [r["reduction"] for r in d["per_instruction"]]
-                    rows.append(_row(seed_name, name, count_parameters(model)[0], d, f"{train_s / 60:.1f}"))
-                    rows[-1]["recipe"] = _recipe(record)
+                    params = count_parameters(model)[0]
+                    rows.append(_row(seed_name, name, params, d, f"{train_s / 60:.1f}", _recipe(record)))
                     d.pop("per_instruction")
                     data["runs"].append({**d, "traffic": seed_name, "train_wall_s": train_s})
                     print(rows[-1], flush=True)
@@ -123,7 +123,7 @@ def _recipe(record: dict) -> str:
     )
 
 
-def _row(traffic: str, controller: str, params, d: dict, train_min: str) -> dict:
+def _row(traffic: str, controller: str, params, d: dict, train_min: str, recipe: str) -> dict:
     return {
         "traffic": traffic,
         "controller": controller,
@@ -134,6 +134,7 @@ def _row(traffic: str, controller: str, params, d: dict, train_min: str) -> dict
         "parse_failures": d["parse_failures"],
         "failed": d["failed_episodes"],
         "train_min": train_min,
+        "recipe": recipe,
     }
 
 

@@ -43,7 +43,7 @@ class SFTSettings:
     # for new compositions, and the largest controller memorises a small set (l, 750 steps either way,
     # test adaptability 24.6 % with 4,000 × 6 epochs vs 36.1 % with 16,000 × 1.5 epochs, 2026-11-23).
     size: str = "m"
-    n_train: int = 4 * N_TRAIN
+    n_train: int = 16_000
     epochs: float = 1.5
     learning_rate: float = 2e-3
     batch_size: int = 32
