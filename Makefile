@@ -3,16 +3,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test lint bench llmc-venv clean
+.PHONY: setup sysdeps demo test lint bench llmc-venv clean
 
-setup: $(VENV)/.installed
+setup: sysdeps $(VENV)/.installed
+
+# MuJoCo renders headless through EGL (Mesa's software driver on a machine without a GPU).
+sysdeps:
+	@ldconfig -p | grep -q libEGL.so.1 && ldconfig -p | grep -q libEGL_mesa.so.0 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends libegl1 libegl-mesa0 libgl1; }
 
 # torch is pinned and installed first: the pinned CPU build lies on our machines' disk, while an
 # unpinned torch (asked for directly or by a dependency) would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
-	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,driving]"
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,driving,manipulation]"
 	touch $@
 
 demo: setup

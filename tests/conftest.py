@@ -6,6 +6,7 @@ import torch
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before anything imports mujoco
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 

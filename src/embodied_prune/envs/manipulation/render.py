@@ -1,0 +1,72 @@
+"""Fast offscreen rendering of a Meta-World scene on the CPU (EGL by default, see the package docstring).
+
+Shadows, multisampling and reflections cost most of a software-rendered frame and carry nothing a
+policy needs; they are switched off (about 10 → 100 frames/s at 96 px on one core here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """A camera of the observation: a named model camera, or a free camera aimed at ``lookat``."""
+
+    name: str
+    size: int
+    model_camera: str | None = None
+    lookat: tuple[float, float, float] = (0.0, 0.65, 0.12)
+    azimuth: float = -90.0
+    elevation: float = -30.0
+    distance: float = 1.15
+
+
+# The third-person view faces the robot across the table (robot, objects and goal markers in view);
+# the wrist view is Meta-World's gripper camera, looking down past the fingers.
+FRONT = CameraSpec("front", 128)
+WRIST = CameraSpec("wrist", 64, model_camera="gripperPOV")
+DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (FRONT, WRIST)
+
+
+def make_fast(model: mujoco.MjModel) -> None:
+    """Switch off shadows and multisampling in ``model`` (visual settings only; physics is untouched)."""
+    model.vis.quality.shadowsize = 0
+    model.vis.quality.offsamples = 0
+    model.light_castshadow[:] = 0
+
+
+class SceneRenderer:
+    """Renders the cameras of ``cameras`` from an ``MjData``; one GL context per image size."""
+
+    def __init__(self, model: mujoco.MjModel, cameras: tuple[CameraSpec, ...] = DEFAULT_CAMERAS) -> None:
+        make_fast(model)
+        self.cameras = cameras
+        self._renderers = {c.size: mujoco.Renderer(model, c.size, c.size) for c in cameras}
+        self._free: dict[str, mujoco.MjvCamera] = {}
+        for c in cameras:
+            if c.model_camera is None:
+                cam = mujoco.MjvCamera()
+                cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+                cam.lookat[:] = c.lookat
+                cam.azimuth, cam.elevation, cam.distance = c.azimuth, c.elevation, c.distance
+                self._free[c.name] = cam
+
+    def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
+        """``{camera name: uint8 array (size, size, 3)}`` of the current state."""
+        out = {}
+        for c in self.cameras:
+            r = self._renderers[c.size]
+            r.update_scene(data, camera=self._free.get(c.name, c.model_camera))
+            r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            out[c.name] = r.render().copy()
+        return out
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        self._renderers = {}

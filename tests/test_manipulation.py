@@ -1,0 +1,122 @@
+"""The Meta-World manipulation environment: headless rendering, observations, safety monitor, demos."""
+
+from __future__ import annotations
+
+import json
+
+import mujoco
+import numpy as np
+import pytest
+
+from embodied_prune.envs.manipulation.demos import (
+    DEMO_STREAM,
+    EVAL_STREAM,
+    generate_demos,
+    load_demos,
+    scene_seed,
+)
+from embodied_prune.envs.manipulation.env import ManipulationEnv
+from embodied_prune.envs.manipulation.tasks import TASKS, resolve_tasks
+from embodied_prune.errors import EmbodiedPruneError
+
+
+@pytest.fixture
+def reach():
+    env = ManipulationEnv("reach")
+    yield env
+    env.close()
+
+
+def test_headless_rendering_shows_the_scene_and_its_randomisation(reach):
+    a, _ = reach.reset(seed=1)
+    assert set(a) == {"front", "wrist", "proprio"}  # no object or goal coordinates
+    assert a["front"].shape == (128, 128, 3) and a["wrist"].shape == (64, 64, 3)
+    assert a["front"].dtype == np.uint8 and a["front"].std() > 10 and a["wrist"].std() > 5
+    assert a["proprio"].shape == (4,)
+    again, _ = reach.reset(seed=1)
+    other, _ = reach.reset(seed=2)
+    assert np.array_equal(a["front"], again["front"])  # a seed is a scene
+    assert np.abs(a["front"].astype(int) - other["front"].astype(int)).sum() > 0  # the goal moved, visibly
+
+
+def test_proprioception_is_the_end_effector_and_gripper(reach):
+    obs, _ = reach.reset(seed=0)
+    hand = reach._mw.get_endeff_pos()
+    assert np.allclose(obs["proprio"][:3], hand, atol=1e-5)
+    assert 0.0 <= obs["proprio"][3] <= 1.0
+
+
+def test_blank_images_are_black():
+    env = ManipulationEnv("push", blank_images=True)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert not obs["front"].any() and not obs["wrist"].any()
+        assert obs["proprio"].any()
+    finally:
+        env.close()
+
+
+def test_expert_succeeds_without_violations(reach):
+    reach.reset(seed=3)
+    seen = {k: 0 for k in ("table_contact", "joint_limit", "fast_object")}
+    for _ in range(reach.max_steps):
+        _, _, success, truncated, info = reach.step(reach.expert_action())
+        for k, v in info["safety"].items():
+            seen[k] += v
+        if success or truncated:
+            break
+    assert success
+    assert seen == {"table_contact": 0, "joint_limit": 0, "fast_object": 0}
+
+
+def test_safety_monitor_catches_each_planted_violation(reach):
+    m, d = reach.mj_model, reach.mj_data
+    reach.reset(seed=0)
+    assert not any(reach.safety.events(d).values())
+    # the hand driven down into the table
+    d.mocap_pos[0] = [0.0, 0.6, -0.1]
+    hits = []
+    for _ in range(100):
+        mujoco.mj_step(m, d)
+        hits.append(reach.safety.events(d)["table_contact"])
+    assert any(hits)
+    # an arm joint at its limit
+    reach.reset(seed=0)
+    j = reach.safety.monitored[0]
+    d.qpos[m.jnt_qposadr[j]] = m.jnt_range[j][1] - 0.01
+    mujoco.mj_forward(m, d)
+    assert reach.safety.events(d) == {"table_contact": False, "joint_limit": True, "fast_object": False}
+    # an object flung at 2 m/s
+    reach.reset(seed=0)
+    dof = m.jnt_dofadr[m.body_jntadr[m.body("obj").id]]
+    d.qvel[dof : dof + 3] = [0.0, 2.0, 0.0]
+    mujoco.mj_forward(m, d)
+    assert reach.safety.events(d) == {"table_contact": False, "joint_limit": False, "fast_object": True}
+
+
+def test_demonstrations_round_trip(tmp_path):
+    out = generate_demos(tmp_path / "demos", tasks="reach,drawer-close", episodes=1, progress=False)
+    demos = load_demos(out)
+    assert [e["task"] for e in demos.episodes] == ["reach", "drawer-close"]
+    for e, m in zip(demos.episodes, demos.meta["episodes"], strict=True):
+        t = m["length"]
+        assert e["front"].shape == (t, 128, 128, 3) and e["wrist"].shape == (t, 64, 64, 3)
+        assert e["proprio"].shape == (t, 4) and e["action"].shape == (t, 4)
+        assert np.abs(e["action"]).max() <= 1.0
+        assert m["seed"] == scene_seed(0, m["task"], 0, DEMO_STREAM)
+    assert json.loads((out / "meta.json").read_text())["tasks"]["reach"] == TASKS.get("reach").instruction
+    with pytest.raises(EmbodiedPruneError, match="not empty"):
+        generate_demos(out, tasks="reach", episodes=1, progress=False)
+
+
+def test_demo_and_evaluation_scenes_never_coincide():
+    demo = {scene_seed(0, t, i, DEMO_STREAM) for t in TASKS.names() for i in range(500)}
+    evals = {scene_seed(s, t, i, EVAL_STREAM) for s in range(3) for t in TASKS.names() for i in range(100)}
+    assert not demo & evals
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    with pytest.raises(EmbodiedPruneError, match="unknown manipulation task 'fly'"):
+        resolve_tasks("reach,fly")
+    with pytest.raises(EmbodiedPruneError, match=r"no meta\.json"):
+        load_demos(tmp_path)
