@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_driving import add_verbs as add_driving_verbs
 
     add_driving_verbs(verb)
+    from .cli_manipulation import add_verbs as add_manipulation_verbs
+
+    add_manipulation_verbs(verb)
 
     verb("models", cmd_models, "list the built-in models", "List the models addressable as builtin:NAME.")
 

@@ -12,8 +12,16 @@ STAGES = ("sft", "grpo")
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    if a.task == "manipulation":
+        from .cli_manipulation import cmd_train as train_manipulation
+
+        return train_manipulation(a)
     from .training.driving import GRPOSettings, SFTSettings, train_grpo, train_sft
 
+    if a.stage is None:
+        raise EmbodiedPruneError("train driving needs --stage sft or --stage grpo.")
+    if a.demos or a.batch_size:
+        raise EmbodiedPruneError("--demos and --batch-size are for train manipulation.")
     if a.stage == "sft":
         if a.init:
             raise EmbodiedPruneError("--init is for --stage grpo; SFT trains a fresh controller of --size.")
@@ -34,6 +42,13 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
+    if a.task == "manipulation":
+        from .cli_manipulation import cmd_eval as eval_manipulation
+
+        return eval_manipulation(a)
+    if a.tasks or a.blank_images or a.execute:
+        raise EmbodiedPruneError("--tasks, --execute and --blank-images are for eval manipulation.")
+    a.episodes = 1 if a.episodes is None else a.episodes
     from .envs.driving.instructions import generate_split, load_instructions
     from .evaluation.driving import evaluate_driving
     from .io import atomic_write_text
@@ -76,6 +91,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``train`` and ``eval`` with the main parser's ``verb`` helper."""
     from .cli import add_output_args
+    from .cli_manipulation import EVAL_HELP, TRAIN_HELP, add_eval_arguments, add_train_arguments
     from .training.controller import SIZES
 
     sp = verb(
@@ -89,10 +105,10 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "                reduction measured by driving each sampled answer in closed loop.\n\n"
         "Examples:\n"
         "  embodied-prune train driving --stage sft --size s --out runs/ctl-s-sft\n"
-        "  embodied-prune train driving --stage grpo --init runs/ctl-s-sft --out runs/ctl-s-grpo",
+        "  embodied-prune train driving --stage grpo --init runs/ctl-s-sft --out runs/ctl-s-grpo" + TRAIN_HELP,
     )
-    sp.add_argument("task", choices=["driving"], help="the task (driving)")
-    sp.add_argument("--stage", required=True, choices=STAGES, help="sft or grpo")
+    sp.add_argument("task", choices=["driving", "manipulation"], help="the task (driving or manipulation)")
+    sp.add_argument("--stage", choices=STAGES, help="driving: sft or grpo")
     sp.add_argument("--size", default="l", choices=list(SIZES), help="sft: controller size (default l)")
     sp.add_argument("--init", help="grpo: the controller to start from (an SFT checkpoint or builtin:driving-*-sft)")
     sp.add_argument("--epochs", type=float, help="sft: epochs over the 16,000 training instructions (default 1.5)")
@@ -100,6 +116,7 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--learning-rate", type=float, help="learning rate (sft default 2e-3, grpo default 2e-4)")
     sp.add_argument("--workers", type=int, default=2, help="grpo: simulator processes (default 2)")
     sp.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    add_train_arguments(sp)
     add_output_args(sp)
 
     sp = verb(
@@ -115,14 +132,24 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "schema in the README). With --seed, every instruction drives in --episodes traffic scenarios drawn\n"
         "from that seed; without it, the first episode uses the instruction's own scenario.\n\n"
         "Example:\n"
-        "  embodied-prune eval driving --model builtin:driving-l-grpo --split test --json runs/eval.json",
+        "  embodied-prune eval driving --model builtin:driving-l-grpo --split test --json runs/eval.json" + EVAL_HELP,
     )
-    sp.add_argument("task", choices=["driving"], help="the task (driving)")
+    sp.add_argument("task", choices=["driving", "manipulation"], help="the task (driving or manipulation)")
     sp.add_argument("--model", required=True, help="the controller to evaluate")
     sp.add_argument("--instructions", metavar="FILE", help="a JSONL instruction file")
     sp.add_argument("--split", choices=["train", "val", "test"], help="a built-in split (default test)")
     sp.add_argument("--limit", type=int, help="number of instructions (built-in split default 200; file: all)")
-    sp.add_argument("--episodes", type=int, default=1, help="traffic scenarios per instruction (default 1)")
-    sp.add_argument("--seed", type=int, help="seed of the traffic scenarios (default: each instruction's own)")
+    sp.add_argument(
+        "--episodes",
+        type=int,
+        help="driving: traffic scenarios per instruction (default 1); manipulation: episodes per task (default 50)",
+    )
+    sp.add_argument(
+        "--seed",
+        type=int,
+        help="driving: seed of the traffic scenarios (default: each instruction's own); manipulation: of the "
+        "object positions (default 0)",
+    )
     sp.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
+    add_eval_arguments(sp)
     sp.add_argument("--json", metavar="FILE", help="write the full result (with per-instruction rows) here")

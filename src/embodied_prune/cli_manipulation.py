@@ -1,0 +1,114 @@
+"""The manipulation side of ``embodied-prune``: ``demos``, ``train manipulation``, ``eval manipulation``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from .errors import EmbodiedPruneError
+
+TRAIN_HELP = (
+    "\n\nmanipulation: behaviour cloning of the tiny VLA on a demonstration folder made by `demos`:\n"
+    "  embodied-prune demos manipulation --out runs/demos\n"
+    "  embodied-prune train manipulation --demos runs/demos --out runs/vla"
+)
+EVAL_HELP = (
+    "\n\nmanipulation: run a VLA policy in closed loop on the Meta-World tasks; success rate per task\n"
+    "with Wilson 95 % CIs, safety violations (arm-table contact, joints near limits, fast objects) and\n"
+    "the median policy-query latency. --seed picks fresh object positions (never a demonstration's).\n"
+    "  embodied-prune eval manipulation --model builtin:vla-metaworld --episodes 50 --json runs/vla.json"
+)
+
+
+def cmd_demos(a: argparse.Namespace) -> None:
+    from .envs.manipulation.demos import generate_demos
+
+    out = generate_demos(a.out, a.tasks, a.episodes, a.seed, overwrite=a.overwrite, progress=not a.quiet)
+    meta = json.loads((out / "meta.json").read_text())
+    steps = sum(e["length"] for e in meta["episodes"])
+    print(f"wrote {len(meta['episodes'])} expert episodes ({steps} steps) → {out}")
+    print(f"train on them: embodied-prune train manipulation --demos {out} --out runs/vla")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .training.manipulation import BCSettings, train_bc
+
+    if not a.demos:
+        raise EmbodiedPruneError(
+            "train manipulation needs --demos DIR (make one with `embodied-prune demos manipulation`)."
+        )
+    if a.stage or a.init:
+        raise EmbodiedPruneError("--stage and --init are for train driving; manipulation trains by behaviour cloning.")
+    given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "batch_size": a.batch_size}
+    s = BCSettings(seed=a.seed, **{k: v for k, v in given.items() if v is not None})
+    path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet)
+    record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
+    print(f"trained the VLA policy in {record['wall_s']:.0f} s → {path}")
+    print(f"evaluate it: embodied-prune eval manipulation --model {path}")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from .evaluation.manipulation import evaluate_manipulation
+    from .io import atomic_write_text
+
+    episodes = 50 if a.episodes is None else a.episodes
+    if episodes < 1:
+        raise EmbodiedPruneError(f"--episodes must be at least 1, got {episodes}.")
+    if a.workers < 1:
+        raise EmbodiedPruneError(f"--workers must be at least 1, got {a.workers}.")
+    from .models.vla import load_vla
+
+    load_vla(a.model)  # fail here, with a clear message, rather than inside every worker
+    report = evaluate_manipulation(
+        a.model,
+        a.tasks,
+        episodes,
+        seed=0 if a.seed is None else a.seed,
+        workers=a.workers,
+        execute=a.execute,
+        blank_images=a.blank_images,
+        progress=not a.quiet,
+    )
+    print(report.markdown())
+    if a.json:
+        atomic_write_text(a.json, json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
+def add_train_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--demos", metavar="DIR", help="manipulation: the demonstration folder to clone")
+    sp.add_argument("--batch-size", type=int, help="manipulation: samples per step (default 16)")
+
+
+def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--tasks", help="manipulation: comma-separated tasks (default all six)")
+    sp.add_argument(
+        "--execute", type=int, help="manipulation: actions executed per predicted chunk (default: the whole chunk)"
+    )
+    sp.add_argument(
+        "--blank-images", action="store_true", help="manipulation: black camera images (does the policy need its eyes?)"
+    )
+
+
+def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``demos`` with the main parser's ``verb`` helper."""
+    from .cli import add_output_args
+    from .envs.manipulation.tasks import TASKS
+
+    sp = verb(
+        "demos",
+        cmd_demos,
+        "record expert demonstrations of the Meta-World tasks (for train manipulation)",
+        "Run Meta-World's scripted experts over randomised object positions and store each successful\n"
+        "episode (front and wrist camera images, proprioception, actions) in a folder whose format is\n"
+        "documented in docs/manipulation.md.\n\n"
+        f"Tasks: {', '.join(TASKS.names())}.\n\n"
+        "Example:\n"
+        "  embodied-prune demos manipulation --episodes 40 --out runs/demos",
+    )
+    sp.add_argument("task", choices=["manipulation"], help="the task family (manipulation)")
+    sp.add_argument("--tasks", help="comma-separated tasks (default all six)")
+    sp.add_argument("--episodes", type=int, default=40, help="successful episodes per task (default 40)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the object positions (default 0)")
+    add_output_args(sp)

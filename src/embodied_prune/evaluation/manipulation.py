@@ -1,0 +1,221 @@
+"""Closed-loop evaluation of a VLA policy on the Meta-World tasks (success, safety, latency).
+
+Episodes run in a process pool (each worker loads the policy once, one torch thread, and keeps one
+environment per task) or in this process with ``workers=1``. An episode that raises is recorded as
+failed with its reason and evaluation goes on. Episode scenes come from
+:func:`~embodied_prune.envs.manipulation.demos.scene_seed` with the evaluation stream, so they never
+repeat a demonstration's scene, and any ``seed`` gives fresh object positions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..envs.manipulation.demos import EVAL_STREAM, scene_seed
+from ..envs.manipulation.safety import KINDS
+from ..envs.manipulation.tasks import resolve_tasks
+from .report import markdown_table, percent_ci
+from .stats import wilson_ci
+
+
+class VLAPolicy:
+    """Queries the policy for an action chunk and executes its first ``execute`` actions."""
+
+    def __init__(self, model, tokenizer, execute: int | None = None) -> None:
+        import torch
+
+        from ..models.vla import encode_instructions
+
+        self.torch = torch
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.execute = execute or model.config.chunk
+        self._encode = encode_instructions
+        self._queue: deque = deque()
+        self.latencies_ms: list[float] = []
+
+    def reset(self) -> None:
+        self._queue.clear()
+
+    def act(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        if not self._queue:
+            torch = self.torch
+            enc = self._encode(self.tokenizer, [instruction], self.model.config.instruction_len)
+            images = {name: torch.from_numpy(obs[name][None]) for name, _, _ in self.model.config.cameras}
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                chunk = self.model(
+                    images,
+                    enc["input_ids"],
+                    enc["attention_mask"],
+                    torch.from_numpy(obs["proprio"][None]),
+                    bos_id=self.tokenizer.bos_token_id,
+                )["actions"][0]
+            self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+            self._queue.extend(np.clip(chunk.numpy(), -1.0, 1.0)[: self.execute])
+        return self._queue.popleft()
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    index: int
+    seed: int
+    success: bool
+    steps: int
+    safety: dict[str, int]
+    latencies_ms: list[float] = field(default_factory=list)
+    failure: str | None = None
+
+
+def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> EpisodeResult:
+    """One closed-loop episode; exceptions become a failed episode with the reason."""
+    counts = dict.fromkeys(KINDS, 0)
+    policy.reset()
+    n_lat = len(policy.latencies_ms)
+    steps, success = 0, False
+    try:
+        obs, info = env.reset(seed=seed)
+        for steps in range(1, env.max_steps + 1):  # noqa: B007
+            obs, _, success, truncated, info = env.step(policy.act(obs, info.get("instruction", env.instruction)))
+            info.setdefault("instruction", env.instruction)
+            for k, v in info["safety"].items():
+                counts[k] += int(v)
+            if success or truncated:
+                break
+        failure = None
+    except Exception as e:
+        failure = f"{type(e).__name__}: {e}".splitlines()[0]
+        success = False
+        traceback.print_exc()
+    return EpisodeResult(task, index, seed, bool(success), steps, counts, policy.latencies_ms[n_lat:], failure)
+
+
+# --- worker pool --------------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(model_path: str, execute: int | None, blank_images: bool) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from ..models.vla import load_vla
+
+    model, tok = load_vla(model_path)
+    _WORKER.update(policy=VLAPolicy(model, tok, execute), envs={}, blank=blank_images)
+
+
+def _worker_episode(job: tuple[str, int, int]) -> EpisodeResult:
+    from ..envs.manipulation.env import ManipulationEnv
+
+    task, index, seed = job
+    envs = _WORKER["envs"]
+    if task not in envs:
+        envs[task] = ManipulationEnv(task, blank_images=_WORKER["blank"])
+    return run_episode(envs[task], _WORKER["policy"], task, index, seed)
+
+
+@dataclass
+class ManipulationReport:
+    """Aggregates of an evaluation (``to_dict`` is the JSON written by ``eval manipulation``)."""
+
+    model: str
+    results: list[EpisodeResult]
+    seed: int
+    wall_s: float
+    blank_images: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        n = len(self.results)
+        wins = sum(r.success for r in self.results)
+        per_task = {}
+        for task in dict.fromkeys(r.task for r in self.results):
+            rs = [r for r in self.results if r.task == task]
+            k = sum(r.success for r in rs)
+            per_task[task] = {"success_rate": k / len(rs), "ci95": list(wilson_ci(k, len(rs))), "episodes": len(rs)}
+        lat = [x for r in self.results for x in r.latencies_ms]
+        return {
+            "model": self.model,
+            "success_rate": wins / n if n else float("nan"),
+            "ci95": list(wilson_ci(wins, n)),
+            "episodes": n,
+            "per_task": per_task,
+            "safety_violations": {k: sum(r.safety[k] for r in self.results) for k in KINDS},
+            "episodes_with_violation": {k: sum(r.safety[k] > 0 for r in self.results) for k in KINDS},
+            "latency_ms_median": float(np.median(lat)) if lat else float("nan"),
+            "queries": len(lat),
+            "failed_episodes": sum(r.failure is not None for r in self.results),
+            "blank_images": self.blank_images,
+            "seed": self.seed,
+            "wall_s": self.wall_s,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "per_episode": [{k: v for k, v in asdict(r).items() if k != "latencies_ms"} for r in self.results],
+        }
+
+    def markdown(self) -> str:
+        d = self.to_dict()
+        rows = [
+            {"task": t, "success": percent_ci(v["success_rate"], v["ci95"]), "n": v["episodes"]}
+            for t, v in d["per_task"].items()
+        ]
+        rows.append({"task": "**all**", "success": percent_ci(d["success_rate"], d["ci95"]), "n": d["episodes"]})
+        table = markdown_table(rows, [("task", "task"), ("success", "success (95 % CI)"), ("n", "episodes")])
+        v = d["safety_violations"]
+        return (
+            f"{table}\n\nsafety violations (steps): table contact {v['table_contact']}, joint limit "
+            f"{v['joint_limit']}, fast object {v['fast_object']}; policy query latency median "
+            f"{d['latency_ms_median']:.1f} ms over {d['queries']} queries; failed episodes {d['failed_episodes']}."
+        )
+
+
+def evaluate_manipulation(
+    model_path: str | os.PathLike,
+    tasks: str | list[str] | None = None,
+    episodes: int = 50,
+    seed: int = 0,
+    workers: int = 2,
+    execute: int | None = None,
+    blank_images: bool = False,
+    progress: bool = True,
+) -> ManipulationReport:
+    """Evaluate the policy saved at ``model_path`` on ``episodes`` fresh scenes per task."""
+    specs = resolve_tasks(tasks)
+    jobs = [(s.name, i, scene_seed(seed, s.name, i, EVAL_STREAM)) for s in specs for i in range(episodes)]
+    t0 = time.time()
+    bar = tqdm(total=len(jobs), desc="episodes", unit="ep", disable=not progress)
+    results: list[EpisodeResult] = []
+    if workers > 1:
+        ctx = mp.get_context("forkserver")
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(str(model_path), execute, blank_images)
+        ) as pool:
+            for r in pool.map(_worker_episode, jobs):
+                results.append(r)
+                bar.update()
+    else:
+        _init_worker(str(model_path), execute, blank_images)
+        try:
+            for job in jobs:
+                results.append(_worker_episode(job))
+                bar.update()
+        finally:
+            for env in _WORKER.pop("envs", {}).values():
+                env.close()
+            _WORKER.clear()
+    bar.close()
+    return ManipulationReport(str(model_path), results, seed, time.time() - t0, blank_images)
+
+
+__all__ = ["EpisodeResult", "ManipulationReport", "VLAPolicy", "evaluate_manipulation", "run_episode"]

@@ -1,0 +1,290 @@
+"""A tiny vision-language-action policy shaped like OpenVLA-OFT, with a Llama decoder as backbone.
+
+One policy query lays its sequence out as ``[BOS, visual tokens, instruction tokens, action queries]``:
+
+- **vision encoder**: per camera a small convolutional stem and a patch convolution, one token per
+  patch (128 px front view at 8 px patches → 256 tokens, 64 px wrist view → 64 tokens: 320 visual
+  tokens), plus a learned position embedding per patch and camera;
+- **projector**: a two-layer MLP into the backbone's width (OpenVLA's projector);
+- **backbone**: ``transformers``' ``LlamaModel`` fed with ``inputs_embeds``; the instruction is
+  tokenised with the policy's own word-level tokenizer and embedded by the backbone's embedding table;
+- **action head** (OFT-style parallel decoding): ``chunk`` learned action queries, each plus the
+  projected proprioception, decoded in the same forward pass; an MLP maps each query's last hidden
+  state to a 4-D action. Trained with an L1 loss on the expert's next ``chunk`` actions.
+
+The backbone carries most of a query's compute (see :func:`compute_split`), so pruning it (structured
+or 2:4, through the ``embodied_prune_adapter`` that points the pruning code at ``backbone.layers``)
+shows its effect on speed, as in OpenVLA-OFT where the 7 B language model dominates.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+
+from .adapters import DecoderAdapter
+
+SPECIAL = ("[PAD]", "[UNK]", "[BOS]")
+VLA_ADAPTER = DecoderAdapter(family="tiny-vla", layers="backbone.layers", config="backbone.config")
+
+
+class TinyVLAConfig(PretrainedConfig):
+    """Configuration of :class:`TinyVLA`; ``backbone_config`` is an ordinary ``LlamaConfig``."""
+
+    model_type = "embodied-prune-tiny-vla"
+    sub_configs = {"backbone_config": LlamaConfig}  # noqa: RUF012
+
+    def __init__(
+        self,
+        backbone_config: LlamaConfig | dict | None = None,
+        cameras: list[list] | None = None,
+        vision_dim: int = 128,
+        stem_channels: int = 32,
+        proprio_dim: int = 4,
+        action_dim: int = 4,
+        chunk: int = 8,
+        instruction_len: int = 16,
+        proprio_mean: list[float] | None = None,
+        proprio_std: list[float] | None = None,
+        **kwargs,
+    ) -> None:
+        if isinstance(backbone_config, dict):
+            backbone_config = LlamaConfig(**backbone_config)
+        self.backbone_config = backbone_config or LlamaConfig(
+            hidden_size=192,
+            num_hidden_layers=4,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            intermediate_size=512,
+            vocab_size=64,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        )
+        # [name, image size, patch size]; the stem halves the image twice before the patch convolution
+        self.cameras = [list(c) for c in (cameras or [["front", 128, 8], ["wrist", 64, 8]])]
+        self.vision_dim = vision_dim
+        self.stem_channels = stem_channels
+        self.proprio_dim = proprio_dim
+        self.action_dim = action_dim
+        self.chunk = chunk
+        self.instruction_len = instruction_len
+        self.proprio_mean = list(proprio_mean or [0.0] * proprio_dim)
+        self.proprio_std = list(proprio_std or [1.0] * proprio_dim)
+        super().__init__(**kwargs)
+
+    def visual_tokens(self) -> dict[str, int]:
+        """Visual tokens per camera, in sequence order."""
+        return {name: (size // patch) ** 2 for name, size, patch in self.cameras}
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each part of a policy query sits in the sequence (half-open index ranges)."""
+
+    bos: int
+    visual: tuple[int, int]
+    cameras: dict[str, tuple[int, int]]
+    instruction: tuple[int, int]
+    actions: tuple[int, int]
+
+    @property
+    def length(self) -> int:
+        return self.actions[1]
+
+
+class CameraEncoder(nn.Module):
+    """Conv stem (two stride-2 3×3 convolutions) then a patch convolution: one token per patch."""
+
+    def __init__(self, size: int, patch: int, channels: int, dim: int) -> None:
+        super().__init__()
+        if patch % 4 or size % patch:
+            raise ValueError(f"patch {patch} must be a multiple of 4 dividing the image size {size}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels, 3, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(channels, 2 * channels, 3, 2, 1),
+            nn.GELU(),
+        )
+        self.patch = nn.Conv2d(2 * channels, dim, patch // 4, patch // 4)
+        self.pos = nn.Parameter(torch.zeros((size // patch) ** 2, dim))
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` uint8 (B, H, W, 3) → tokens (B, N, dim)."""
+        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = self.patch(self.stem(x))
+        return x.flatten(2).transpose(1, 2) + self.pos
+
+
+class TinyVLA(PreTrainedModel):
+    """The policy (see the module docstring). ``forward`` returns actions (B, chunk, action_dim)."""
+
+    config_class = TinyVLAConfig
+    base_model_prefix = "vla"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LlamaDecoderLayer"]  # noqa: RUF012
+    embodied_prune_adapter = VLA_ADAPTER
+
+    def __init__(self, config: TinyVLAConfig) -> None:
+        super().__init__(config)
+        h = config.backbone_config.hidden_size
+        self.encoders = nn.ModuleDict(
+            {
+                name: CameraEncoder(size, patch, config.stem_channels, config.vision_dim)
+                for name, size, patch in config.cameras
+            }
+        )
+        self.projector = nn.Sequential(nn.Linear(config.vision_dim, h), nn.GELU(), nn.Linear(h, h))
+        self.backbone = LlamaModel(config.backbone_config)
+        self.action_queries = nn.Parameter(torch.zeros(config.chunk, h))
+        nn.init.normal_(self.action_queries, std=0.02)
+        self.proprio_proj = nn.Linear(config.proprio_dim, h)
+        self.action_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, config.action_dim))
+        self.post_init()
+
+    def layout(self, instruction_len: int | None = None) -> TokenLayout:
+        """The token layout of a query whose instruction has ``instruction_len`` tokens."""
+        n_instr = instruction_len if instruction_len is not None else self.config.instruction_len
+        spans, start = {}, 1
+        for name, n in self.config.visual_tokens().items():
+            spans[name] = (start, start + n)
+            start += n
+        visual = (1, start)
+        instruction = (start, start + n_instr)
+        actions = (instruction[1], instruction[1] + self.config.chunk)
+        return TokenLayout(0, visual, spans, instruction, actions)
+
+    def visual_embeddings(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Projected visual tokens of all cameras, in layout order: (B, N_visual, hidden)."""
+        tokens = [self.encoders[name](images[name]) for name, _, _ in self.config.cameras]
+        return self.projector(torch.cat(tokens, dim=1))
+
+    def build_inputs(
+        self,
+        images: dict[str, torch.Tensor],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        proprio: torch.Tensor,
+        bos_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedded sequence ``[BOS, visual, instruction, action queries]`` and its attention mask."""
+        b = input_ids.shape[0]
+        embed = self.backbone.embed_tokens
+        bos = embed(torch.full((b, 1), bos_id, dtype=torch.long, device=input_ids.device))
+        visual = self.visual_embeddings(images)
+        # normalisation statistics live in the config (set from the demonstrations before training)
+        mean = torch.tensor(self.config.proprio_mean, device=proprio.device)
+        std = torch.tensor(self.config.proprio_std, device=proprio.device)
+        proprio = (proprio.float() - mean) / std
+        queries = self.action_queries.unsqueeze(0) + self.proprio_proj(proprio).unsqueeze(1)
+        x = torch.cat([bos, visual.to(bos.dtype), embed(input_ids), queries.to(bos.dtype)], dim=1)
+        ones = torch.ones(b, 1 + visual.shape[1], dtype=attention_mask.dtype, device=attention_mask.device)
+        tail = torch.ones(b, self.config.chunk, dtype=attention_mask.dtype, device=attention_mask.device)
+        return x, torch.cat([ones, attention_mask, tail], dim=1)
+
+    def forward(
+        self,
+        images: dict[str, torch.Tensor],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        proprio: torch.Tensor,
+        bos_id: int = 2,
+        actions: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Predict an action chunk; with target ``actions`` (B, chunk, action_dim) also the L1 loss."""
+        x, mask = self.build_inputs(images, input_ids, attention_mask, proprio, bos_id)
+        hidden = self.backbone(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+        pred = self.action_head(hidden[:, -self.config.chunk :].float())
+        out = {"actions": pred}
+        if actions is not None:
+            out["loss"] = F.l1_loss(pred, actions)
+        return out
+
+
+def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the words of ``texts`` (unknown words map to ``[UNK]``)."""
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t.lower())})
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre
+    from tokenizers import normalizers
+
+    tok.normalizer = normalizers.Lowercase()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]")
+
+
+def encode_instructions(tokenizer: PreTrainedTokenizerFast, texts: list[str], length: int) -> dict[str, torch.Tensor]:
+    """Instruction ids and mask, padded or cut to ``length`` tokens (right padding)."""
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def compute_split(model: TinyVLA, instruction_len: int | None = None) -> dict[str, float]:
+    """Multiply-accumulates of one policy query by part (vision+projector, backbone, action head)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lay = model.layout(instruction_len)
+    n_instr = lay.instruction[1] - lay.instruction[0]
+    images = {name: torch.zeros(1, size, size, 3, dtype=torch.uint8) for name, size, _ in model.config.cameras}
+    ids = torch.zeros(1, n_instr, dtype=torch.long)
+    parts = {}
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            visual = model.visual_embeddings(images)
+        parts["vision"] = fc.get_total_flops()
+        x = torch.zeros(1, lay.length, visual.shape[-1])
+        with FlopCounterMode(display=False) as fc:
+            h = model.backbone(inputs_embeds=x, use_cache=False).last_hidden_state
+        parts["backbone"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            model.action_head(h[:, -model.config.chunk :])
+        parts["action_head"] = fc.get_total_flops()
+    del ids
+    total = sum(parts.values())
+    return {**{k: v / total for k, v in parts.items()}, "total_gflops": total / 1e9}
+
+
+def save_vla(model: TinyVLA, tokenizer, out: str | os.PathLike, history=None, overwrite: bool = False) -> Path:
+    """Save the policy (safetensors + config + tokenizer + side file) atomically."""
+    from .checkpoint import save_model
+
+    return save_model(model, out, tokenizer, history=history, overwrite=overwrite)
+
+
+__all__ = [
+    "VLA_ADAPTER",
+    "TinyVLA",
+    "TinyVLAConfig",
+    "TokenLayout",
+    "build_tokenizer",
+    "compute_split",
+    "encode_instructions",
+    "save_vla",
+]
+
+
+def load_vla(spec: str | os.PathLike) -> tuple[TinyVLA, PreTrainedTokenizerFast]:
+    """Load a policy folder (or ``builtin:NAME``) and its tokenizer, with clear errors."""
+    from ..errors import EmbodiedPruneError
+    from .checkpoint import resolve_model_path
+
+    path = Path(resolve_model_path(spec))
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise EmbodiedPruneError(
+            f"{spec} is not a policy folder (no config.json); train one with `train manipulation`."
+        )
+    import json
+
+    if json.loads(cfg_file.read_text()).get("model_type") != TinyVLAConfig.model_type:
+        raise EmbodiedPruneError(f"{spec} is not a VLA policy of this toolkit (config model_type differs).")
+    model = TinyVLA.from_pretrained(path).eval()
+    return model, PreTrainedTokenizerFast.from_pretrained(path)

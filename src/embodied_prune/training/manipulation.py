@@ -1,0 +1,168 @@
+"""Behaviour cloning of the tiny VLA on expert demonstrations (multi-task), with ``transformers.Trainer``.
+
+Each sample is one step of one demonstration: both camera images (randomly shifted by a few pixels,
+the standard augmentation for pixel-based imitation), the proprioception, the task's instruction and
+the expert's next ``chunk`` actions (the last action repeated past the episode's end). Loss: L1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import LlamaConfig, Trainer, TrainingArguments, set_seed
+
+from ..envs.manipulation.demos import DemoSet, load_demos
+from ..envs.manipulation.tasks import TASKS
+from ..io import check_output_dir
+from ..models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, save_vla
+
+
+@dataclass
+class BCSettings:
+    """Behaviour-cloning recipe and the policy's shape."""
+
+    steps: int = 2500
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    intermediate_size: int = 512
+    chunk: int = 8
+    shift: float = 1 / 16  # random-shift augmentation, as a fraction of the image size
+    seed: int = 0
+
+
+class DemoSteps(Dataset):
+    """Every step of every demonstration as a training sample."""
+
+    def __init__(self, demos: DemoSet, tokenizer, chunk: int, instruction_len: int, shift: float, seed: int) -> None:
+        self.episodes = demos.episodes
+        self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep["action"]))]
+        self.chunk = chunk
+        self.shift = shift
+        self.rng = np.random.default_rng(seed)
+        names = sorted({ep["task"] for ep in self.episodes})
+        enc = encode_instructions(tokenizer, [TASKS.get(n).instruction for n in names], instruction_len)
+        self.instr = {n: (enc["input_ids"][i], enc["attention_mask"][i]) for i, n in enumerate(names)}
+        self.cameras = [k for k in self.episodes[0] if k not in ("proprio", "action", "task")]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _shifted(self, image: np.ndarray) -> np.ndarray:
+        pad = max(1, round(image.shape[0] * self.shift))
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        dy, dx = self.rng.integers(0, 2 * pad + 1, size=2)
+        return padded[dy : dy + image.shape[0], dx : dx + image.shape[1]]
+
+    def __getitem__(self, i: int) -> dict:
+        e, t = self.index[i]
+        ep = self.episodes[e]
+        idx = np.minimum(np.arange(t, t + self.chunk), len(ep["action"]) - 1)
+        ids, mask = self.instr[ep["task"]]
+        return {
+            "images": {c: torch.from_numpy(self._shifted(ep[c][t])) for c in self.cameras},
+            "input_ids": ids,
+            "attention_mask": mask,
+            "proprio": torch.from_numpy(ep["proprio"][t]),
+            "actions": torch.from_numpy(ep["action"][idx]),
+        }
+
+
+def collate(rows: list[dict]) -> dict:
+    """Stack samples (the images dict camera by camera)."""
+    out = {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "images"}
+    out["images"] = {c: torch.stack([r["images"][c] for r in rows]) for c in rows[0]["images"]}
+    return out
+
+
+def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
+    """A fresh policy and tokenizer for ``demos``' tasks and cameras, proprioception statistics set."""
+    tokenizer = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
+    proprio = np.concatenate([ep["proprio"] for ep in demos.episodes])
+    cameras = [[c["name"], c["size"], 8] for c in demos.meta["cameras"]]
+    cfg = TinyVLAConfig(
+        backbone_config=LlamaConfig(
+            hidden_size=s.hidden_size,
+            num_hidden_layers=s.layers,
+            num_attention_heads=s.heads,
+            num_key_value_heads=s.kv_heads,
+            intermediate_size=s.intermediate_size,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,
+        ),
+        cameras=cameras,
+        chunk=s.chunk,
+        proprio_mean=proprio.mean(0).tolist(),
+        proprio_std=np.maximum(proprio.std(0), 1e-3).tolist(),
+    )
+    return TinyVLA(cfg), tokenizer
+
+
+def train_bc(
+    demos: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: BCSettings | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train a policy on the demonstration folder ``demos``; save it to ``out``."""
+    from .driving import CompactProgress
+
+    s = settings or BCSettings()
+    check_output_dir(out, overwrite)
+    set_seed(s.seed)
+    demo_set = load_demos(demos)
+    model, tokenizer = build_policy(demo_set, s)
+    data = DemoSteps(demo_set, tokenizer, s.chunk, model.config.instruction_len, s.shift, s.seed)
+    scratch = str(Path(out).parent / f".{Path(out).name}.trainer")
+    args = TrainingArguments(
+        output_dir=scratch,
+        max_steps=s.steps,
+        per_device_train_batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(100, s.steps // 10),
+        weight_decay=0.01,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=25,
+        seed=s.seed,
+        data_seed=s.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    t0 = time.time()
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(CompactProgress(("loss",), progress))
+    trainer.train()
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    record = {
+        "op": "train",
+        "stage": "bc",
+        "demos": str(demos),
+        "samples": len(data),
+        **asdict(s),
+        "wall_s": time.time() - t0,
+    }
+    return save_vla(trainer.model, tokenizer, out, history=[record], overwrite=overwrite)
+
+
+__all__ = ["BCSettings", "DemoSteps", "build_policy", "train_bc"]

@@ -1,0 +1,136 @@
+"""The tiny VLA: token layout, save/load, behaviour cloning and closed-loop smoke runs, backbone pruning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from embodied_prune.envs.manipulation.demos import generate_demos, load_demos
+from embodied_prune.envs.manipulation.tasks import TASKS
+from embodied_prune.errors import EmbodiedPruneError
+from embodied_prune.evaluation.manipulation import evaluate_manipulation
+from embodied_prune.models.vla import (
+    TinyVLA,
+    TinyVLAConfig,
+    build_tokenizer,
+    compute_split,
+    encode_instructions,
+    load_vla,
+    save_vla,
+)
+from embodied_prune.pruning.structured import prune_structured
+from embodied_prune.pruning.unstructured import prune_unstructured
+from embodied_prune.training.manipulation import BCSettings, train_bc
+
+
+def tiny_policy(seed: int = 0) -> tuple[TinyVLA, object]:
+    torch.manual_seed(seed)
+    tok = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
+    backbone = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tok),
+        tie_word_embeddings=False,
+    )
+    return TinyVLA(TinyVLAConfig(backbone_config=backbone, vision_dim=32, stem_channels=8)), tok
+
+
+def query(model, tok, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = {
+        name: torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=g)
+        for name, size, _ in model.config.cameras
+    }
+    enc = encode_instructions(tok, ["push the puck to the green ball"] * batch, model.config.instruction_len)
+    return images, enc["input_ids"], enc["attention_mask"], torch.rand(batch, 4, generator=g)
+
+
+def test_token_layout_is_bos_visual_instruction_actions():
+    model, tok = tiny_policy()
+    lay = model.layout()
+    assert lay.bos == 0
+    assert lay.cameras == {"front": (1, 257), "wrist": (257, 321)}  # 16×16 + 8×8 patches
+    assert lay.visual == (1, 321) and lay.visual[1] - lay.visual[0] >= 256
+    assert lay.instruction == (321, 321 + model.config.instruction_len)
+    assert lay.actions == (lay.instruction[1], lay.instruction[1] + model.config.chunk)
+    # the model's own sequence has exactly this layout: visual tokens are where the layout says
+    images, ids, mask, proprio = query(model, tok)
+    x, full_mask = model.build_inputs(images, ids, mask, proprio, tok.bos_token_id)
+    assert x.shape[1] == lay.length and full_mask.shape == x.shape[:2]
+    visual = model.visual_embeddings(images)
+    assert torch.equal(x[:, lay.visual[0] : lay.visual[1]], visual)
+    assert torch.equal(x[:, lay.instruction[0] : lay.instruction[1]], model.backbone.embed_tokens(ids))
+
+
+def test_actions_depend_on_images_instruction_and_proprio():
+    model, tok = tiny_policy()
+    images, ids, mask, proprio = query(model, tok)
+    with torch.no_grad():
+        base = model(images, ids, mask, proprio)["actions"]
+        other_images = model(query(model, tok, seed=1)[0], ids, mask, proprio)["actions"]
+        other_text = encode_instructions(tok, ["close the drawer"] * 2, model.config.instruction_len)
+        text = model(images, other_text["input_ids"], other_text["attention_mask"], proprio)["actions"]
+        moved = model(images, ids, mask, proprio + 0.5)["actions"]
+    assert base.shape == (2, model.config.chunk, 4)
+    for changed in (other_images, text, moved):
+        assert not torch.allclose(base, changed)
+
+
+def test_backbone_carries_most_compute_of_the_shipped_shape():
+    model = TinyVLA(TinyVLAConfig())  # the default (shipped) shape
+    split = compute_split(model)
+    assert split["backbone"] >= 0.70
+    assert abs(split["vision"] + split["backbone"] + split["action_head"] - 1) < 1e-9
+
+
+def test_save_load_round_trip(tmp_path):
+    model, tok = tiny_policy()
+    model.config.proprio_mean = [0.1, 0.6, 0.2, 0.5]
+    path = save_vla(model, tok, tmp_path / "vla")
+    loaded, tok2 = load_vla(path)
+    images, ids, mask, proprio = query(model, tok)
+    with torch.no_grad():
+        assert torch.equal(
+            model.eval()(images, ids, mask, proprio)["actions"], loaded(images, ids, mask, proprio)["actions"]
+        )
+    assert tok2("close the drawer")["input_ids"] == tok("close the drawer")["input_ids"]
+    with pytest.raises(EmbodiedPruneError, match=r"no config\.json"):
+        load_vla(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["structured", "magnitude-2:4"])
+def test_backbone_pruning_applies_to_the_vla(how):
+    model, tok = tiny_policy()
+    n_before = sum(p.numel() for p in model.backbone.parameters())
+    if how == "structured":
+        prune_structured(model, 0.5, importance="l2", progress=False)
+        assert sum(p.numel() for p in model.backbone.parameters()) < n_before
+    else:
+        prune_unstructured(model, "magnitude", 0.5, pattern=(2, 4), progress=False)
+        w = model.backbone.layers[0].mlp.down_proj.weight
+        assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+    with torch.no_grad():
+        out = model(*query(model, tok))["actions"]
+    assert torch.isfinite(out).all()
+
+
+def test_behaviour_cloning_and_closed_loop_smoke(tmp_path):
+    demos = generate_demos(tmp_path / "demos", tasks="reach", episodes=1, progress=False)
+    settings = BCSettings(steps=2, batch_size=4, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
+    policy = train_bc(demos, tmp_path / "vla", settings, progress=False)
+    model, _ = load_vla(policy)
+    proprio = np.concatenate([e["proprio"] for e in load_demos(demos).episodes])
+    assert np.allclose(model.config.proprio_mean, proprio.mean(0), atol=1e-5)
+    report = evaluate_manipulation(policy, tasks="reach", episodes=2, workers=1, progress=False).to_dict()
+    assert report["episodes"] == 2 and report["per_task"]["reach"]["episodes"] == 2
+    assert 0.0 <= report["success_rate"] <= 1.0 and report["ci95"][0] <= report["ci95"][1]
+    assert set(report["safety_violations"]) == {"table_contact", "joint_limit", "fast_object"}
+    assert report["latency_ms_median"] > 0 and report["queries"] >= 2
+    assert report["failed_episodes"] == 0
+    seeds = [e["seed"] for e in report["per_episode"]]
+    assert len(set(seeds)) == 2
