@@ -39,6 +39,18 @@ def test_headless_rendering_shows_the_scene_and_its_randomisation(reach):
     assert np.abs(a["front"].astype(int) - other["front"].astype(int)).sum() > 0  # the goal moved, visibly
 
 
+def test_every_seed_gives_a_valid_scene():
+    # pick-place redraws until puck and goal are 15 cm apart; a frozen invalid draw used to hang reset
+    env = ManipulationEnv("pick-place")
+    try:
+        for seed in range(40):
+            env.reset(seed=seed)
+            mw = env._mw
+            assert np.linalg.norm(mw.obj_init_pos[:2] - mw._target_pos[:2]) >= 0.15
+    finally:
+        env.close()
+
+
 def test_proprioception_is_the_end_effector_and_gripper(reach):
     obs, _ = reach.reset(seed=0)
     hand = reach._mw.get_endeff_pos()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+import embodied_prune as ep
 from embodied_prune.envs.manipulation.demos import generate_demos, load_demos
 from embodied_prune.envs.manipulation.tasks import TASKS
 from embodied_prune.errors import EmbodiedPruneError
@@ -119,8 +120,31 @@ def test_backbone_pruning_applies_to_the_vla(how):
     assert torch.isfinite(out).all()
 
 
-def test_behaviour_cloning_and_closed_loop_smoke(tmp_path):
-    demos = generate_demos(tmp_path / "demos", tasks="reach", episodes=1, progress=False)
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    return generate_demos(tmp_path_factory.mktemp("demos") / "d", tasks="reach", episodes=1, progress=False)
+
+
+def test_wanda_2_4_and_uneven_structured_pruning_of_a_saved_policy(tmp_path, demos):
+    model, tok = tiny_policy()
+    dense = save_vla(model, tok, tmp_path / "dense")
+    with pytest.raises(EmbodiedPruneError, match="--calibration DEMOS_FOLDER"):
+        ep.prune(dense, "wanda", pattern="2:4", progress=False)
+    w24 = ep.prune(dense, "wanda", pattern="2:4", calibration=demos, n_samples=8, out=tmp_path / "w24", progress=False)
+    assert w24.record["calibration_samples"] == [8]
+    s30 = ep.prune(dense, "structured", 0.5, layers="1:2", out=tmp_path / "s50", progress=False)
+    q = query(model, tok)
+    for outcome in (w24, s30):
+        loaded, _ = load_vla(outcome.path)  # the uneven one goes through the side file's layer shapes
+        with torch.no_grad():
+            assert torch.equal(outcome.model.eval()(*q)["actions"], loaded(*q)["actions"])
+    w = load_vla(w24.path)[0].backbone.layers[1].self_attn.o_proj.weight
+    assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+    shapes = [layer.mlp.up_proj.out_features for layer in load_vla(s30.path)[0].backbone.layers]
+    assert shapes == [128, 64]
+
+
+def test_behaviour_cloning_and_closed_loop_smoke(tmp_path, demos):
     settings = BCSettings(steps=2, batch_size=4, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
     policy = train_bc(demos, tmp_path / "vla", settings, progress=False)
     model, _ = load_vla(policy)

@@ -47,6 +47,18 @@ def _resolve(model: PreTrainedModel | str | os.PathLike, with_factors: bool = Tr
     return model, None, []
 
 
+def _is_policy(model) -> bool:
+    from .models.vla import TinyVLA
+
+    return isinstance(model, TinyVLA)
+
+
+def _n_samples(ids: torch.Tensor | list[dict]) -> list[int]:
+    if isinstance(ids, list):  # policy-input batches
+        return [sum(len(b["input_ids"]) for b in ids)]
+    return list(ids.shape)
+
+
 def _check_layers(layers: tuple[int, int] | str | None) -> tuple[int, int] | None:
     if layers is None or isinstance(layers, tuple):
         return layers
@@ -111,7 +123,15 @@ def prune(
         method != "structured" and METHODS.get(method).needs_calibration
     )
     ids = None
-    if needs_data:
+    if needs_data and _is_policy(model):
+        from .training.manipulation import policy_calibration
+
+        if method == "structured":
+            raise EmbodiedPruneError(
+                "Taylor importance is not available for VLA policies yet; use --importance l2 or l1."
+            )
+        ids = policy_calibration(model, tokenizer, calibration, n_samples, seed=seed)
+    elif needs_data:
         ids = calibration_ids(calibration, n_samples, seq_len, model.config.vocab_size, tokenizer, seed)
     if method == "structured":
         details = prune_structured(
@@ -131,7 +151,7 @@ def prune(
         "calibration": None
         if ids is None
         else (str(calibration) if not isinstance(calibration, torch.Tensor) else "tensor"),
-        "calibration_samples": None if ids is None else list(ids.shape),
+        "calibration_samples": None if ids is None else _n_samples(ids),
         "seed": seed,
         "source": source,
         "date": _now(),

@@ -78,7 +78,7 @@ def cmd_prune(a: argparse.Namespace) -> None:
     if side["layer_shapes"]:
         print("layer shapes differ: load it with embodied_prune.load_model (plain from_pretrained cannot).")
     else:
-        print("plain transformers AutoModelForCausalLM.from_pretrained loads this folder.")
+        print("embodied_prune.load_model (or plain from_pretrained for a causal LM) loads this folder.")
 
 
 def cmd_recover(a: argparse.Namespace) -> None:

@@ -24,7 +24,9 @@ EVAL_HELP = (
 def cmd_demos(a: argparse.Namespace) -> None:
     from .envs.manipulation.demos import generate_demos
 
-    out = generate_demos(a.out, a.tasks, a.episodes, a.seed, overwrite=a.overwrite, progress=not a.quiet)
+    out = generate_demos(
+        a.out, a.tasks, a.episodes, a.seed, overwrite=a.overwrite, progress=not a.quiet, workers=a.workers
+    )
     meta = json.loads((out / "meta.json").read_text())
     steps = sum(e["length"] for e in meta["episodes"])
     print(f"wrote {len(meta['episodes'])} expert episodes ({steps} steps) → {out}")
@@ -111,4 +113,5 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--tasks", help="comma-separated tasks (default all six)")
     sp.add_argument("--episodes", type=int, default=40, help="successful episodes per task (default 40)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the object positions (default 0)")
+    sp.add_argument("--workers", type=int, default=2, help="processes recording tasks in parallel (default 2)")
     add_output_args(sp)

@@ -157,6 +157,10 @@ def load_model(
     side = read_side_file(where) if local else {"layer_shapes": None}
     if side.get("layer_shapes"):
         model = load_pruned(where, dtype=dtype)
+    elif local and _is_vla(where):
+        from .vla import TinyVLA
+
+        model = TinyVLA.from_pretrained(where, dtype=dtype)
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
@@ -176,9 +180,16 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype | None = torch.float
     path = Path(path)
     check_checkpoint_dir(path)
     side = read_side_file(path)
-    config = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if _is_vla(path):
+        from .vla import TinyVLA, TinyVLAConfig
+
+        config = TinyVLAConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = TinyVLA(config).to(dtype or torch.float32)
+    else:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     adapter = adapter_for(model)
     shapes = side.get("layer_shapes") or []
     layers = adapter.get_layers(model)
@@ -191,18 +202,29 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype | None = torch.float
         _resize_layer(adapter, layer, LayerShape(**raw))
     state = _read_state_dict(path)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = set(getattr(model, "_tied_weights_keys", None) or []) if config.tie_word_embeddings else set()
+    tie = getattr(config, "tie_word_embeddings", False)  # a VLA's top-level config has no LM head to tie
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) if tie else set()
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise EmbodiedPruneError(
             f"checkpoint {path} does not match its side file (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); re-export it."
         )
-    if config.tie_word_embeddings:
+    if tie:
         model.tie_weights()
-    _materialise_buffers(model, config)
+    _materialise_buffers(model, adapter.get_config(model))
     adapter.sync(model)
     return model.eval()
+
+
+def _is_vla(path: str | os.PathLike) -> bool:
+    """Whether the folder holds this toolkit's VLA policy (its config's model_type)."""
+    from .vla import TinyVLAConfig
+
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == TinyVLAConfig.model_type
+    except (OSError, ValueError):
+        return False
 
 
 def _resize_layer(adapter: DecoderAdapter, layer: nn.Module, shape: LayerShape) -> None:

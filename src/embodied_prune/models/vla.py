@@ -272,19 +272,11 @@ __all__ = [
 
 
 def load_vla(spec: str | os.PathLike) -> tuple[TinyVLA, PreTrainedTokenizerFast]:
-    """Load a policy folder (or ``builtin:NAME``) and its tokenizer, with clear errors."""
+    """Load a policy folder (pruned or not, or ``builtin:NAME``) and its tokenizer, with clear errors."""
     from ..errors import EmbodiedPruneError
-    from .checkpoint import resolve_model_path
+    from .checkpoint import _is_vla, load_model, resolve_model_path
 
     path = Path(resolve_model_path(spec))
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise EmbodiedPruneError(
-            f"{spec} is not a policy folder (no config.json); train one with `train manipulation`."
-        )
-    import json
-
-    if json.loads(cfg_file.read_text()).get("model_type") != TinyVLAConfig.model_type:
-        raise EmbodiedPruneError(f"{spec} is not a VLA policy of this toolkit (config model_type differs).")
-    model = TinyVLA.from_pretrained(path).eval()
-    return model, PreTrainedTokenizerFast.from_pretrained(path)
+    if not _is_vla(path):
+        raise EmbodiedPruneError(f"{spec} is not a VLA policy of this toolkit; train one with `train manipulation`.")
+    return load_model(path), PreTrainedTokenizerFast.from_pretrained(path)

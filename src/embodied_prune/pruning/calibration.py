@@ -127,7 +127,9 @@ class LayerwiseRunner:
     ``visit`` left it (e.g. pruned), and its outputs become the next layer's inputs.
     """
 
-    def __init__(self, model: nn.Module, adapter: DecoderAdapter, ids: torch.Tensor, batch_size: int = 8) -> None:
+    def __init__(
+        self, model: nn.Module, adapter: DecoderAdapter, ids: torch.Tensor | list[dict], batch_size: int = 8
+    ) -> None:
         self.model = model
         self.adapter = adapter
         self.ids = ids
@@ -148,9 +150,14 @@ class LayerwiseRunner:
 
         handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
         try:
-            for chunk in batches(self.ids, self.batch_size):
+            # token ids for a causal LM, or ready model-input dicts (a VLA's images, instruction, proprio)
+            chunks = self.ids if isinstance(self.ids, list) else batches(self.ids, self.batch_size)
+            for chunk in chunks:
                 with contextlib.suppress(_StopForward):
-                    self.model(input_ids=chunk, use_cache=False)
+                    if isinstance(chunk, dict):
+                        self.model(**chunk)
+                    else:
+                        self.model(input_ids=chunk, use_cache=False)
         finally:
             handle.remove()
         return captured

@@ -58,6 +58,8 @@ class DemoSteps(Dataset):
         return len(self.index)
 
     def _shifted(self, image: np.ndarray) -> np.ndarray:
+        if self.shift <= 0:
+            return image
         pad = max(1, round(image.shape[0] * self.shift))
         padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         dy, dx = self.rng.integers(0, 2 * pad + 1, size=2)
@@ -165,4 +167,28 @@ def train_bc(
     return save_vla(trainer.model, tokenizer, out, history=[record], overwrite=overwrite)
 
 
-__all__ = ["BCSettings", "DemoSteps", "build_policy", "train_bc"]
+def policy_calibration(
+    model: TinyVLA, tokenizer, demos: str | os.PathLike | None, n_samples: int = 32, batch_size: int = 8, seed: int = 0
+) -> list[dict]:
+    """Calibration inputs for pruning a policy: ``n_samples`` seeded steps of a demonstration folder,
+    as ready ``model(**batch)`` dicts (images, instruction, proprioception; no augmentation)."""
+    from ..errors import EmbodiedPruneError
+
+    if demos is None or str(demos) == "random" or not (Path(demos) / "meta.json").is_file():
+        raise EmbodiedPruneError(
+            f"calibrating a VLA policy needs its inputs, not text: pass --calibration DEMOS_FOLDER (made by "
+            f"`embodied-prune demos manipulation`), got {demos!r}."
+        )
+    data = DemoSteps(load_demos(demos), tokenizer, model.config.chunk, model.config.instruction_len, 0.0, seed)
+    picks = np.random.default_rng(seed).choice(len(data), size=min(n_samples, len(data)), replace=False)
+    rows = [data[int(i)] for i in picks]
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size])
+        batch.pop("actions")
+        batch["bos_id"] = tokenizer.bos_token_id
+        out.append(batch)
+    return out
+
+
+__all__ = ["BCSettings", "DemoSteps", "build_policy", "policy_calibration", "train_bc"]

@@ -20,7 +20,9 @@ evaluation from the same with ``EVAL_STREAM``, so no evaluation scene is a train
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,28 @@ def record_episode(env: ManipulationEnv, seed: int) -> tuple[dict[str, np.ndarra
     return {k: np.stack(v) for k, v in rows.items()}, success
 
 
+def _record_task(task: str, episodes: int, seed: int, folder: str) -> list[dict]:
+    """Record ``episodes`` successful expert episodes of ``task`` into ``folder``; their meta entries."""
+    env = ManipulationEnv(task)
+    entries: list[dict] = []
+    try:
+        tried = 0
+        while len(entries) < episodes:
+            if tried >= 2 * episodes + 10:
+                raise EmbodiedPruneError(f"the {task} expert failed {tried - len(entries)} of {tried} episodes.")
+            s = scene_seed(seed, task, tried, DEMO_STREAM)
+            tried += 1
+            arrays, success = record_episode(env, s)
+            if not success:
+                continue
+            name = f"{task}_{len(entries):04d}.npz"
+            np.savez_compressed(Path(folder) / name, **arrays)
+            entries.append({"file": name, "task": task, "seed": s, "length": len(arrays["action"]), "success": True})
+    finally:
+        env.close()
+    return entries
+
+
 def generate_demos(
     out: str | os.PathLike,
     tasks: str | list[str] | None = None,
@@ -68,36 +92,31 @@ def generate_demos(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 2,
 ) -> Path:
-    """Record ``episodes`` successful expert episodes per task into the folder ``out`` (format above)."""
+    """Record ``episodes`` successful expert episodes per task into the folder ``out`` (format above).
+
+    Tasks are recorded in parallel by ``workers`` processes; the result does not depend on their number.
+    """
     if episodes < 1:
         raise EmbodiedPruneError(f"episodes must be at least 1, got {episodes}.")
     specs = resolve_tasks(tasks)
     with atomic_dir(out, overwrite) as tmp:
         (tmp / "episodes").mkdir()
-        meta_eps = []
-        bar = tqdm(total=episodes * len(specs), desc="demos", unit="ep", disable=not progress)
-        for spec in specs:
-            env = ManipulationEnv(spec)
-            try:
-                kept, tried = 0, 0
-                while kept < episodes:
-                    if tried >= 2 * episodes + 10:
-                        raise EmbodiedPruneError(f"the {spec.name} expert failed {tried - kept} of {tried} episodes.")
-                    s = scene_seed(seed, spec.name, tried, DEMO_STREAM)
-                    tried += 1
-                    arrays, success = record_episode(env, s)
-                    if not success:
-                        continue
-                    name = f"{spec.name}_{kept:04d}.npz"
-                    np.savez_compressed(tmp / "episodes" / name, **arrays)
-                    meta_eps.append(
-                        {"file": name, "task": spec.name, "seed": s, "length": len(arrays["action"]), "success": True}
-                    )
-                    kept += 1
+        folder = str(tmp / "episodes")
+        bar = tqdm(total=len(specs), desc="demos", unit="task", disable=not progress)
+        by_task: dict[str, list[dict]] = {}
+        if workers > 1 and len(specs) > 1:
+            ctx = mp.get_context("forkserver")
+            with ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx) as pool:
+                futures = {pool.submit(_record_task, s.name, episodes, seed, folder): s.name for s in specs}
+                for f in as_completed(futures):
+                    by_task[futures[f]] = f.result()
                     bar.update()
-            finally:
-                env.close()
+        else:
+            for s in specs:
+                by_task[s.name] = _record_task(s.name, episodes, seed, folder)
+                bar.update()
         bar.close()
         meta = {
             "format": FORMAT_VERSION,
@@ -106,7 +125,7 @@ def generate_demos(
             "proprio": PROPRIO_NAMES,
             "action": ACTION_NAMES,
             "generator": {"seed": seed, "episodes_per_task": episodes},
-            "episodes": meta_eps,
+            "episodes": [e for s in specs for e in by_task[s.name]],
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return Path(out)

@@ -76,8 +76,11 @@ class ManipulationEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        space = self._mw._random_reset_space
-        self._mw._last_rand_vec = self.np_random.uniform(space.low, space.high, size=space.low.size)
+        # Meta-World draws the scene from its own generator when the random vector is not frozen; some
+        # tasks redraw until object and goal are far enough apart (a frozen invalid draw loops forever).
+        self._mw._freeze_rand_vec = False
+        self._mw.seeded_rand_vec = True
+        self._mw.np_random = np.random.Generator(np.random.PCG64(int(self.np_random.integers(2**63))))
         self._state, _ = self._mw.reset()
         self.safety.start(self._mw.data)
         self._steps = 0
