@@ -13,7 +13,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Order of the sections in BENCHMARKS.md.
-SCRIPTS = ["structured_decode", "unstructured_fidelity", "llmcompressor_compare", "driving_controllers"]
+SCRIPTS = [
+    "structured_decode",
+    "unstructured_fidelity",
+    "llmcompressor_compare",
+    "driving_controllers",
+    "manipulation_vla",
+]
 
 HEADER = """# Benchmarks
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,40 @@ def test_behaviour_cloning_and_closed_loop_smoke(tmp_path, demos):
     assert report["failed_episodes"] == 0
     seeds = [e["seed"] for e in report["per_episode"]]
     assert len(set(seeds)) == 2
+
+
+def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):
+    from embodied_prune.cli import main
+
+    model, tok = tiny_policy()
+    path = save_vla(model, tok, tmp_path / "vla")
+    assert main(["eval", "manipulation", "--model", str(path), "--episodes", "0"]) == 2
+    assert "--episodes must be at least 1" in capsys.readouterr().err
+    assert main(["eval", "manipulation", "--model", str(path), "--tasks", "reach,fly", "--episodes", "1"]) == 2
+    assert "unknown manipulation task 'fly'" in capsys.readouterr().err
+    assert main(["train", "manipulation", "--out", str(tmp_path / "x")]) == 2
+    assert "needs --demos" in capsys.readouterr().err
+    assert main(["eval", "manipulation", "--model", "builtin:tinylm"]) == 2
+    assert "not a VLA policy" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_shipped_policy_needs_its_eyes_where_the_scene_decides():
+    """Button-press and drawer-close need vision (60 % and 100 % with cameras, 0 % and 20 % blind over 50/20
+    episodes in BENCHMARKS.md); reach, push and door-open do not yet, see docs/manipulation.md."""
+    kw = dict(tasks="button-press,drawer-close", episodes=4, seed=7, workers=2, progress=False)
+    seeing = evaluate_manipulation("builtin:vla-metaworld", **kw).to_dict()
+    blind = evaluate_manipulation("builtin:vla-metaworld", blank_images=True, **kw).to_dict()
+    assert seeing["success_rate"] >= 5 / 8
+    assert blind["success_rate"] <= 2 / 8
+
+
+def test_ship_script_regenerates_a_loadable_policy(tmp_path):
+    from embodied_prune.training.ship_vla import NAME, ship
+
+    tiny = BCSettings(steps=1, batch_size=2, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
+    path = ship(tmp_path, episodes=1, progress=False, settings=tiny)
+    model, _ = load_vla(path)
+    assert path.name == NAME and next(model.parameters()).dtype == torch.float32  # bf16 on disk, fp32 loaded
+    record = json.loads((path / "embodied_prune.json").read_text())["history"][0]
+    assert record["demo_episodes_per_task"] == 1 and record["demos_wall_s"] > 0 and record["steps"] == 1

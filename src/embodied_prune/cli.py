@@ -163,10 +163,12 @@ def _unique_names(specs: Sequence[str]) -> list[str]:
 
 
 def cmd_models(a: argparse.Namespace) -> None:
-    from .models.builtin import list_builtins
+    from .models.builtin import ASSETS, list_builtins
 
     for m in list_builtins():
-        kind = "shipped" if m.shipped else "built on first use"
+        kind = "built on first use"
+        if m.shipped:
+            kind = "shipped" if (ASSETS / m.name / "config.json").is_file() else "not installed: regenerate it"
         print(f"builtin:{m.name:<14} [{kind}] {m.description}")
 
 
@@ -315,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         "GLUESTICK at several ranks, and prints one table of parameters, output fidelity (KL to the dense\n"
         "model on held-out text) and speed; then measures decode speed of builtin:llama-130m dense vs\n"
         "50 % structured side by side; finally evaluates the shipped driving controller\n"
-        "builtin:driving-l-grpo in closed loop before and after 30 % structured pruning. Artefacts go to --out.",
+        "builtin:driving-l-grpo in closed loop before and after 30 % structured pruning, and the shipped VLA\n"
+        "builtin:vla-metaworld on the six Meta-World tasks dense vs 2:4 Wanda backbone (skipped while it is not\n"
+        "installed). Artefacts go to --out.",
     )
     sp.add_argument(
         "--out", default="runs/demo", help="folder for the pruned checkpoints and the report (default runs/demo)"
@@ -323,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--quick",
         action="store_true",
-        help="skip the 130 M-parameter speed section; 40 driving instructions instead of 100",
+        help="skip the 130 M-parameter speed section; 40 driving instructions instead of 100; 3 manipulation "
+        "episodes per task instead of 10",
     )
     sp.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
     return p

@@ -116,8 +116,10 @@ def train_bc(
     settings: BCSettings | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    save_dtype: torch.dtype = torch.float32,
+    extra_record: dict | None = None,
 ) -> Path:
-    """Train a policy on the demonstration folder ``demos``; save it to ``out``."""
+    """Train a policy on the demonstration folder ``demos``; save it to ``out`` (weights in ``save_dtype``)."""
     from .driving import CompactProgress
 
     s = settings or BCSettings()
@@ -163,8 +165,9 @@ def train_bc(
         "samples": len(data),
         **asdict(s),
         "wall_s": time.time() - t0,
+        **(extra_record or {}),
     }
-    return save_vla(trainer.model, tokenizer, out, history=[record], overwrite=overwrite)
+    return save_vla(trainer.model.to(save_dtype), tokenizer, out, history=[record], overwrite=overwrite)
 
 
 def policy_calibration(

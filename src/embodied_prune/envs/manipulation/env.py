@@ -12,6 +12,7 @@ so the same seed always gives the same scene.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -24,6 +25,9 @@ from .tasks import TASKS, TaskSpec
 
 PROPRIO_DIM = 4
 ACTION_DIM = 4
+
+# Meta-World's experts warn on every construction that their gains exceed the action range (the env clips).
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
 
 
 def _metaworld_env(env_name: str):

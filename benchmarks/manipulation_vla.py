@@ -1,0 +1,85 @@
+"""Closed-loop manipulation: the shipped VLA policy on the six Meta-World tasks.
+
+Rows: the policy as shipped, and the same policy with its cameras blacked out (does it need its
+eyes?), on the same evaluation scenes (seeds disjoint from the demonstrations'). Success per task
+with Wilson 95 % CIs and episode counts, safety violations (steps with arm-table contact, an arm
+joint within 5 % of a limit, an object faster than 1.5 m/s), median policy-query latency (one query,
+one torch thread per worker), the evaluation's wall time, the policy's compute split (vision vs
+backbone vs action head) and the training wall times read from the checkpoint's side file.
+
+python benchmarks/manipulation_vla.py [--model builtin:vla-metaworld] [--episodes 50] [--blank-episodes 20] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from _common import write_result
+from embodied_prune.envs.manipulation.tasks import TASKS
+from embodied_prune.evaluation.manipulation import evaluate_manipulation
+from embodied_prune.evaluation.report import markdown_table, percent_ci
+from embodied_prune.models.checkpoint import resolve_model_path
+from embodied_prune.models.vla import compute_split, load_vla
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="builtin:vla-metaworld", help="policy to evaluate")
+    ap.add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
+    ap.add_argument("--blank-episodes", type=int, default=20, help="episodes per task with black cameras (default 20)")
+    ap.add_argument("--seed", type=int, default=0, help="evaluation scene seed (default 0)")
+    a = ap.parse_args()
+    t0 = time.time()
+    model, _ = load_vla(a.model)
+    split = compute_split(model)
+    side = json.loads((Path(resolve_model_path(a.model)) / "embodied_prune.json").read_text())
+    train = side["history"][0]
+    rows, data = [], {"model": a.model, "compute_split": split, "training": train, "runs": []}
+    for name, blank, n in (("as shipped", False, a.episodes), ("cameras blacked out", True, a.blank_episodes)):
+        d = evaluate_manipulation(a.model, episodes=n, seed=a.seed, workers=2, blank_images=blank).to_dict()
+        v = d["safety_violations"]
+        rows.append(
+            {
+                "variant": name,
+                "success": percent_ci(d["success_rate"], d["ci95"]),
+                **{t: f"{100 * d['per_task'][t]['success_rate']:.0f}" for t in TASKS.names()},
+                "n": d["episodes"],
+                "violations": f"{v['table_contact']} / {v['joint_limit']} / {v['fast_object']}",
+                "latency": f"{d['latency_ms_median']:.1f}",
+                "wall": f"{d['wall_s'] / 60:.1f}",
+            }
+        )
+        d.pop("per_episode")
+        data["runs"].append({**d, "variant": name})
+    table = markdown_table(
+        rows,
+        [("variant", "variant"), ("success", "success (95 % CI)")]
+        + [(t, f"{t} %") for t in TASKS.names()]
+        + [
+            ("n", "episodes"),
+            ("violations", "violation steps: table / joints / fast"),
+            ("latency", "query ms (median)"),
+            ("wall", "eval min"),
+        ],
+    )
+    demo_min = train.get("demos_wall_s", float("nan")) / 60
+    body = (
+        f"{table}\n\n"
+        f"Policy `{a.model}`: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; one query is "
+        f"{split['total_gflops']:.2f} GFLOPs, of which the backbone {100 * split['backbone']:.0f} %, vision encoder "
+        f"and projector {100 * split['vision']:.0f} %, action head {100 * split['action_head']:.1f} %. "
+        f"Its training record (regenerate with `python -m embodied_prune.training.ship_vla`): demonstrations "
+        f"{demo_min:.1f} min, behaviour cloning {train['wall_s'] / 60:.1f} min ({train['steps']} steps of "
+        f"{train['batch_size']}) on the machine that trained it. Episodes: per task, scenes from `--seed`'s "
+        "evaluation stream, never a demonstration's.\n"
+    )
+    write_result(
+        "manipulation_vla", "Closed-loop manipulation: the shipped VLA on Meta-World", body, data, time.time() - t0
+    )
+
+
+if __name__ == "__main__":
+    main()
