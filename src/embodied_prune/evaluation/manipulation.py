@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..envs.manipulation.demos import EVAL_STREAM, scene_seed
@@ -33,15 +34,9 @@ class VLAPolicy:
     """Queries the policy for an action chunk and executes its first ``execute`` actions."""
 
     def __init__(self, model, tokenizer, execute: int | None = None) -> None:
-        import torch
-
-        from ..models.vla import encode_instructions
-
-        self.torch = torch
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.execute = execute or model.config.chunk
-        self._encode = encode_instructions
         self._queue: deque = deque()
         self.latencies_ms: list[float] = []
 
@@ -50,8 +45,9 @@ class VLAPolicy:
 
     def act(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         if not self._queue:
-            torch = self.torch
-            enc = self._encode(self.tokenizer, [instruction], self.model.config.instruction_len)
+            from ..models.vla import encode_instructions
+
+            enc = encode_instructions(self.tokenizer, [instruction], self.model.config.instruction_len)
             images = {name: torch.from_numpy(obs[name][None]) for name, _, _ in self.model.config.cameras}
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -86,10 +82,9 @@ def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> Epi
     n_lat = len(policy.latencies_ms)
     steps, success = 0, False
     try:
-        obs, info = env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
         for steps in range(1, env.max_steps + 1):  # noqa: B007
-            obs, _, success, truncated, info = env.step(policy.act(obs, info.get("instruction", env.instruction)))
-            info.setdefault("instruction", env.instruction)
+            obs, _, success, truncated, info = env.step(policy.act(obs, env.instruction))
             for k, v in info["safety"].items():
                 counts[k] += int(v)
             if success or truncated:
@@ -107,10 +102,9 @@ def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> Epi
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(model_path: str, execute: int | None, blank_images: bool) -> None:
-    import torch
-
-    torch.set_num_threads(1)
+def _init_worker(model_path: str, execute: int | None, blank_images: bool, one_thread: bool = True) -> None:
+    if one_thread:  # pool workers share the cores; the in-process path leaves the caller's setting alone
+        torch.set_num_threads(1)
     from ..models.vla import load_vla
 
     model, tok = load_vla(model_path)
@@ -205,7 +199,7 @@ def evaluate_manipulation(
                 results.append(r)
                 bar.update()
     else:
-        _init_worker(str(model_path), execute, blank_images)
+        _init_worker(str(model_path), execute, blank_images, one_thread=False)
         try:
             for job in jobs:
                 results.append(_worker_episode(job))

@@ -232,9 +232,7 @@ def compute_split(model: TinyVLA, instruction_len: int | None = None) -> dict[st
     from torch.utils.flop_counter import FlopCounterMode
 
     lay = model.layout(instruction_len)
-    n_instr = lay.instruction[1] - lay.instruction[0]
     images = {name: torch.zeros(1, size, size, 3, dtype=torch.uint8) for name, size, _ in model.config.cameras}
-    ids = torch.zeros(1, n_instr, dtype=torch.long)
     parts = {}
     with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
@@ -247,7 +245,6 @@ def compute_split(model: TinyVLA, instruction_len: int | None = None) -> dict[st
         with FlopCounterMode(display=False) as fc:
             model.action_head(h[:, -model.config.chunk :])
         parts["action_head"] = fc.get_total_flops()
-    del ids
     total = sum(parts.values())
     return {**{k: v / total for k, v in parts.items()}, "total_gflops": total / 1e9}
 
