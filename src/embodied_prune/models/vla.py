@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -215,8 +215,6 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate([*SPECIAL, *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre
-    from tokenizers import normalizers
-
     tok.normalizer = normalizers.Lowercase()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]")
 

@@ -22,17 +22,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
-from transformers import TrainerCallback, set_seed
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers import TrainerCallback
 
 from ..envs.driving.instructions import Instruction, generate_split, teacher_params
 from ..envs.driving.params import SPECS, format_answer, parse_answer
 from ..envs.driving.scoring import ClosedLoopScorer
 from ..errors import EmbodiedPruneError
-from ..io import check_output_dir
 from ..models.checkpoint import load_model, load_tokenizer, save_model
 from .controller import build_controller, prompt_text, train_tokenizer
+from .runs import prepare_run, use_compact_progress
 
 N_TRAIN = 4000
 
@@ -65,48 +63,12 @@ class GRPOSettings:
     seed: int = 0
 
 
-class CompactProgress(TrainerCallback):
-    """One tqdm bar with a few chosen metrics, instead of the Trainer's per-log dict dumps."""
-
-    def __init__(self, keys: tuple[str, ...], progress: bool = True) -> None:
-        self.keys, self.progress, self.bar = keys, progress, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.progress:
-            self.bar = tqdm(total=state.max_steps, desc="train", dynamic_ncols=True)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.update(state.global_step - self.bar.n)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is not None and logs:
-            self.bar.set_postfix(
-                {k.split("/")[-2] if "/" in k else k: f"{logs[k]:.3g}" for k in self.keys if k in logs}
-            )
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _prepare(out: str | os.PathLike, overwrite: bool, seed: int) -> str:
-    """Check the output folder, seed everything; returns the trainer's scratch folder beside ``out``.
-
-    The trainers' dataset preprocessing (tokenise, add EOS, …) takes a second; its bars are silenced.
-    """
+    """:func:`~.runs.prepare_run`; the TRL trainers' dataset preprocessing bars (a second's work) are silenced."""
     import datasets
 
-    check_output_dir(out, overwrite)
     datasets.disable_progress_bars()
-    set_seed(seed)
-    return str(Path(out).parent / f".{Path(out).name}.trainer")
-
-
-def _use_compact_progress(trainer, keys: tuple[str, ...], progress: bool) -> None:
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(CompactProgress(keys, progress))
+    return prepare_run(out, overwrite, seed)
 
 
 def sft_dataset(instructions: list[Instruction], seed: int = 0) -> Dataset:
@@ -163,7 +125,7 @@ def train_sft(
         processing_class=tok,
         callbacks=callbacks,
     )
-    _use_compact_progress(trainer, ("loss", "mean_token_accuracy"), progress)
+    use_compact_progress(trainer, ("loss", "mean_token_accuracy"), progress)
     trainer.train()
     record = {
         "op": "train",
@@ -289,7 +251,7 @@ def train_grpo(
             processing_class=tok,
             callbacks=callbacks,
         )
-        _use_compact_progress(trainer, ("reward", "rewards/closed_loop/mean", "completions/mean_length"), progress)
+        use_compact_progress(trainer, ("reward", "rewards/closed_loop/mean", "completions/mean_length"), progress)
         trainer.train()
     finally:
         rewards.scorer.close()

@@ -8,6 +8,7 @@ the expert's next ``chunk`` actions (the last action repeated past the episode's
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from transformers import LlamaConfig, Trainer, TrainingArguments, set_seed
+from transformers import LlamaConfig, Trainer, TrainingArguments
 
 from ..envs.manipulation.demos import DemoSet, load_demos
 from ..envs.manipulation.tasks import TASKS
-from ..io import check_output_dir
 from ..models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, save_vla
+from .runs import prepare_run, use_compact_progress
 
 
 @dataclass
@@ -120,15 +121,11 @@ def train_bc(
     extra_record: dict | None = None,
 ) -> Path:
     """Train a policy on the demonstration folder ``demos``; save it to ``out`` (weights in ``save_dtype``)."""
-    from .driving import CompactProgress
-
     s = settings or BCSettings()
-    check_output_dir(out, overwrite)
-    set_seed(s.seed)
+    scratch = prepare_run(out, overwrite, s.seed)
     demo_set = load_demos(demos)
     model, tokenizer = build_policy(demo_set, s)
     data = DemoSteps(demo_set, tokenizer, s.chunk, model.config.instruction_len, s.shift, s.seed)
-    scratch = str(Path(out).parent / f".{Path(out).name}.trainer")
     args = TrainingArguments(
         output_dir=scratch,
         max_steps=s.steps,
@@ -149,14 +146,8 @@ def train_bc(
     )
     t0 = time.time()
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(CompactProgress(("loss",), progress))
+    use_compact_progress(trainer, ("loss",), progress)
     trainer.train()
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)
     record = {
         "op": "train",
