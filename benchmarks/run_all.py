@@ -19,6 +19,7 @@ SCRIPTS = [
     "llmcompressor_compare",
     "driving_controllers",
     "manipulation_vla",
+    "tokens_vla",
 ]
 
 HEADER = """# Benchmarks

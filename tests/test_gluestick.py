@@ -17,6 +17,7 @@ from embodied_prune.recovery import (
     gluestick_layers,
     read_factors,
 )
+from embodied_prune.recovery.gluestick import FACTOR_DTYPES, LayerFactors, allocate_ranks
 
 
 def pruned_layer(seed=0, d_out=48, d_in=80, pattern=(2, 4)):
@@ -30,6 +31,13 @@ def pruned_layer(seed=0, d_out=48, d_in=80, pattern=(2, 4)):
     with torch.no_grad():
         pruned.weight.mul_(select_mask(wanda_scores(dense.weight, (x * x).mean(0)), 0.5, pattern, rowwise=True))
     return dense, pruned, x
+
+
+def kl_to(dense, model, ids) -> float:
+    """KL divergence of ``model``'s next-token distributions from ``dense``'s on ``ids``."""
+    return torch.nn.functional.kl_div(
+        model(ids).logits.log_softmax(-1), dense(ids).logits.log_softmax(-1), log_target=True, reduction="sum"
+    )
 
 
 def corrected_error(dense, pruned, x, rank, method="exact"):
@@ -86,11 +94,8 @@ def test_model_level_recovery_save_load_roundtrip(tmp_path, ids):
     assert len(gluestick_layers(again)) == 14
     torch.testing.assert_close(again(ids).logits, out.model(ids).logits, rtol=0, atol=0)
     pruned = load_model(tmp_path / "pruned")
-    kl = lambda m: torch.nn.functional.kl_div(  # noqa: E731
-        m(ids).logits.log_softmax(-1), dense(ids).logits.log_softmax(-1), log_target=True, reduction="sum"
-    )
     with torch.no_grad():
-        assert kl(again) < kl(pruned)
+        assert kl_to(dense, again, ids) < kl_to(dense, pruned, ids)
     assert len(read_factors(tmp_path / "rec")) == 14
     with pytest.raises(EmbodiedPruneError, match="carries GLUESTICK corrections"):
         prune(again, "magnitude", 0.5, progress=False)
@@ -120,3 +125,87 @@ def test_mismatched_models_are_refused():
         compute_factors(dense, other, 4)
     with pytest.raises(EmbodiedPruneError, match="no linear layer"):
         compute_factors(dense, copy.deepcopy(dense), 4)
+
+
+# --- per-layer rank budgets and factor storage -----------------------------------------------------
+
+
+def test_allocation_spends_the_budget_up_to_one_rank_step():
+    gen = torch.Generator().manual_seed(0)
+    spectra = [
+        torch.sort(torch.rand(n, generator=gen) * s, descending=True).values for n, s in ((32, 5), (48, 1), (16, 9))
+    ]
+    costs = [80, 112, 40]
+    for budget in (0, 39, 40, 500, 1234, 5000):
+        ranks = allocate_ranks(spectra, costs, budget)
+        spent = sum(r * c for r, c in zip(ranks, costs, strict=True))
+        assert spent <= budget
+        growable = [c for r, c, s in zip(ranks, costs, spectra, strict=True) if r < len(s)]
+        assert not growable or budget - spent < min(growable)  # nothing affordable is left unspent
+    full = sum(len(s) * c for s, c in zip(spectra, costs, strict=True))
+    assert allocate_ranks(spectra, costs, full + 7) == [32, 48, 16]
+
+
+def test_allocation_gives_rank_where_the_spectrum_needs_it():
+    flat = torch.full((20,), 0.1)
+    steep = torch.tensor([10.0, 5.0, 3.0] + [0.01] * 17)
+    ranks = allocate_ranks([flat, steep], [50, 50], 5 * 50)
+    assert ranks == [2, 3]  # the steep gap's three big directions first, then the flat one's
+
+
+def test_budget_recovery_beats_global_rank_at_equal_extra_parameters():
+    dense = build_tiny("llama", num_hidden_layers=2)
+    pruned = copy.deepcopy(dense)
+    with torch.no_grad():
+        for name, m in pruned.named_modules():
+            if isinstance(m, nn.Linear) and "layers" in name:
+                m.weight.mul_(select_mask(magnitude_scores(m.weight), 0.5, (2, 4), rowwise=True))
+    glob = compute_factors(dense, pruned, rank=4)
+    per_layer = compute_factors(dense, pruned, budget=glob.extra_parameters / glob.base_parameters)
+    assert per_layer.extra_parameters <= glob.extra_parameters
+    assert per_layer.energy >= glob.energy - 1e-9
+    assert len({f.rank for f in per_layer.layers}) > 1  # not one global rank in disguise
+    full = compute_factors(dense, pruned, budget=10.0)  # more than every full rank costs
+    assert full.energy == pytest.approx(1.0)
+    with pytest.raises(EmbodiedPruneError, match="either a rank"):
+        compute_factors(dense, pruned, rank=4, budget=0.1)
+    with pytest.raises(EmbodiedPruneError, match="svd exact"):
+        compute_factors(dense, pruned, budget=0.1, method="randomized")
+
+
+@pytest.mark.parametrize("seed, rank", [(1, 16), (2, 4), (3, 48)])
+def test_int8_factors_stay_within_the_stated_error(seed, rank):
+    dense, pruned, x = pruned_layer(seed=seed)
+    v, u = gap_factors(dense.weight, pruned.weight, rank)
+    f = LayerFactors("l", 80, 48, v, u)
+    q = f.cast("int8")
+    assert q.v.dtype == torch.int8 and q.u.dtype == torch.int8
+    dv, du = q.dequantized()
+    assert (dv - v).abs().max() <= q.v_scale / 2 + 1e-7 and (du - u).abs().max() <= q.u_scale / 2 + 1e-7
+    exact, quant = GluestickLinear(pruned, v, u), GluestickLinear(pruned, q.v, q.u, q.v_scale, q.u_scale)
+    with torch.no_grad():
+        moved = (quant(x) - exact(x)).norm()
+        of_output, of_correction = (moved / dense(x).norm()).item(), (moved / ((x @ v) @ u).norm()).item()
+    # the bound stated in docs: < 2 % of the dense layer's output norm, < 10 % of the correction's
+    assert of_output < 0.02 and of_correction < 0.1
+    bf = f.cast("bfloat16")
+    assert bf.v.dtype == torch.bfloat16 and torch.allclose(bf.dequantized()[0], v, rtol=1e-2, atol=1e-3)
+    with pytest.raises(EmbodiedPruneError, match="unknown factor dtype"):
+        f.cast("int4")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_budget_and_quantised_factors_round_trip(tmp_path, ids, dtype):
+    dense = build_tiny("llama", num_hidden_layers=2)
+    dense.save_pretrained(tmp_path / "dense")
+    prune(tmp_path / "dense", "magnitude", pattern="2:4", out=tmp_path / "pruned", progress=False)
+    out = recover(tmp_path / "dense", tmp_path / "pruned", budget=0.1, dtype=dtype, out=tmp_path / "rec")
+    assert out.details.extra_parameters <= 0.1 * out.details.base_parameters
+    again = load_model(tmp_path / "rec")
+    layers = gluestick_layers(again)
+    assert {n: m.rank for n, m in layers.items()} == {f.name: f.rank for f in out.details.layers}
+    assert next(iter(layers.values())).V.dtype == FACTOR_DTYPES[dtype]
+    torch.testing.assert_close(again(ids).logits, out.model(ids).logits, rtol=0, atol=0)
+    pruned = load_model(tmp_path / "pruned")
+    with torch.no_grad():
+        assert kl_to(dense, again, ids) < kl_to(dense, pruned, ids)

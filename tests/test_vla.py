@@ -178,13 +178,13 @@ def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_shipped_policy_needs_its_eyes_where_the_scene_decides():
-    """Button-press and drawer-close need vision (60 % and 100 % with cameras, 0 % and 20 % blind over 50/20
-    episodes in BENCHMARKS.md); reach, push and door-open do not yet, see docs/manipulation.md."""
-    kw = dict(tasks="button-press,drawer-close", episodes=4, seed=7, workers=2, progress=False)
+def test_shipped_policy_needs_its_eyes():
+    """With black cameras the shipped policy collapses (BENCHMARKS.md: 48 % → 3 % over all tasks; door-open
+    100 % → 5 %, drawer-close 100 % → 10 % over 50/20 episodes); checked here on fresh scenes."""
+    kw = dict(tasks="door-open,drawer-close", episodes=4, seed=7, workers=2, progress=False)
     seeing = evaluate_manipulation("builtin:vla-metaworld", **kw).to_dict()
     blind = evaluate_manipulation("builtin:vla-metaworld", blank_images=True, **kw).to_dict()
-    assert seeing["success_rate"] >= 5 / 8
+    assert seeing["success_rate"] >= 6 / 8
     assert blind["success_rate"] <= 2 / 8
 
 

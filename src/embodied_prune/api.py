@@ -164,14 +164,18 @@ def prune(
 def recover(
     dense: PreTrainedModel | str | os.PathLike,
     pruned: PreTrainedModel | str | os.PathLike,
-    rank: int,
+    rank: int | None = None,
     svd: str = "exact",
     include: list[str] | None = None,
     exclude: tuple[str, ...] | list[str] = ("lm_head",),
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    budget: float | None = None,
+    dtype: str = "float32",
 ) -> Outcome:
-    """GLUESTICK: attach rank-``rank`` corrections of ``dense − pruned`` to the pruned model.
+    """GLUESTICK: attach rank-``rank`` corrections of ``dense − pruned`` to the pruned model — or, with
+    ``budget``, per-layer ranks spending that fraction of the corrected layers' parameters; ``dtype``
+    stores the factors in float32, bfloat16, float16 or int8 (see :mod:`embodied_prune.recovery.gluestick`).
 
     Returns the corrected model (a copy of ``pruned`` when it is a spec, else ``pruned`` itself, wrapped
     in place) and a :class:`GluestickReport` in ``details``. With ``out`` the pruned checkpoint and its
@@ -181,11 +185,17 @@ def recover(
         check_output_dir(out, overwrite)
     dense_model, _, _ = _resolve(dense, with_factors=False)
     pruned_model, tokenizer, history = _resolve(pruned, with_factors=False)
-    report: GluestickReport = compute_factors(dense_model, pruned_model, rank, svd, include, exclude)
+    report: GluestickReport = compute_factors(
+        dense_model, pruned_model, rank, svd, include, exclude, budget=budget, dtype=dtype
+    )
     record = {
         "op": "recover",
         "method": "gluestick",
         "rank": rank,
+        "budget": budget,
+        "factor_dtype": dtype,
+        "energy": report.energy,
+        "ranks": {f.name: f.rank for f in report.layers},
         "svd": svd,
         "layers": len(report.layers),
         "extra_parameters": report.extra_parameters,

@@ -84,12 +84,25 @@ def cmd_prune(a: argparse.Namespace) -> None:
 def cmd_recover(a: argparse.Namespace) -> None:
     from .api import recover
 
-    outcome = recover(a.dense, a.pruned, a.rank, a.svd, a.include, a.exclude, a.out, a.overwrite)
+    outcome = recover(
+        a.dense,
+        a.pruned,
+        a.rank,
+        a.svd,
+        a.include,
+        a.exclude,
+        a.out,
+        a.overwrite,
+        budget=a.budget,
+        dtype=a.factor_dtype,
+    )
     rep = outcome.details
-    print(f"GLUESTICK rank {a.rank} on {len(rep.layers)} layers → {outcome.path}")
+    ranks = [f.rank for f in rep.layers]
+    how = f"rank {a.rank}" if a.rank is not None else f"budget {a.budget:g} (ranks {min(ranks)}–{max(ranks)})"
+    print(f"GLUESTICK {how}, {a.factor_dtype} factors, on {len(rep.layers)} layers → {outcome.path}")
     print(
         f"extra parameters: {rep.extra_parameters:,} ({100 * rep.overhead:.1f} % of the corrected layers' "
-        f"{rep.base_parameters:,})"
+        f"{rep.base_parameters:,}); captured {100 * rep.energy:.1f} % of the gaps' energy (squared Frobenius norm)"
     )
 
 
@@ -170,6 +183,22 @@ def cmd_models(a: argparse.Namespace) -> None:
         if m.shipped:
             kind = "shipped" if (ASSETS / m.name / "config.json").is_file() else "not installed: regenerate it"
         print(f"builtin:{m.name:<14} [{kind}] {m.description}")
+
+
+def cmd_experiment(a: argparse.Namespace) -> None:
+    out = a.out or f"runs/{a.kind}"
+    if a.kind == "tokens":
+        from .experiments.tokens import run_tokens_experiment
+
+        path = run_tokens_experiment(a.config, out, overwrite=a.overwrite)
+        plots = "speedup_vs_success.png"
+    else:
+        from .experiments.gluestick import run_gluestick_experiment
+
+        path = run_gluestick_experiment(a.config, out, overwrite=a.overwrite, progress=not a.quiet)
+        plots = "success_vs_extra.png, violations_vs_extra.png"
+    print((path / "report.md").read_text())
+    print(f"wrote {path}/report.md, summary.json, {plots}")
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -256,12 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
         "The output folder holds the pruned checkpoint plus gluestick.safetensors; embodied_prune.load_model\n"
         "loads both (plain from_pretrained loads the pruned model without the correction).\n\n"
         "Example:\n"
-        "  embodied-prune recover --dense builtin:tinylm --pruned runs/tinylm-w24 --rank 16 --out runs/tinylm-w24-r16",
+        "  embodied-prune recover --dense builtin:tinylm --pruned runs/tinylm-w24 --rank 16 --out runs/tinylm-w24-r16\n"
+        "  embodied-prune recover --dense builtin:tinylm --pruned runs/tinylm-w24 --budget 0.15 \\\n"
+        "      --factor-dtype int8 --out runs/tinylm-w24-b15",
     )
     sp.add_argument("--dense", required=True, help="the dense model the pruned one was made from")
     sp.add_argument("--pruned", required=True, help="the pruned model (same layer shapes: unstructured or N:M pruning)")
+    how = sp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rank", type=int, help="rank R of every correction (clipped to each layer's min(d_in, d_out))")
+    how.add_argument(
+        "--budget",
+        type=float,
+        metavar="FRACTION",
+        help="extra parameters as a fraction of the corrected layers' parameters (e.g. 0.15), spent per layer "
+        "where the gap's spectrum holds the most energy per parameter (exact SVD)",
+    )
+    from .recovery.gluestick import FACTOR_DTYPES
+
     sp.add_argument(
-        "--rank", type=int, required=True, help="rank R of every correction (clipped to each layer's min(d_in, d_out))"
+        "--factor-dtype",
+        default="float32",
+        choices=list(FACTOR_DTYPES),
+        help="storage of the factors: float32 (default), bfloat16, float16, or int8 with a per-tensor scale",
     )
     sp.add_argument(
         "--svd", default="exact", choices=SVD_METHODS, help="exact SVD or randomized (faster on large layers)"
@@ -310,6 +355,27 @@ def build_parser() -> argparse.ArgumentParser:
     verb("models", cmd_models, "list the built-in models", "List the models addressable as builtin:NAME.")
 
     sp = verb(
+        "experiment",
+        cmd_experiment,
+        "run a closed-loop experiment from a config (tokens: visual-token pruning; gluestick: recovery)",
+        "tokens: evaluate the VLA dense and with every visual-token pruner variant of the config on the same\n"
+        "episodes (success with CIs, safety violations, kept tokens, estimated FLOPs, latency), then time\n"
+        "all variants side by side on the same recorded observations. Writes report.md, summary.json,\n"
+        "speedup_vs_success.png and one JSON per variant.\n\n"
+        "gluestick: prune the VLA's backbone (methods, sparsities, N:M) and recover it with GLUESTICK (global\n"
+        "ranks, per-layer budgets, factor dtypes); evaluate every cell and the dense policy on the same\n"
+        "episodes. Writes report.md, summary.json, success_vs_extra.png, violations_vs_extra.png.\n\n"
+        "Both resume: a finished variant or cell is not recomputed (--overwrite starts afresh).\n\n"
+        "Examples:\n"
+        "  embodied-prune experiment tokens --config configs/tokens_vla.yaml --out runs/tokens\n"
+        "  embodied-prune experiment gluestick --config configs/gluestick_vla.yaml --out runs/gluestick",
+    )
+    sp.add_argument("kind", choices=["tokens", "gluestick"], help="the experiment")
+    sp.add_argument("--config", required=True, help="YAML config (see configs/)")
+    sp.add_argument("--out", help="output folder (default runs/KIND)")
+    sp.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+
+    sp = verb(
         "demo",
         cmd_demo,
         "prune, recover and measure the built-in models end to end",
@@ -318,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model on held-out text) and speed; then measures decode speed of builtin:llama-130m dense vs\n"
         "50 % structured side by side; finally evaluates the shipped driving controller\n"
         "builtin:driving-l-grpo in closed loop before and after 30 % structured pruning, and the shipped VLA\n"
-        "builtin:vla-metaworld on the six Meta-World tasks dense vs 2:4 Wanda backbone (skipped while it is not\n"
-        "installed). Artefacts go to --out.",
+        "builtin:vla-metaworld on the six Meta-World tasks dense vs 2:4 Wanda backbone vs SpecPrune-VLA visual-token\n"
+        "pruning, with the query speed-up timed side by side (skipped while it is not installed). Artefacts go\n"
+        "to --out.",
     )
     sp.add_argument(
         "--out", default="runs/demo", help="folder for the pruned checkpoints and the report (default runs/demo)"

@@ -46,8 +46,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
         from .cli_manipulation import cmd_eval as eval_manipulation
 
         return eval_manipulation(a)
-    if a.tasks or a.blank_images or a.execute:
-        raise EmbodiedPruneError("--tasks, --execute and --blank-images are for eval manipulation.")
+    if a.tasks or a.blank_images or a.execute or a.token_pruner != "none" or a.keep is not None or a.alpha is not None:
+        raise EmbodiedPruneError(
+            "--tasks, --execute, --blank-images, --token-pruner, --keep and --alpha are for eval manipulation."
+        )
     a.episodes = 1 if a.episodes is None else a.episodes
     from .envs.driving.instructions import generate_split, load_instructions
     from .evaluation.driving import evaluate_driving

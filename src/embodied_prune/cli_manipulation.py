@@ -17,7 +17,10 @@ EVAL_HELP = (
     "\n\nmanipulation: run a VLA policy in closed loop on the Meta-World tasks; success rate per task\n"
     "with Wilson 95 % CIs, safety violations (arm-table contact, joints near limits, fast objects) and\n"
     "the median policy-query latency. --seed picks fresh object positions (never a demonstration's).\n"
-    "  embodied-prune eval manipulation --model builtin:vla-metaworld --episodes 50 --json runs/vla.json"
+    "  embodied-prune eval manipulation --model builtin:vla-metaworld --episodes 50 --json runs/vla.json\n"
+    "With --token-pruner specprune|fastv|random [--keep K | --alpha A] each policy query drops visual\n"
+    "tokens inside the backbone; the JSON gains kept_tokens_mean and backbone_flops_ratio.\n"
+    "  embodied-prune eval manipulation --model builtin:vla-metaworld --token-pruner specprune --alpha 0.5"
 )
 
 
@@ -61,7 +64,18 @@ def cmd_eval(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError(f"--workers must be at least 1, got {a.workers}.")
     from .models.vla import load_vla
 
-    load_vla(a.model)  # fail here, with a clear message, rather than inside every worker
+    model, _ = load_vla(a.model)  # fail here, with a clear message, rather than inside every worker
+    token_pruner = None
+    if a.token_pruner != "none" or a.keep is not None or a.alpha is not None:
+        from .tokens import build_token_pruner
+
+        if a.token_pruner == "none":
+            raise EmbodiedPruneError("--keep and --alpha set a token pruner's budget: add --token-pruner NAME.")
+        token_pruner = {"name": a.token_pruner, "keep": a.keep, "alpha": a.alpha}
+        # checks the name and the budget against this policy's visual tokens before any worker starts
+        visual = model.layout().visual
+        build_token_pruner(**token_pruner, cameras=model.config.cameras).budget(visual[1] - visual[0])
+    del model
     report = evaluate_manipulation(
         a.model,
         a.tasks,
@@ -71,6 +85,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         execute=a.execute,
         blank_images=a.blank_images,
         progress=not a.quiet,
+        token_pruner=token_pruner,
     )
     print(report.markdown())
     if a.json:
@@ -91,6 +106,17 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--blank-images", action="store_true", help="manipulation: black camera images (does the policy need its eyes?)"
     )
+    from .tokens import TOKEN_PRUNERS
+
+    sp.add_argument(
+        "--token-pruner",
+        default="none",
+        choices=TOKEN_PRUNERS.names(),
+        help="manipulation: drop visual tokens inside each policy query: specprune (SpecPrune-VLA), fastv, random, "
+        "or none (default); see docs/tokens.md",
+    )
+    sp.add_argument("--keep", type=int, help="manipulation: visual tokens a token pruner keeps (default: 30 %%)")
+    sp.add_argument("--alpha", type=float, help="manipulation: kept fraction of visual tokens, in (0, 1] (or --keep)")
 
 
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
@@ -107,11 +133,13 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "documented in docs/manipulation.md.\n\n"
         f"Tasks: {', '.join(TASKS.names())}.\n\n"
         "Example:\n"
-        "  embodied-prune demos manipulation --episodes 40 --out runs/demos",
+        "  embodied-prune demos manipulation --episodes 60 --out runs/demos",
     )
     sp.add_argument("task", choices=["manipulation"], help="the task family (manipulation)")
     sp.add_argument("--tasks", help="comma-separated tasks (default all six)")
-    sp.add_argument("--episodes", type=int, default=40, help="successful episodes per task (default 40)")
+    sp.add_argument(
+        "--episodes", type=int, default=60, help="successful episodes per task (default 60, as the shipped policy)"
+    )
     sp.add_argument("--seed", type=int, default=0, help="seed of the object positions (default 0)")
     sp.add_argument("--workers", type=int, default=2, help="processes recording tasks in parallel (default 2)")
     add_output_args(sp)

@@ -31,19 +31,33 @@ from .stats import wilson_ci
 
 
 class VLAPolicy:
-    """Queries the policy for an action chunk and executes its first ``execute`` actions."""
+    """Queries the policy for an action chunk and executes its first ``execute`` actions; with a
+    ``token_pruner`` (see :mod:`embodied_prune.tokens`) each query drops visual tokens between layers."""
 
-    def __init__(self, model, tokenizer, execute: int | None = None) -> None:
+    def __init__(self, model, tokenizer, execute: int | None = None, token_pruner=None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.execute = execute or model.config.chunk
+        self.pruner = token_pruner
         self._queue: deque = deque()
         self.latencies_ms: list[float] = []
 
-    def reset(self) -> None:
+    def reset(self, seed: int | None = None) -> None:
         self._queue.clear()
+        if self.pruner is not None:
+            self.pruner.reset(seed)
+
+    def _query(self, images, enc, proprio) -> torch.Tensor:
+        bos = self.tokenizer.bos_token_id
+        if self.pruner is None:
+            return self.model(images, enc["input_ids"], enc["attention_mask"], proprio, bos_id=bos)["actions"][0]
+        from ..tokens import pruned_query
+
+        return pruned_query(self.model, self.pruner, images, enc["input_ids"], enc["attention_mask"], proprio, bos)[0]
 
     def act(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        if self.pruner is not None:
+            self.pruner.observe(obs)
         if not self._queue:
             from ..models.vla import encode_instructions
 
@@ -51,13 +65,7 @@ class VLAPolicy:
             images = {name: torch.from_numpy(obs[name][None]) for name, _, _ in self.model.config.cameras}
             t0 = time.perf_counter()
             with torch.inference_mode():
-                chunk = self.model(
-                    images,
-                    enc["input_ids"],
-                    enc["attention_mask"],
-                    torch.from_numpy(obs["proprio"][None]),
-                    bos_id=self.tokenizer.bos_token_id,
-                )["actions"][0]
+                chunk = self._query(images, enc, torch.from_numpy(obs["proprio"][None]))
             self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
             self._queue.extend(np.clip(chunk.numpy(), -1.0, 1.0)[: self.execute])
         return self._queue.popleft()
@@ -73,14 +81,20 @@ class EpisodeResult:
     safety: dict[str, int]
     latencies_ms: list[float] = field(default_factory=list)
     failure: str | None = None
+    wall_s: float = 0.0
+    kept_tokens: list[float] = field(default_factory=list)  # per query: visual tokens per layer, mean
+    backbone_flops: list[float] = field(default_factory=list)  # per query: estimated, relative to dense
+    fine_queries: int = 0
 
 
 def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> EpisodeResult:
     """One closed-loop episode; exceptions become a failed episode with the reason."""
     counts = dict.fromkeys(KINDS, 0)
-    policy.reset()
+    policy.reset(seed)  # also clears the pruner's per-query records
     n_lat = len(policy.latencies_ms)
+    pruner = policy.pruner
     steps, success = 0, False
+    t0 = time.perf_counter()
     try:
         obs, _ = env.reset(seed=seed)
         for steps in range(1, env.max_steps + 1):  # noqa: B007
@@ -94,7 +108,15 @@ def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> Epi
         failure = f"{type(e).__name__}: {e}".splitlines()[0]
         success = False
         traceback.print_exc()
-    return EpisodeResult(task, index, seed, bool(success), steps, counts, policy.latencies_ms[n_lat:], failure)
+    result = EpisodeResult(task, index, seed, bool(success), steps, counts, policy.latencies_ms[n_lat:], failure)
+    result.wall_s = time.perf_counter() - t0
+    if pruner is not None:
+        from ..tokens.flops import relative_backbone_flops
+
+        result.kept_tokens = [q.kept_tokens_mean for q in pruner.queries]
+        result.backbone_flops = [relative_backbone_flops(policy.model, q.visual_per_layer) for q in pruner.queries]
+        result.fine_queries = sum(pruner.fine_queries)
+    return result
 
 
 # --- worker pool --------------------------------------------------------------------------------------
@@ -102,13 +124,20 @@ def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> Epi
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(model_path: str, execute: int | None, blank_images: bool, one_thread: bool = True) -> None:
+def _init_worker(
+    model_path: str, execute: int | None, blank_images: bool, one_thread: bool = True, token_pruner=None
+) -> None:
     if one_thread:  # pool workers share the cores; the in-process path leaves the caller's setting alone
         torch.set_num_threads(1)
     from ..models.vla import load_vla
 
     model, tok = load_vla(model_path)
-    _WORKER.update(policy=VLAPolicy(model, tok, execute), envs={}, blank=blank_images)
+    pruner = None
+    if token_pruner is not None and token_pruner.get("name", "none") != "none":
+        from ..tokens import build_token_pruner
+
+        pruner = build_token_pruner(cameras=model.config.cameras, **token_pruner)
+    _WORKER.update(policy=VLAPolicy(model, tok, execute, pruner), envs={}, blank=blank_images)
 
 
 def _worker_episode(job: tuple[str, int, int]) -> EpisodeResult:
@@ -130,6 +159,7 @@ class ManipulationReport:
     seed: int
     wall_s: float
     blank_images: bool = False
+    token_pruner: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         n = len(self.results)
@@ -140,6 +170,9 @@ class ManipulationReport:
             k = sum(r.success for r in rs)
             per_task[task] = {"success_rate": k / len(rs), "ci95": list(wilson_ci(k, len(rs))), "episodes": len(rs)}
         lat = [x for r in self.results for x in r.latencies_ms]
+        kept = [x for r in self.results for x in r.kept_tokens]
+        flops = [x for r in self.results for x in r.backbone_flops]
+        queries = len(lat)
         return {
             "model": self.model,
             "success_rate": wins / n if n else float("nan"),
@@ -149,13 +182,21 @@ class ManipulationReport:
             "safety_violations": {k: sum(r.safety[k] for r in self.results) for k in KINDS},
             "episodes_with_violation": {k: sum(r.safety[k] > 0 for r in self.results) for k in KINDS},
             "latency_ms_median": float(np.median(lat)) if lat else float("nan"),
-            "queries": len(lat),
+            "queries": queries,
+            "episode_s_median": float(np.median([r.wall_s for r in self.results])) if n else float("nan"),
+            "token_pruner": self.token_pruner or {"name": "none"},
+            "kept_tokens_mean": float(np.mean(kept)) if kept else None,
+            "backbone_flops_ratio": float(np.mean(flops)) if flops else 1.0,
+            "fine_query_fraction": sum(r.fine_queries for r in self.results) / queries if kept and queries else None,
             "failed_episodes": sum(r.failure is not None for r in self.results),
             "blank_images": self.blank_images,
             "seed": self.seed,
             "wall_s": self.wall_s,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "per_episode": [{k: v for k, v in asdict(r).items() if k != "latencies_ms"} for r in self.results],
+            "per_episode": [
+                {k: v for k, v in asdict(r).items() if k not in ("latencies_ms", "kept_tokens", "backbone_flops")}
+                for r in self.results
+            ],
         }
 
     def markdown(self) -> str:
@@ -167,10 +208,17 @@ class ManipulationReport:
         rows.append({"task": "**all**", "success": percent_ci(d["success_rate"], d["ci95"]), "n": d["episodes"]})
         table = markdown_table(rows, [("task", "task"), ("success", "success (95 % CI)"), ("n", "episodes")])
         v = d["safety_violations"]
+        tokens = ""
+        if d["kept_tokens_mean"] is not None:
+            tokens = (
+                f" Token pruner {d['token_pruner']['name']}: {d['kept_tokens_mean']:.1f} visual tokens per layer on "
+                f"average, estimated backbone FLOPs {100 * d['backbone_flops_ratio']:.0f} % of dense."
+            )
         return (
             f"{table}\n\nsafety violations (steps): table contact {v['table_contact']}, joint limit "
             f"{v['joint_limit']}, fast object {v['fast_object']}; policy query latency median "
             f"{d['latency_ms_median']:.1f} ms over {d['queries']} queries; failed episodes {d['failed_episodes']}."
+            + tokens
         )
 
 
@@ -183,8 +231,11 @@ def evaluate_manipulation(
     execute: int | None = None,
     blank_images: bool = False,
     progress: bool = True,
+    token_pruner: dict | None = None,
 ) -> ManipulationReport:
-    """Evaluate the policy saved at ``model_path`` on ``episodes`` fresh scenes per task."""
+    """Evaluate the policy saved at ``model_path`` on ``episodes`` fresh scenes per task; ``token_pruner``
+    is ``{"name", "keep", "alpha", "options"}`` of a registered visual-token pruner (see
+    :func:`embodied_prune.tokens.build_token_pruner`; None or name ``"none"``: the plain forward)."""
     specs = resolve_tasks(tasks)
     jobs = [(s.name, i, scene_seed(seed, s.name, i, EVAL_STREAM)) for s in specs for i in range(episodes)]
     t0 = time.time()
@@ -193,13 +244,16 @@ def evaluate_manipulation(
     if workers > 1:
         ctx = mp.get_context("forkserver")
         with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(str(model_path), execute, blank_images)
+            workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(str(model_path), execute, blank_images, True, token_pruner),
         ) as pool:
             for r in pool.map(_worker_episode, jobs):
                 results.append(r)
                 bar.update()
     else:
-        _init_worker(str(model_path), execute, blank_images, one_thread=False)
+        _init_worker(str(model_path), execute, blank_images, one_thread=False, token_pruner=token_pruner)
         try:
             for job in jobs:
                 results.append(_worker_episode(job))
@@ -209,7 +263,7 @@ def evaluate_manipulation(
                 env.close()
             _WORKER.clear()
     bar.close()
-    return ManipulationReport(str(model_path), results, seed, time.time() - t0, blank_images)
+    return ManipulationReport(str(model_path), results, seed, time.time() - t0, blank_images, token_pruner)
 
 
 __all__ = ["EpisodeResult", "ManipulationReport", "VLAPolicy", "evaluate_manipulation", "run_episode"]

@@ -28,7 +28,7 @@ from .runs import prepare_run, use_compact_progress
 class BCSettings:
     """Behaviour-cloning recipe and the policy's shape."""
 
-    steps: int = 2500
+    steps: int = 4500
     batch_size: int = 16
     learning_rate: float = 3e-4
     hidden_size: int = 192

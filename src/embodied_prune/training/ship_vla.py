@@ -2,7 +2,7 @@
 
     python -m embodied_prune.training.ship_vla            # into the package's assets folder
 
-Demonstrations (40 per task, seed 0) are recorded into a temporary folder and deleted afterwards;
+Demonstrations (60 per task, seed 0) are recorded into a temporary folder and deleted afterwards;
 the policy is trained with the default :class:`~.manipulation.BCSettings` and saved in bfloat16
 (a few MB), recording its settings and wall times in ``embodied_prune.json``.
 """
@@ -24,7 +24,7 @@ from .manipulation import BCSettings, train_bc
 NAME = "vla-metaworld"
 
 
-def ship(out: Path, episodes: int = 40, progress: bool = True, settings: BCSettings | None = None) -> Path:
+def ship(out: Path, episodes: int = 60, progress: bool = True, settings: BCSettings | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         demos = generate_demos(Path(tmp) / "demos", episodes=episodes, progress=progress)
@@ -44,7 +44,7 @@ def ship(out: Path, episodes: int = 40, progress: bool = True, settings: BCSetti
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ASSETS, help=f"folder for the policy folder (default {ASSETS})")
-    p.add_argument("--episodes", type=int, default=40, help="demonstrations per task (default 40)")
+    p.add_argument("--episodes", type=int, default=60, help="demonstrations per task (default 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     ship(a.out, a.episodes, progress=not a.quiet)

@@ -25,9 +25,10 @@ class CameraSpec:
     distance: float = 1.15
 
 
-# The third-person view faces the robot across the table (robot, objects and goal markers in view);
-# the wrist view is Meta-World's gripper camera, looking down past the fingers.
-FRONT = CameraSpec("front", 128)
+# The third-person view faces the robot across the table from above, framed on the workspace (gripper,
+# objects and goal markers in view, the arm's upper links cut off); the wrist view is Meta-World's
+# gripper camera, looking down past the fingers.
+FRONT = CameraSpec("front", 128, lookat=(0.0, 0.72, 0.05), elevation=-45.0, distance=0.95)
 WRIST = CameraSpec("wrist", 64, model_camera="gripperPOV")
 DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (FRONT, WRIST)
 
@@ -39,11 +40,26 @@ def make_fast(model: mujoco.MjModel) -> None:
     model.light_castshadow[:] = 0
 
 
+GOAL_MARKER_RADIUS = 0.035
+
+
+def enlarge_goal_marker(model: mujoco.MjModel, radius: float = GOAL_MARKER_RADIUS) -> None:
+    """Draw the task's visible goal marker (Meta-World's ``goal`` site, 2 cm) as a ball of ``radius`` m.
+
+    At 128 px the 2-cm marker covers two or three pixels of the front view; the policy must see where the
+    target is. Sites have no collision, so physics and success checks are untouched.
+    """
+    gid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+    if gid >= 0 and model.site_rgba[gid][3] > 0:
+        model.site_size[gid] = radius
+
+
 class SceneRenderer:
     """Renders the cameras of ``cameras`` from an ``MjData``; one GL context per image size."""
 
     def __init__(self, model: mujoco.MjModel, cameras: tuple[CameraSpec, ...] = DEFAULT_CAMERAS) -> None:
         make_fast(model)
+        enlarge_goal_marker(model)
         self.cameras = cameras
         self._renderers = {c.size: mujoco.Renderer(model, c.size, c.size) for c in cameras}
         self._free: dict[str, mujoco.MjvCamera] = {}

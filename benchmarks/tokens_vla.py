@@ -1,0 +1,88 @@
+"""Visual-token pruning of the shipped VLA in closed loop: SpecPrune-VLA, its ablations, FastV, random drop.
+
+Runs ``embodied-prune experiment tokens`` with ``configs/tokens_vla.yaml`` (dense, SpecPrune-VLA, static
+only, static + layer-level, FastV and random at SpecPrune's mean visual tokens per layer; 6 tasks × 50
+episodes on the same scenes), then adds the success differences to dense with 95 % CIs
+(Newcombe's method on the two Wilson intervals) and the controller's ablation row.
+
+python benchmarks/tokens_vla.py [--config configs/tokens_vla.yaml] [--out runs/bench-tokens]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from _common import RESULTS, write_result
+from embodied_prune.experiments.tokens import run_tokens_experiment, tokens_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def diff_ci(d1: dict, d0: dict) -> tuple[float, float, float]:
+    """Success difference d1 − d0 in points with Newcombe's 95 % CI from the two Wilson intervals."""
+    p1, p0 = d1["success_rate"], d0["success_rate"]
+    (l1, u1), (l0, u0) = d1["ci95"], d0["ci95"]
+    diff = p1 - p0
+    lo = diff - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
+    hi = diff + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+    return 100 * diff, 100 * lo, 100 * hi
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "tokens_vla.yaml"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench-tokens"))
+    ap.add_argument("--resume", action="store_true", help="keep variants finished by an earlier run")
+    a = ap.parse_args()
+    t0 = time.time()
+    started = dt.datetime.now(dt.timezone.utc)
+    out = run_tokens_experiment(a.config, a.out, overwrite=not a.resume)
+    summary = json.loads((out / "summary.json").read_text())
+    variants = summary["variants"]
+    lat = summary["side_by_side_latency_ms"]
+    dense = variants["dense"]
+    lines = []
+    for name, d in variants.items():
+        if name == "dense":
+            continue
+        diff, lo, hi = diff_ci(d, dense)
+        lines.append(
+            f"- {name}: {diff:+.1f} points vs dense [{lo:+.1f}, {hi:+.1f}], speed-up {lat['dense'] / lat[name]:.2f}×"
+        )
+    kept = [n for n, d in variants.items() if dt.datetime.fromisoformat(d["date"]) < started]
+    if kept:
+        dates = ", ".join(f"{n} {variants[n]['date']}" for n in kept)
+        lines.append(
+            f"\nWith --resume, this run re-evaluated only {len(variants) - len(kept)} variant(s) and re-timed all "
+            f"side by side; kept from an earlier run of this script (evaluation finished at, UTC): {dates}."
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "speedup_vs_success.png", RESULTS / "tokens_vla.png")
+    cfg = summary["config"]
+    body = (
+        tokens_report(summary)
+        + "\nSuccess differences to dense (95 % CI, Newcombe from the Wilson intervals):\n\n"
+        + "\n".join(lines)
+        + f"\n\n{cfg['episodes']} episodes per task on the same scenes (seed {cfg['seed']}), budget "
+        f"alpha={cfg.get('alpha')}; FastV and random get SpecPrune's mean visual tokens per layer. 'query ms, side "
+        "by side' times every variant on the same recorded observations, interleaved, one torch thread "
+        f"({cfg['latency_queries']} queries each); 'in the loop' is the median query of the closed-loop run "
+        "(two worker processes on the two cores, one thread each). Plot: benchmarks/results/tokens_vla.png.\n"
+    )
+    write_result(
+        "tokens_vla",
+        "Visual-token pruning of the VLA: SpecPrune-VLA vs FastV vs random",
+        body,
+        summary,
+        time.time() - t0,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Experiment runners behind ``embodied-prune experiment KIND --config FILE`` (tokens: visual-token pruning)."""

@@ -1,0 +1,56 @@
+"""What the experiment runners share: config files, names on disk, table cells and figures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import EmbodiedPruneError
+
+
+def read_config(path: str | os.PathLike, example: str) -> dict[str, Any]:
+    """A YAML mapping from ``path``; a missing or malformed file names ``example`` as the place to start."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise EmbodiedPruneError(f"config {p} does not exist; start from {example}.")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EmbodiedPruneError(f"config {p} is not valid YAML ({str(e).splitlines()[0]}); see {example}.") from None
+    if not isinstance(cfg, dict):
+        raise EmbodiedPruneError(f"config {p} must be a mapping of settings; see {example}.")
+    return cfg
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a variant or cell name."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def violations_cell(v: dict[str, int]) -> str:
+    """Safety-violation steps as ``table / joints / fast``."""
+    return f"{v['table_contact']} / {v['joint_limit']} / {v['fast_object']}"
+
+
+def figure(size: tuple[float, float] = (6, 4)):
+    """A headless matplotlib figure and axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` as PNG to ``path`` atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,409 @@
+"""Visual-token pruning: score maths, SpecPrune's kept set, positions, bit-identity, SDPA, evaluation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from embodied_prune.cli import main as cli_main
+from embodied_prune.envs.manipulation.tasks import TASKS
+from embodied_prune.errors import EmbodiedPruneError
+from embodied_prune.models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, save_vla
+from embodied_prune.tokens import FastV, RandomDrop, SpecPrune, SpecPruneSettings, TokenPruner, pruned_query
+from embodied_prune.tokens.flops import relative_backbone_flops
+from embodied_prune.tokens.scores import (
+    changed_tokens,
+    frame_gap,
+    is_fine_motion,
+    patch_similarity,
+    rank_confidence,
+    row_attention,
+    top_k,
+)
+
+
+def policy(layers: int = 4, seed: int = 0) -> tuple[TinyVLA, object]:
+    torch.manual_seed(seed)
+    tok = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
+    backbone = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tok),
+        tie_word_embeddings=False,
+    )
+    return TinyVLA(TinyVLAConfig(backbone_config=backbone, vision_dim=32, stem_channels=8)).eval(), tok
+
+
+def one_query(model, tok, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = {
+        name: torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8, generator=g)
+        for name, size, _ in model.config.cameras
+    }
+    enc = encode_instructions(tok, ["push the puck to the green ball"], model.config.instruction_len)
+    assert enc["attention_mask"].sum() < model.config.instruction_len  # padding present: masks matter
+    return images, enc["input_ids"], enc["attention_mask"], torch.rand(1, 4, generator=g)
+
+
+class Keep(TokenPruner):
+    """Keeps a fixed set of visual tokens from layer ``layer`` on."""
+
+    def __init__(self, keep: torch.Tensor, layer: int = 0) -> None:
+        super().__init__()
+        self.kept, self.layer = keep, layer
+
+    def select(self, state):
+        return self.kept if state.layer == self.layer else None
+
+
+class FakeState:
+    """Just what SpecPrune's static step reads: planted scores instead of a model."""
+
+    def __init__(self, scores: torch.Tensor, layer: int = 0, num_layers: int = 4) -> None:
+        self._s, self.layer, self.num_layers = scores, layer, num_layers
+        self.visual_total = len(scores)
+        self.visual = torch.arange(len(scores))
+
+    def scores(self, rows: str = "instruction") -> torch.Tensor:
+        return self._s
+
+
+# --- pure maths --------------------------------------------------------------------------------------
+
+
+def test_top_k_picks_the_largest_and_skips_excluded():
+    s = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert top_k(s, 2).tolist() == [1, 3]
+    exclude = torch.tensor([False, True, False, False, False])
+    assert top_k(s, 2, exclude=exclude).tolist() == [3, 2]
+    assert len(top_k(s, 10, exclude=exclude)) == 4
+
+
+def test_frame_difference_finds_the_planted_changed_patches():
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    after = before.copy()
+    after[8:16, 16:24] = 255 - after[8:16, 16:24]  # patch (1, 2) of a 4×4 grid of 8-px patches → index 6
+    after[24:32, 0:8] = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # patch (3, 0) → index 12
+    sim = patch_similarity(after, before, 8)
+    assert sim.shape == (16,)
+    assert np.allclose(np.delete(sim, [6, 12]), 1.0)
+    assert sim[6] < -0.9 and sim[12] < 0.5
+    assert changed_tokens(sim, 0.95, 5).tolist() == [6, 12]  # least similar first, only those below
+    assert changed_tokens(sim, 0.95, 1).tolist() == [6]
+
+
+def test_frame_gap_shrinks_with_speed_from_eleven_to_six():
+    gaps = [frame_gap(v, 0.01) for v in np.linspace(0, 0.012, 13)]
+    assert gaps[0] == 11 and gaps[-1] == 6
+    assert all(a >= b for a, b in itertools.pairwise(gaps))
+
+
+def test_rank_confidence_orders_by_score_and_weighs_flat_layers_more():
+    peaked = torch.tensor([0.9, 0.05, 0.03, 0.02])
+    flat = torch.tensor([0.3, 0.25, 0.24, 0.21])
+    rp, rf = rank_confidence(peaked), rank_confidence(flat)
+    assert torch.argsort(-rp).tolist() == [0, 1, 2, 3]
+    assert rf[0] > rp[0]  # same rank, higher confidence (mean/std) for the flat layer
+
+
+def test_controller_calls_slow_steady_motion_fine():
+    assert is_fine_motion(0.001, 0.002, 0.003)
+    assert not is_fine_motion(0.001, 0.0005, 0.003)  # speeding up
+    assert not is_fine_motion(0.005, 0.006, 0.003)  # fast
+
+
+def test_row_attention_matches_eager_attention_weights():
+    model, tok = policy(layers=2)
+    x, mask = model.build_inputs(*one_query(model, tok), bos_id=tok.bos_token_id)
+    layer = model.backbone.layers[0]
+    pos = torch.arange(x.shape[1])[None]
+    pe = model.backbone.rotary_emb(x, pos)
+    rows = torch.tensor([321, 322, 330, 340])
+    with torch.no_grad():
+        ours = row_attention(layer, x, pe, rows, mask[0].bool())
+        from transformers.masking_utils import create_causal_mask
+
+        model.backbone.config._attn_implementation = "eager"
+        causal = create_causal_mask(model.backbone.config, x, mask, None, position_ids=pos)
+        _, weights = layer.self_attn(layer.input_layernorm(x), pe, causal)
+        model.backbone.config._attn_implementation = "sdpa"
+    assert torch.allclose(ours, weights[0, :, rows], atol=1e-5)
+
+
+# --- the pruned forward ----------------------------------------------------------------------------
+
+
+def test_no_pruning_is_bit_identical_to_the_model():
+    model, tok = policy()
+    q = one_query(model, tok)
+    with torch.no_grad():
+        ref = model(*q, bos_id=tok.bos_token_id)["actions"]
+        out = pruned_query(model, TokenPruner(), *q, bos_id=tok.bos_token_id)
+    assert torch.equal(ref, out)
+
+
+def test_kept_tokens_keep_their_original_positions():
+    model, tok = policy()
+    q = one_query(model, tok)
+    kept = torch.tensor([3, 17, 40, 41, 200, 300])
+    with torch.no_grad():
+        out = pruned_query(model, Keep(kept), *q, bos_id=tok.bos_token_id)
+        x, mask = model.build_inputs(*q, bos_id=tok.bos_token_id)
+        lay = model.layout()
+        seq = torch.cat([torch.tensor([0]), kept + lay.visual[0], torch.arange(lay.visual[1], lay.length)])
+        h = model.backbone(
+            inputs_embeds=x[:, seq], attention_mask=mask[:, seq], position_ids=seq[None]
+        ).last_hidden_state
+        ref = model.action_head(h[:, -model.config.chunk :])
+        renumbered = model.backbone(inputs_embeds=x[:, seq], attention_mask=mask[:, seq]).last_hidden_state
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert not torch.allclose(out, model.action_head(renumbered[:, -model.config.chunk :]), atol=1e-4)
+
+
+def test_layers_run_sdpa_and_scores_never_use_eager_attention(monkeypatch):
+    import transformers.integrations.sdpa_attention as sdpa_mod
+    import transformers.models.llama.modeling_llama as llama_mod
+
+    model, tok = policy()
+    assert model.backbone.config._attn_implementation == "sdpa"
+    calls = []
+    real = sdpa_mod.torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        sdpa_mod.torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *a, **k: calls.append(a[0].shape[2]) or real(*a, **k),
+    )
+
+    def no_eager(*a, **k):
+        raise AssertionError("eager attention ran")
+
+    monkeypatch.setattr(llama_mod, "eager_attention_forward", no_eager)
+    pruner = SpecPrune(alpha=0.25, settings=SpecPruneSettings(controller=False))
+    with torch.no_grad():
+        pruned_query(model, pruner, *one_query(model, tok), bos_id=tok.bos_token_id)
+    lay = model.layout()
+    other = lay.length - (lay.visual[1] - lay.visual[0])
+    assert calls == [n + other for n in pruner.queries[-1].visual_per_layer]  # one SDPA call per layer
+    assert pruner.queries[-1].visual_per_layer == [80, 80, 72, 72]  # 25 % of 320, then 10 % fewer at layer 2
+
+
+# --- SpecPrune's sets -------------------------------------------------------------------------------
+
+
+def test_static_set_is_the_union_of_global_dynamic_and_local():
+    n = 20  # 4×4 front + 2×2 wrist patches
+    settings = SpecPruneSettings(cameras=[["front", 16, 4], ["wrist", 8, 4]], controller=False, layer_drop=0.0)
+    pruner = SpecPrune(keep=10, settings=settings)  # budget 10: 3 global, 2 dynamic, 5 local
+    frame = {"front": np.zeros((16, 16, 3), np.uint8), "wrist": np.zeros((8, 8, 3), np.uint8), "proprio": np.zeros(4)}
+    pruner.observe(frame)
+    changed = {**frame, "front": frame["front"].copy()}
+    changed["front"][4:8, 8:12] = 255  # front patch (1, 2) → token 6
+    changed["front"][12:16, 0:4] = 200  # front patch (3, 0) → token 12
+    pruner.observe(changed)
+    pruner._global = torch.zeros(n, dtype=torch.float64)
+    pruner._global[[15, 16, 17, 18]] = torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)  # top 3: 15, 16, 17
+    pruner._visual_total = n
+    local = torch.linspace(0, 1, n).flip(0)  # token 0 the most attended, then 1, 2, ...
+    local[6] = 0.0
+    kept = pruner.select(FakeState(local)).tolist()
+    assert kept == sorted({15, 16, 17} | {6, 12} | {0, 1, 2, 3, 4})
+    assert len(kept) == 10
+
+
+def test_first_query_of_an_episode_falls_back_to_local_attention():
+    settings = SpecPruneSettings(cameras=[["front", 16, 4], ["wrist", 8, 4]], controller=False)
+    pruner = SpecPrune(keep=6, settings=settings)
+    local = torch.arange(20, dtype=torch.float32)
+    assert pruner.select(FakeState(local)).tolist() == list(range(14, 20))
+
+
+def test_fine_motion_keeps_more_tokens_and_skips_layer_pruning():
+    model, tok = policy()
+    q = one_query(model, tok)
+
+    def kept_per_layer(step: float) -> list[int]:
+        pruner = SpecPrune(alpha=0.25)
+        pruner.reset()
+        for t in range(5):
+            img = {name: q[0][name][0].numpy() for name in q[0]}
+            pruner.observe({**img, "proprio": np.array([step * t, 0.6, 0.2, 1.0], np.float32)})
+        with torch.no_grad():
+            pruned_query(model, pruner, *q, bos_id=tok.bos_token_id)
+        return pruner.queries[-1].visual_per_layer, pruner.fine_queries[-1]
+
+    slow, fine = kept_per_layer(0.001)
+    fast, coarse = kept_per_layer(0.008)
+    assert fine and not coarse
+    assert slow == [100, 100, 100, 100]  # 80 × 1.25, no layer-level drop
+    assert fast == [80, 80, 72, 72]
+
+
+def test_global_set_comes_from_the_previous_query():
+    model, tok = policy()
+    q = one_query(model, tok)
+    pruner = SpecPrune(alpha=0.25, settings=SpecPruneSettings(controller=False))
+    with torch.no_grad():
+        pruned_query(model, pruner, *q, bos_id=tok.bos_token_id)
+    g = pruner._global
+    assert g is not None and g.shape == (320,)
+    assert int((g > 0).sum()) == 80  # scores of the tokens that reached layer 2; pruned ones 0
+    pruner.reset()
+    assert pruner._global is None and pruner.queries == []
+
+
+def test_baselines_keep_their_budget():
+    model, tok = policy()
+    q = one_query(model, tok)
+    with torch.no_grad():
+        for pruner, kept in ((FastV(keep=50), [320, 50, 50, 50]), (RandomDrop(keep=50, seed=3), [50] * 4)):
+            pruned_query(model, pruner, *q, bos_id=tok.bos_token_id)
+            assert pruner.queries[-1].visual_per_layer == kept
+        a, b = RandomDrop(keep=50, seed=3), RandomDrop(keep=50, seed=3)
+        a.reset(7), b.reset(7)
+        assert torch.equal(pruned_query(model, a, *q, bos_id=2), pruned_query(model, b, *q, bos_id=2))
+
+
+def test_flops_estimate_is_one_for_dense_and_falls_with_tokens():
+    model, _ = policy()
+    assert relative_backbone_flops(model, [320] * 4) == pytest.approx(1.0)
+    half = relative_backbone_flops(model, [160] * 4)
+    assert 0.4 < half < 0.65
+    assert relative_backbone_flops(model, [320, 160, 160, 160]) > half
+
+
+# --- evaluation and CLI ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_policy(tmp_path_factory):
+    model, tok = policy(layers=4)
+    return save_vla(model, tok, tmp_path_factory.mktemp("vla") / "p")
+
+
+def test_eval_with_a_token_pruner_reports_kept_tokens(saved_policy, tmp_path):
+    out = tmp_path / "r.json"
+    rc = cli_main(
+        [
+            *("eval", "manipulation", "--model", str(saved_policy), "--tasks", "reach", "--episodes", "1"),
+            *("--workers", "1", "--token-pruner", "specprune", "--keep", "96", "--json", str(out), "-q"),
+        ]
+    )
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert d["token_pruner"]["name"] == "specprune" and d["episodes"] == 1
+    assert 0 < d["kept_tokens_mean"] <= 120  # 96, ×1.25 in fine motion at most
+    assert d["backbone_flops_ratio"] < 0.6
+    assert d["latency_ms_median"] > 0 and d["episode_s_median"] > 0
+    assert 0.0 <= d["fine_query_fraction"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--keep", "10"], "add --token-pruner"),
+        (["--token-pruner", "fastv", "--keep", "999"], "between 1 and the 320"),
+        (["--token-pruner", "random", "--alpha", "1.5"], "in (0, 1]"),
+        (["--token-pruner", "random", "--alpha", "0.5", "--keep", "3"], "not both"),
+    ],
+)
+def test_token_pruner_errors_are_one_line(saved_policy, capsys, args, message):
+    rc = cli_main(["eval", "manipulation", "--model", str(saved_policy), "--episodes", "1", *args])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_specprune_options_are_checked():
+    from embodied_prune.tokens import build_token_pruner
+
+    with pytest.raises(EmbodiedPruneError, match="unknown specprune option"):
+        build_token_pruner("specprune", options={"bogus": 1})
+    p = build_token_pruner("specprune", options={"layer_drop": 0.0, "controller": False, "layer_dynamic": [1]})
+    assert p.s.layer_dynamic == (1,) and not p.s.controller
+
+
+def test_matched_keep_gives_equal_mean_tokens_per_layer():
+    from embodied_prune.experiments.tokens import matched_keep
+
+    assert matched_keep(152.0, 0, 4, 320) == 152
+    k = matched_keep(152.0, 1, 4, 320)  # FastV after layer 0: (320 + 3k) / 4 = 152
+    assert k == 96 and (320 + 3 * k) / 4 == 152
+
+
+def test_tokens_experiment_runs_resumes_and_reports(saved_policy, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model: {saved_policy}\nepisodes: 1\ntasks: [reach]\nworkers: 1\nalpha: 0.3\nlatency_queries: 4\n"
+        "variants:\n  - {name: dense, pruner: none}\n  - {name: specprune, pruner: specprune}\n"
+        "  - {name: fastv, pruner: fastv, match: specprune}\n"
+    )
+    out = tmp_path / "run"
+    assert cli_main(["experiment", "tokens", "--config", str(cfg), "--out", str(out), "-q"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["variants"]) == ["dense", "specprune", "fastv"]
+    spec, fastv = s["variants"]["specprune"], s["variants"]["fastv"]
+    assert fastv["kept_tokens_mean"] == pytest.approx(spec["kept_tokens_mean"], abs=1.0)  # matched budget
+    assert set(s["side_by_side_latency_ms"]) == {"dense", "specprune", "fastv"}
+    assert "specprune" in (out / "report.md").read_text() and (out / "speedup_vs_success.png").stat().st_size > 0
+    capsys.readouterr()
+    assert cli_main(["experiment", "tokens", "--config", str(cfg), "--out", str(out), "-q"]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 3
+
+
+def test_tokens_experiment_config_errors(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("variants:\n  - {name: fastv, pruner: fastv, match: specprune}\n")
+    assert cli_main(["experiment", "tokens", "--config", str(cfg)]) != 0
+    assert "must come first" in capsys.readouterr().err
+    assert cli_main(["experiment", "tokens", "--config", str(tmp_path / "none.yaml")]) != 0
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_matched_keep_refuses_an_impossible_match():
+    from embodied_prune.experiments.tokens import matched_keep
+
+    with pytest.raises(EmbodiedPruneError, match="cannot average"):
+        matched_keep(100.0, 1, 2, 320)
+
+
+# --- the GLUESTICK experiment runner (shares the saved tiny policy) ------------------------------------
+
+
+def test_gluestick_experiment_builds_evaluates_and_resumes(saved_policy, tmp_path, capsys):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(
+        f"model: {saved_policy}\nepisodes: 1\ntasks: [drawer-close]\nworkers: 1\n"
+        "pruned:\n  - {name: mag 2:4, method: magnitude, pattern: '2:4'}\n"
+        "recovery:\n  - {name: none}\n  - {name: r4, rank: 4}\n  - {name: b10 int8, budget: 0.1, dtype: int8}\n"
+    )
+    out = tmp_path / "g"
+    assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    cells = s["cells"]
+    assert list(cells) == ["dense", "mag 2:4 | none", "mag 2:4 | r4", "mag 2:4 | b10 int8"]
+    base = cells["dense"]["backbone_parameters"]
+    assert cells["mag 2:4 | none"]["extra_parameters"] == 0
+    assert cells["mag 2:4 | r4"]["extra_parameters"] > 0
+    assert cells["mag 2:4 | b10 int8"]["extra_parameters"] <= 0.1 * base
+    assert cells["mag 2:4 | b10 int8"]["weight_bytes"] < cells["mag 2:4 | r4"]["weight_bytes"] + 4 * 0.1 * base
+    assert all(c["episodes"] == 1 for c in cells.values())
+    for png in ("success_vs_extra.png", "violations_vs_extra.png"):
+        assert (out / png).stat().st_size > 0
+    capsys.readouterr()
+    assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 4
+
+
+def test_gluestick_recovered_share():
+    from embodied_prune.experiments.gluestick import recovered_share
+
+    assert recovered_share(0.8, 0.2, 0.5) == pytest.approx(0.5)
+    assert recovered_share(0.8, 0.8, 0.9) is None
