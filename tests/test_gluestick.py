@@ -171,6 +171,8 @@ def test_budget_recovery_beats_global_rank_at_equal_extra_parameters():
         compute_factors(dense, pruned, rank=4, budget=0.1)
     with pytest.raises(EmbodiedPruneError, match="svd exact"):
         compute_factors(dense, pruned, budget=0.1, method="randomized")
+    with pytest.raises(EmbodiedPruneError, match="raise the budget"):
+        compute_factors(dense, pruned, budget=1e-6)
 
 
 @pytest.mark.parametrize("seed, rank", [(1, 16), (2, 4), (3, 48)])

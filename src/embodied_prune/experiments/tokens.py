@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..envs.manipulation.tasks import TaskSpec
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
 from .common import figure, read_config, save_figure, slug, violations_cell
@@ -47,7 +48,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a token-pruning experiment config (see the module docstring)."""
     p = Path(path)
     cfg = read_config(p, "configs/tokens_vla.yaml")
-    if not isinstance(cfg, dict) or not cfg.get("variants"):
+    if not cfg.get("variants"):
         raise EmbodiedPruneError(f"config {p} lists no variants; see configs/tokens_vla.yaml for the format.")
     names = []
     for v in cfg["variants"]:
@@ -113,7 +114,7 @@ def _pruner_spec(v: dict, cfg: dict, done: dict, model) -> dict | None:
     return spec
 
 
-def _replay_observations(tasks, steps: int, seed: int) -> list[tuple[str, list[dict]]]:
+def _replay_observations(tasks, steps: int, seed: int) -> list[tuple[TaskSpec, list[dict]]]:
     """Per task, the observations of an expert rollout (the policies replay them for timing)."""
     from ..envs.manipulation.demos import EVAL_STREAM, scene_seed
     from ..envs.manipulation.env import ManipulationEnv

@@ -91,7 +91,13 @@ def gap_factors(
         )
     if rank < 1:
         raise EmbodiedPruneError(f"GLUESTICK rank must be at least 1, got {rank}.")
-    gap = w_dense.detach().float() - w_pruned.detach().float()
+    return _factors_of_gap(w_dense.detach().float() - w_pruned.detach().float(), rank, method, oversample, niter, seed)
+
+
+def _factors_of_gap(
+    gap: torch.Tensor, rank: int, method: str, oversample: int = 8, niter: int = 4, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gap_factors` of an already computed float32 gap ``W_dense − W_pruned``."""
     r = min(rank, *gap.shape)
     if method == "exact":
         u, s, vh = torch.linalg.svd(gap, full_matrices=False)
@@ -102,6 +108,11 @@ def gap_factors(
             u, s, v = torch.svd_lowrank(gap, q=min(r + oversample, *gap.shape), niter=niter)
     else:
         raise EmbodiedPruneError(f"unknown SVD method {method!r}; choose one of: {', '.join(SVD_METHODS)}.")
+    return truncated_factors(u, s, v, r)
+
+
+def truncated_factors(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V [d_in, r], U [r, d_out])`` of the SVD ``u · diag(s) · vᵀ`` cut to rank ``r`` (Σ folded into U)."""
     return v[:, :r].contiguous(), (s[:r, None] * u[:, :r].mT).contiguous()
 
 
@@ -299,7 +310,7 @@ def compute_factors(
                 "made from this dense model."
             )
         if _selected(name, include, list(exclude)) and not torch.equal(dw, lin.weight):
-            chosen.append((name, lin, dw))
+            chosen.append((name, lin, dw.detach().float() - lin.weight.detach().float()))
             report.base_parameters += lin.weight.numel()
     if not chosen:
         raise EmbodiedPruneError(
@@ -308,23 +319,28 @@ def compute_factors(
         )
     total_energy = captured = 0.0
     if budget is None:
-        for name, lin, dw in chosen:
-            v, u = gap_factors(dw, lin.weight, rank, method, seed=seed)
+        if rank < 1:
+            raise EmbodiedPruneError(f"GLUESTICK rank must be at least 1, got {rank}.")
+        for name, lin, gap in chosen:
+            v, u = _factors_of_gap(gap, rank, method, seed=seed)
             report.layers.append(LayerFactors(name, lin.in_features, lin.out_features, v, u))
-            total_energy += float((dw.detach().float() - lin.weight.detach().float()).pow(2).sum())
+            total_energy += float(gap.pow(2).sum())
             captured += float(u.pow(2).sum())  # U = Σ_r U_rᵀ with orthonormal rows: ‖U‖² = Σ σ²
     else:
-        svds = [
-            torch.linalg.svd(dw.detach().float() - lin.weight.detach().float(), full_matrices=False)
-            for _, lin, dw in chosen
-        ]
+        svds = [torch.linalg.svd(gap, full_matrices=False) for _, _, gap in chosen]
         costs = [lin.in_features + lin.out_features for _, lin, _ in chosen]
-        ranks = allocate_ranks([s for _, s, _ in svds], costs, int(budget * report.base_parameters))
+        allowed = int(budget * report.base_parameters)
+        if allowed < min(costs):
+            raise EmbodiedPruneError(
+                f"--budget {budget:g} allows {allowed:,} extra parameters, less than the cheapest rank-1 correction "
+                f"({min(costs):,}); raise the budget."
+            )
+        ranks = allocate_ranks([s for _, s, _ in svds], costs, allowed)
         for (name, lin, _), (u, s, vh), r in zip(chosen, svds, ranks, strict=True):
             total_energy += float(s.pow(2).sum())
             captured += float(s[:r].pow(2).sum())
             if r:
-                v_r, u_r = vh[:r].mT.contiguous(), (s[:r, None] * u[:, :r].mT).contiguous()
+                v_r, u_r = truncated_factors(u, s, vh.mT, r)
                 report.layers.append(LayerFactors(name, lin.in_features, lin.out_features, v_r, u_r))
     report.energy = captured / total_energy if total_energy > 0 else 1.0
     if dtype != "float32":

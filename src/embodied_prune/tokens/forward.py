@@ -18,6 +18,11 @@ from transformers.masking_utils import create_causal_mask
 from .scores import row_attention, visual_scores
 
 
+def _is_visual(positions: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    """Which of the tokens at original ``positions`` lie in the visual ``span``."""
+    return (positions >= span[0]) & (positions < span[1])
+
+
 @dataclass
 class QueryState:
     """What a pruner may look at before layer ``layer`` of one policy query (batch of one).
@@ -40,9 +45,7 @@ class QueryState:
 
     @property
     def visual(self) -> torch.Tensor:
-        lo, hi = self.visual_span
-        p = self.positions
-        return p[(p >= lo) & (p < hi)] - lo
+        return self.positions[_is_visual(self.positions, self.visual_span)] - self.visual_span[0]
 
     def _rows(self, which: str) -> torch.Tensor:
         lo, hi = self.instruction_span
@@ -58,8 +61,7 @@ class QueryState:
     def scores(self, rows: str = "instruction") -> torch.Tensor:
         """Mean attention the current visual tokens receive from ``rows`` at this layer: (len(visual),)."""
         if rows not in self._cache:
-            lo, hi = self.visual_span
-            vis_idx = torch.nonzero((self.positions >= lo) & (self.positions < hi)).flatten()
+            vis_idx = torch.nonzero(_is_visual(self.positions, self.visual_span)).flatten()
             probs = row_attention(
                 self.layer_module, self.hidden, self.position_embeddings, self._rows(rows), self.key_valid
             )
@@ -103,9 +105,8 @@ def pruned_query(model, pruner, images, input_ids, attention_mask, proprio, bos_
         )
         keep = pruner.select(state)
         if keep is not None:
-            lo = lay.visual[0]
-            is_vis = (positions >= lo) & (positions < lay.visual[1])
-            keep_pos = is_vis & torch.isin(positions - lo, keep.to(positions.device))
+            is_vis = _is_visual(positions, lay.visual)
+            keep_pos = is_vis & torch.isin(positions - lay.visual[0], keep.to(positions.device))
             sel = torch.nonzero(~is_vis | keep_pos).flatten()
             hidden, positions, key_valid = hidden[:, sel], positions[sel], key_valid[sel]
             position_ids = positions.unsqueeze(0)
@@ -118,7 +119,7 @@ def pruned_query(model, pruner, images, input_ids, attention_mask, proprio, bos_
                     f"gave a {type(causal).__name__}: load the policy with attn_implementation='sdpa'."
                 )
             pe = (pe[0][:, sel], pe[1][:, sel])
-        counts.append(int(((positions >= lay.visual[0]) & (positions < lay.visual[1])).sum()))
+        counts.append(int(_is_visual(positions, lay.visual).sum()))
         hidden = layer(hidden, attention_mask=causal, position_embeddings=pe, position_ids=position_ids)
     pruner.finish(QueryStats(counts))
     hidden = bb.norm(hidden)

@@ -16,16 +16,13 @@ import math
 import numpy as np
 import torch
 from torch import nn
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+from transformers.models.llama.modeling_llama import rotate_half
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as Llama/Qwen2 apply it; ``cos``/``sin`` (B, n, head_dim) broadcast over heads."""
-    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+    """Rotary embedding as Llama/Qwen2 apply it, to queries and keys of different rows (transformers'
+    ``apply_rotary_pos_emb`` takes one cos/sin for both); ``cos``/``sin`` (B, n, head_dim)."""
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
 def row_attention(
