@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before anything imports mujoco
+# code loaded from checkpoint folders (the OpenVLA stand-in) is copied here, not into the user's cache
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf-modules-"))
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 
@@ -24,3 +27,11 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture
 def ids():
     return torch.randint(0, 384, (4, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def demos(tmp_path_factory):
+    """One expert demonstration of reach (all cameras, proprioception, privileged targets)."""
+    from embodied_prune.envs.manipulation.demos import generate_demos
+
+    return generate_demos(tmp_path_factory.mktemp("demos") / "d", tasks="reach", episodes=1, progress=False)

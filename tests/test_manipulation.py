@@ -16,6 +16,7 @@ from embodied_prune.envs.manipulation.demos import (
     scene_seed,
 )
 from embodied_prune.envs.manipulation.env import ManipulationEnv
+from embodied_prune.envs.manipulation.render import CAMERAS, cameras_for
 from embodied_prune.envs.manipulation.tasks import TASKS, resolve_tasks
 from embodied_prune.errors import EmbodiedPruneError
 
@@ -29,14 +30,37 @@ def reach():
 
 def test_headless_rendering_shows_the_scene_and_its_randomisation(reach):
     a, _ = reach.reset(seed=1)
-    assert set(a) == {"front", "wrist", "proprio"}  # no object or goal coordinates
-    assert a["front"].shape == (128, 128, 3) and a["wrist"].shape == (64, 64, 3)
-    assert a["front"].dtype == np.uint8 and a["front"].std() > 10 and a["wrist"].std() > 5
+    assert set(a) == {"front", "side", "wrist", "proprio"}  # no object or goal coordinates
+    assert a["front"].shape == (112, 112, 3) and a["side"].shape == a["wrist"].shape == (64, 64, 3)
+    assert a["front"].dtype == np.uint8 and min(a[c].std() for c in ("front", "side", "wrist")) > 5
     assert a["proprio"].shape == (4,)
     again, _ = reach.reset(seed=1)
     other, _ = reach.reset(seed=2)
     assert np.array_equal(a["front"], again["front"])  # a seed is a scene
     assert np.abs(a["front"].astype(int) - other["front"].astype(int)).sum() > 0  # the goal moved, visibly
+    assert np.abs(a["side"].astype(int) - other["side"].astype(int)).sum() > 0
+
+
+def test_privileged_state_is_the_object_and_goal_and_never_observed(reach):
+    obs, _ = reach.reset(seed=4)
+    priv = reach.privileged()
+    assert np.allclose(priv[:3], reach._mw._get_pos_objects()[:3], atol=1e-5)
+    assert np.allclose(priv[3:], reach._mw._target_pos, atol=1e-5)
+    assert set(obs) == {"front", "side", "wrist", "proprio"}  # a training target only, never an input
+
+
+def test_cameras_follow_the_policy_config():
+    cams = cameras_for([["front", 128, 8], ["wrist", 32, 8]])  # an older two-camera policy
+    assert [(c.name, c.size) for c in cams] == [("front", 128), ("wrist", 32)]
+    assert cams[0].lookat == CAMERAS["front"].lookat
+    env = ManipulationEnv("reach", cameras=cams)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["front"].shape == (128, 128, 3) and obs["wrist"].shape == (32, 32, 3) and "side" not in obs
+    finally:
+        env.close()
+    with pytest.raises(EmbodiedPruneError, match=r"camera\(s\) top; this environment has front, side, wrist"):
+        cameras_for([["top", 64, 8]])
 
 
 def test_every_seed_gives_a_valid_scene():
@@ -62,7 +86,7 @@ def test_blank_images_are_black():
     env = ManipulationEnv("push", blank_images=True)
     try:
         obs, _ = env.reset(seed=0)
-        assert not obs["front"].any() and not obs["wrist"].any()
+        assert not any(obs[c].any() for c in ("front", "side", "wrist"))
         assert obs["proprio"].any()
     finally:
         env.close()
@@ -112,8 +136,10 @@ def test_demonstrations_round_trip(tmp_path):
     assert [e["task"] for e in demos.episodes] == ["reach", "drawer-close"]
     for e, m in zip(demos.episodes, demos.meta["episodes"], strict=True):
         t = m["length"]
-        assert e["front"].shape == (t, 128, 128, 3) and e["wrist"].shape == (t, 64, 64, 3)
-        assert e["proprio"].shape == (t, 4) and e["action"].shape == (t, 4)
+        assert e["front"].shape == (t, 112, 112, 3) and e["wrist"].shape == e["side"].shape == (t, 64, 64, 3)
+        assert e["proprio"].shape == (t, 4) and e["action"].shape == (t, 4) and e["privileged"].shape == (t, 6)
+        # the goal does not move in reach / drawer-close; the recorded one is the scene's
+        assert np.allclose(e["privileged"][:, 3:], e["privileged"][0, 3:])
         assert np.abs(e["action"]).max() <= 1.0
         assert m["seed"] == scene_seed(0, m["task"], 0, DEMO_STREAM)
     assert json.loads((out / "meta.json").read_text())["tasks"]["reach"] == TASKS.get("reach").instruction

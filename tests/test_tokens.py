@@ -39,7 +39,9 @@ def policy(layers: int = 4, seed: int = 0) -> tuple[TinyVLA, object]:
         vocab_size=len(tok),
         tie_word_embeddings=False,
     )
-    return TinyVLA(TinyVLAConfig(backbone_config=backbone, vision_dim=32, stem_channels=8)).eval(), tok
+    cameras = [["front", 128, 8], ["wrist", 64, 8]]  # 320 visual tokens; evaluation renders these cameras
+    config = TinyVLAConfig(backbone_config=backbone, cameras=cameras, vision_dim=32, stem_channels=8)
+    return TinyVLA(config).eval(), tok
 
 
 def one_query(model, tok, seed: int = 0):
@@ -187,7 +189,7 @@ def test_layers_run_sdpa_and_scores_never_use_eager_attention(monkeypatch):
         raise AssertionError("eager attention ran")
 
     monkeypatch.setattr(llama_mod, "eager_attention_forward", no_eager)
-    pruner = SpecPrune(alpha=0.25, settings=SpecPruneSettings(controller=False))
+    pruner = SpecPrune(alpha=0.25, settings=SpecPruneSettings(controller=False, cameras=model.config.cameras))
     with torch.no_grad():
         pruned_query(model, pruner, *one_query(model, tok), bos_id=tok.bos_token_id)
     lay = model.layout()
@@ -231,7 +233,7 @@ def test_fine_motion_keeps_more_tokens_and_skips_layer_pruning():
     q = one_query(model, tok)
 
     def kept_per_layer(step: float) -> list[int]:
-        pruner = SpecPrune(alpha=0.25)
+        pruner = SpecPrune(alpha=0.25, settings=SpecPruneSettings(cameras=model.config.cameras))
         pruner.reset()
         for t in range(5):
             img = {name: q[0][name][0].numpy() for name in q[0]}
@@ -250,7 +252,7 @@ def test_fine_motion_keeps_more_tokens_and_skips_layer_pruning():
 def test_global_set_comes_from_the_previous_query():
     model, tok = policy()
     q = one_query(model, tok)
-    pruner = SpecPrune(alpha=0.25, settings=SpecPruneSettings(controller=False))
+    pruner = SpecPrune(alpha=0.25, settings=SpecPruneSettings(controller=False, cameras=model.config.cameras))
     with torch.no_grad():
         pruned_query(model, pruner, *q, bos_id=tok.bos_token_id)
     g = pruner._global
@@ -380,26 +382,29 @@ def test_matched_keep_refuses_an_impossible_match():
 def test_gluestick_experiment_builds_evaluates_and_resumes(saved_policy, tmp_path, capsys):
     cfg = tmp_path / "g.yaml"
     cfg.write_text(
-        f"model: {saved_policy}\nepisodes: 1\ntasks: [drawer-close]\nworkers: 1\n"
+        f"model: {saved_policy}\nepisodes: 1\ntasks: [drawer-close]\nworkers: 1\nlora_episodes: 1\nlora_steps: 2\n"
         "pruned:\n  - {name: mag 2:4, method: magnitude, pattern: '2:4'}\n"
         "recovery:\n  - {name: none}\n  - {name: r4, rank: 4}\n  - {name: b10 int8, budget: 0.1, dtype: int8}\n"
+        "  - {name: lora b10, lora_budget: 0.1}\n"
     )
     out = tmp_path / "g"
     assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
     s = json.loads((out / "summary.json").read_text())
     cells = s["cells"]
-    assert list(cells) == ["dense", "mag 2:4 | none", "mag 2:4 | r4", "mag 2:4 | b10 int8"]
+    assert list(cells) == ["dense", "mag 2:4 | none", "mag 2:4 | r4", "mag 2:4 | b10 int8", "mag 2:4 | lora b10"]
     base = cells["dense"]["backbone_parameters"]
     assert cells["mag 2:4 | none"]["extra_parameters"] == 0
     assert cells["mag 2:4 | r4"]["extra_parameters"] > 0
     assert cells["mag 2:4 | b10 int8"]["extra_parameters"] <= 0.1 * base
     assert cells["mag 2:4 | b10 int8"]["weight_bytes"] < cells["mag 2:4 | r4"]["weight_bytes"] + 4 * 0.1 * base
+    lora = cells["mag 2:4 | lora b10"]
+    assert lora["recovery_method"] == "lora" and 0 < lora["extra_parameters"] <= 0.1 * base
     assert all(c["episodes"] == 1 for c in cells.values())
     for png in ("success_vs_extra.png", "violations_vs_extra.png"):
         assert (out / png).stat().st_size > 0
     capsys.readouterr()
     assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
-    assert capsys.readouterr().out.count("finished earlier") == 4
+    assert capsys.readouterr().out.count("finished earlier") == 5
 
 
 def test_gluestick_recovered_share():

@@ -62,11 +62,22 @@ def cmd_eval(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError(f"--episodes must be at least 1, got {episodes}.")
     if a.workers < 1:
         raise EmbodiedPruneError(f"--workers must be at least 1, got {a.workers}.")
+    from .models.checkpoint import resolve_model_path
+    from .models.openvla import is_openvla_folder
     from .models.vla import load_vla
 
-    model, _ = load_vla(a.model)  # fail here, with a clear message, rather than inside every worker
-    token_pruner = None
-    if a.token_pruner != "none" or a.keep is not None or a.alpha is not None:
+    token_pruner, openvla = None, None
+    wants_tokens = a.token_pruner != "none" or a.keep is not None or a.alpha is not None
+    if is_openvla_folder(resolve_model_path(a.model)):
+        from .models.openvla import load_openvla
+
+        if wants_tokens:
+            raise EmbodiedPruneError("visual-token pruning runs on this toolkit's VLA policies, not on OpenVLA models.")
+        openvla = {"trust_remote_code": a.trust_remote_code, "unnorm_key": a.unnorm_key}
+        model, _ = load_openvla(resolve_model_path(a.model), trust_remote_code=a.trust_remote_code)  # fail here
+    else:
+        model, _ = load_vla(a.model)  # fail here, with a clear message, rather than inside every worker
+    if wants_tokens:
         from .tokens import build_token_pruner
 
         if a.token_pruner == "none":
@@ -86,6 +97,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         blank_images=a.blank_images,
         progress=not a.quiet,
         token_pruner=token_pruner,
+        openvla=openvla,
     )
     print(report.markdown())
     if a.json:
@@ -105,6 +117,14 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument(
         "--blank-images", action="store_true", help="manipulation: black camera images (does the policy need its eyes?)"
+    )
+    sp.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="manipulation: run the model code an OpenVLA checkpoint folder ships (read it first)",
+    )
+    sp.add_argument(
+        "--unnorm-key", help="manipulation: an OpenVLA checkpoint's action statistics to use (default: its only one)"
     )
     from .tokens import TOKEN_PRUNERS
 

@@ -161,7 +161,15 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     except EmbodiedPruneError as e:
         print(f"skipped: {e}\n")
         return f"skipped: {e}", []
-    calibration = generate_demos(out / "vla-calibration-demos", episodes=1, overwrite=overwrite, progress=progress)
+    from .envs.manipulation.render import cameras_for
+    from .models.vla import TinyVLAConfig
+
+    config = TinyVLAConfig.from_pretrained(dense)
+    cameras = cameras_for(config.cameras)
+    n_visual = sum(config.visual_tokens().values())
+    calibration = generate_demos(
+        out / "vla-calibration-demos", episodes=1, overwrite=overwrite, progress=progress, cameras=cameras
+    )
     pruned = prune(
         POLICY,
         "wanda",
@@ -197,7 +205,7 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
                 **{t: f"{100 * d['per_task'][t]['success_rate']:.0f} %" for t in TASKS.names()},
                 "violations": f"{v['table_contact']} / {v['joint_limit']} / {v['fast_object']}",
                 "latency": f"{d['latency_ms_median']:.1f}",
-                "kept": "320" if d["kept_tokens_mean"] is None else f"{d['kept_tokens_mean']:.0f}",
+                "kept": str(n_visual) if d["kept_tokens_mean"] is None else f"{d['kept_tokens_mean']:.0f}",
             }
         )
     table = markdown_table(
@@ -208,9 +216,9 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     )
     note = (
         "(2:4 weights are stored dense on the CPU: the latency shows no speed-up without sparse kernels; "
-        f"SpecPrune-VLA keeps {rows[2]['kept']} visual tokens per layer of 320 and, timed side by side on the same "
-        f"observations with one thread, queries in {speed['specprune']:.1f} ms vs {speed['dense']:.1f} ms dense: "
-        f"{speed['dense'] / speed['specprune']:.2f}× faster)"
+        f"SpecPrune-VLA keeps {rows[2]['kept']} visual tokens per layer of {n_visual} and, timed side by side on "
+        f"the same observations with one thread, queries in {speed['specprune']:.1f} ms vs {speed['dense']:.1f} ms "
+        f"dense: {speed['dense'] / speed['specprune']:.2f}× faster)"
     )
     print(table)
     print(note + "\n")

@@ -125,10 +125,28 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    model_path: str, execute: int | None, blank_images: bool, one_thread: bool = True, token_pruner=None
+    model_path: str,
+    execute: int | None,
+    blank_images: bool,
+    one_thread: bool = True,
+    token_pruner=None,
+    openvla: dict | None = None,
 ) -> None:
     if one_thread:  # pool workers share the cores; the in-process path leaves the caller's setting alone
         torch.set_num_threads(1)
+    from ..envs.manipulation.render import cameras_for
+    from ..models.openvla import is_openvla_folder
+
+    if is_openvla_folder(model_path):
+        from ..models.openvla import OpenVLAPolicy, load_openvla
+
+        opts = openvla or {}
+        model, processor = load_openvla(model_path, trust_remote_code=opts.get("trust_remote_code", False))
+        policy = OpenVLAPolicy(model, processor, unnorm_key=opts.get("unnorm_key"), execute=execute)
+        size = int((getattr(model.config, "image_sizes", None) or [224])[0])
+        cameras = cameras_for([[c, size] for c in policy.cameras])
+        _WORKER.update(policy=policy, envs={}, blank=blank_images, cameras=cameras)
+        return
     from ..models.vla import load_vla
 
     model, tok = load_vla(model_path)
@@ -137,7 +155,8 @@ def _init_worker(
         from ..tokens import build_token_pruner
 
         pruner = build_token_pruner(cameras=model.config.cameras, **token_pruner)
-    _WORKER.update(policy=VLAPolicy(model, tok, execute, pruner), envs={}, blank=blank_images)
+    cameras = cameras_for(model.config.cameras)  # render what this policy was trained to see
+    _WORKER.update(policy=VLAPolicy(model, tok, execute, pruner), envs={}, blank=blank_images, cameras=cameras)
 
 
 def _worker_episode(job: tuple[str, int, int]) -> EpisodeResult:
@@ -146,7 +165,7 @@ def _worker_episode(job: tuple[str, int, int]) -> EpisodeResult:
     task, index, seed = job
     envs = _WORKER["envs"]
     if task not in envs:
-        envs[task] = ManipulationEnv(task, blank_images=_WORKER["blank"])
+        envs[task] = ManipulationEnv(task, cameras=_WORKER["cameras"], blank_images=_WORKER["blank"])
     return run_episode(envs[task], _WORKER["policy"], task, index, seed)
 
 
@@ -232,10 +251,13 @@ def evaluate_manipulation(
     blank_images: bool = False,
     progress: bool = True,
     token_pruner: dict | None = None,
+    openvla: dict | None = None,
 ) -> ManipulationReport:
     """Evaluate the policy saved at ``model_path`` on ``episodes`` fresh scenes per task; ``token_pruner``
     is ``{"name", "keep", "alpha", "options"}`` of a registered visual-token pruner (see
-    :func:`embodied_prune.tokens.build_token_pruner`; None or name ``"none"``: the plain forward)."""
+    :func:`embodied_prune.tokens.build_token_pruner`; None or name ``"none"``: the plain forward).
+    An OpenVLA checkpoint folder (see :mod:`embodied_prune.models.openvla`) takes ``openvla`` =
+    ``{"trust_remote_code": bool, "unnorm_key": str | None}``."""
     specs = resolve_tasks(tasks)
     jobs = [(s.name, i, scene_seed(seed, s.name, i, EVAL_STREAM)) for s in specs for i in range(episodes)]
     t0 = time.time()
@@ -247,13 +269,13 @@ def evaluate_manipulation(
             workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(str(model_path), execute, blank_images, True, token_pruner),
+            initargs=(str(model_path), execute, blank_images, True, token_pruner, openvla),
         ) as pool:
             for r in pool.map(_worker_episode, jobs):
                 results.append(r)
                 bar.update()
     else:
-        _init_worker(str(model_path), execute, blank_images, one_thread=False, token_pruner=token_pruner)
+        _init_worker(str(model_path), execute, blank_images, False, token_pruner, openvla)
         try:
             for job in jobs:
                 results.append(_worker_episode(job))

@@ -25,6 +25,21 @@ def read_config(path: str | os.PathLike, example: str) -> dict[str, Any]:
     return cfg
 
 
+def model_fingerprint(spec: str | os.PathLike) -> str:
+    """A short hash of a model folder's config and weight files: a result kept for resuming must come from
+    the same model (a retrained ``builtin:`` policy keeps its name but not its weights)."""
+    import hashlib
+
+    from ..models.checkpoint import resolve_model_path
+
+    folder = Path(resolve_model_path(spec))
+    h = hashlib.sha1()
+    for f in sorted([folder / "config.json", *folder.glob("*.safetensors")]):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def slug(name: str) -> str:
     """A file-name-safe form of a variant or cell name."""
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")

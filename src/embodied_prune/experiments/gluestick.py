@@ -1,9 +1,11 @@
 """``embodied-prune experiment gluestick``: pruned VLAs with and without GLUESTICK recovery, in closed loop.
 
 A grid of cells, each a pruned variant (method and sparsity or N:M pattern) × a recovery (none, GLUESTICK
-at a global rank, GLUESTICK at a per-layer budget, in any factor dtype), plus the dense policy, all on
-the same episodes. Per cell: success with CIs, safety violations, extra parameters (absolute and as a
-share of the backbone's linear parameters), weight bytes and median query latency. Every model is
+at a global rank, GLUESTICK at a per-layer budget, in any factor dtype, or the trained alternative: LoRA
+adapters fitted by behaviour cloning at a rank or at the rank a budget allows, see
+:mod:`embodied_prune.recovery.lora`), plus the dense policy, all on the same episodes. Per cell: success
+with CIs, safety violations, extra parameters (absolute and as a share of the backbone's linear
+parameters), weight bytes and median query latency. Every model is
 built once into ``models/`` and every finished cell is saved at once under ``cells/`` and not
 recomputed when the experiment runs again (``--overwrite`` starts afresh). Markdown table and plots
 (success vs extra parameters; safety violations vs extra parameters).
@@ -15,6 +17,8 @@ Config (YAML)::
     seed: 0
     workers: 2
     calibration_episodes: 2       # expert demonstrations per task for Wanda/SparseGPT calibration
+    lora_episodes: 20             # expert demonstrations per task LoRA recovery trains on
+    lora_steps: 400               # its behaviour-cloning steps
     pruned:
       - {name: wanda 2:4, method: wanda, pattern: "2:4"}
       - {name: magnitude 50%, method: magnitude, sparsity: 0.5}
@@ -23,6 +27,7 @@ Config (YAML)::
       - {name: r16, rank: 16}
       - {name: budget 15%, budget: 0.15}
       - {name: budget 15% int8, budget: 0.15, dtype: int8}
+      - {name: lora 15%, lora_budget: 0.15}   # or lora_rank: R
     cells: all                    # or a list of [pruned name, recovery name]
 """
 
@@ -37,10 +42,10 @@ from typing import Any
 
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
-from .common import figure, read_config, save_figure, slug, violations_cell
+from .common import figure, model_fingerprint, read_config, save_figure, slug, violations_cell
 
 PRUNED_KEYS = {"name", "method", "pattern", "sparsity"}
-RECOVERY_KEYS = {"name", "rank", "budget", "dtype", "svd"}
+RECOVERY_KEYS = {"name", "rank", "budget", "dtype", "svd", "lora_rank", "lora_budget"}
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -58,8 +63,11 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             if set(i) - allowed:
                 raise EmbodiedPruneError(f"config {p}: {key} entry {i} may only have {sorted(allowed)}.")
     for r in cfg["recovery"]:
-        if "rank" in r and "budget" in r:
-            raise EmbodiedPruneError(f"config {p}: recovery {r['name']!r} gives both rank and budget; pick one.")
+        if len({"rank", "budget", "lora_rank", "lora_budget"} & set(r)) > 1:
+            raise EmbodiedPruneError(
+                f"config {p}: recovery {r['name']!r} gives more than one of rank, budget, lora_rank, lora_budget; "
+                "pick one."
+            )
     cells = cfg.get("cells", "all")
     pruned, recovery = [i["name"] for i in cfg["pruned"]], [i["name"] for i in cfg["recovery"]]
     if cells == "all":
@@ -74,6 +82,8 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     cfg.setdefault("workers", 2)
     cfg.setdefault("tasks", None)
     cfg.setdefault("calibration_episodes", 2)
+    cfg.setdefault("lora_episodes", 20)
+    cfg.setdefault("lora_steps", 400)
     return cfg
 
 
@@ -90,11 +100,19 @@ def build_models(cfg: dict, out: Path, progress: bool = True) -> dict[str, dict]
     """Prune and recover every model the cells need (each once; existing folders are reused)."""
     from ..api import prune, recover
     from ..envs.manipulation.demos import generate_demos
+    from ..envs.manipulation.render import cameras_for
     from ..models.vla import load_vla
 
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
+    stamp, fingerprint = models / "dense_fingerprint.txt", model_fingerprint(cfg["model"])
+    if stamp.is_file() and stamp.read_text().strip() != fingerprint:
+        raise EmbodiedPruneError(
+            f"{models} was built from another version of {cfg['model']}; pass --overwrite to start afresh."
+        )
+    atomic_write_text(stamp, fingerprint + "\n")
     dense, _ = load_vla(cfg["model"])
+    cameras = cameras_for(dense.config.cameras)  # demonstrations seen as this policy sees
     base = backbone_parameters(dense)
     pruned_by, recovery_by = {p["name"]: p for p in cfg["pruned"]}, {r["name"]: r for r in cfg["recovery"]}
     calibration = None
@@ -106,7 +124,13 @@ def build_models(cfg: dict, out: Path, progress: bool = True) -> dict[str, dict]
             if p["method"] in ("wanda", "sparsegpt") and calibration is None:
                 calibration = models / "calibration-demos"
                 if not (calibration / "meta.json").is_file():
-                    generate_demos(calibration, episodes=cfg["calibration_episodes"], overwrite=True, progress=progress)
+                    generate_demos(
+                        calibration,
+                        episodes=cfg["calibration_episodes"],
+                        overwrite=True,
+                        progress=progress,
+                        cameras=cameras,
+                    )
             prune(
                 cfg["model"],
                 p["method"],
@@ -119,12 +143,28 @@ def build_models(cfg: dict, out: Path, progress: bool = True) -> dict[str, dict]
                 progress=progress,
             )
         key = f"{p_name} | {r_name}"
-        if "rank" not in r and "budget" not in r:
+        if not {"rank", "budget", "lora_rank", "lora_budget"} & set(r):
             built[key] = {"path": str(p_path), "extra_parameters": 0, "backbone_parameters": base}
             continue
         r_path = models / f"{slug(p_name)}--{slug(r_name)}"
         side = r_path / "embodied_prune.json"
-        if not side.is_file():
+        if not side.is_file() and ("lora_rank" in r or "lora_budget" in r):
+            from ..recovery.lora import LoRASettings, lora_recover, rank_for_budget
+
+            lora_demos = models / "lora-demos"
+            if not (lora_demos / "meta.json").is_file():
+                generate_demos(
+                    lora_demos,
+                    cfg["tasks"],
+                    episodes=cfg["lora_episodes"],
+                    overwrite=True,
+                    progress=progress,
+                    cameras=cameras,
+                )
+            rank = r.get("lora_rank") or rank_for_budget(dense, r["lora_budget"])
+            settings = LoRASettings(rank=rank, steps=cfg["lora_steps"], seed=cfg["seed"])
+            lora_recover(p_path, lora_demos, r_path, settings, overwrite=True, progress=progress)
+        elif not side.is_file():
             recover(
                 cfg["model"],
                 p_path,
@@ -142,6 +182,7 @@ def build_models(cfg: dict, out: Path, progress: bool = True) -> dict[str, dict]
             "backbone_parameters": base,
             "energy": record.get("energy"),
             "factor_dtype": record.get("factor_dtype", "float32"),
+            "recovery_method": record.get("method"),
         }
     return built
 
@@ -171,7 +212,11 @@ def run_gluestick_experiment(
         path = out / "cells" / f"{slug(key)}.json"
         if path.is_file():
             d = json.loads(path.read_text())
-            if d.get("episodes_per_task") == cfg["episodes"] and d.get("seed") == cfg["seed"]:
+            if (
+                d.get("episodes_per_task") == cfg["episodes"]
+                and d.get("seed") == cfg["seed"]
+                and d.get("model_fingerprint") == model_fingerprint(info["path"])
+            ):
                 print(f"{key}: finished earlier, kept ({path})", flush=True)
                 results[key] = d
                 continue
@@ -180,7 +225,13 @@ def run_gluestick_experiment(
             info["path"], cfg["tasks"], cfg["episodes"], seed=cfg["seed"], workers=cfg["workers"], progress=progress
         ).to_dict()
         rep.pop("per_episode")
-        d = {**rep, **info, "episodes_per_task": cfg["episodes"], "weight_bytes": weight_bytes(info["path"])}
+        d = {
+            **rep,
+            **info,
+            "episodes_per_task": cfg["episodes"],
+            "weight_bytes": weight_bytes(info["path"]),
+            "model_fingerprint": model_fingerprint(info["path"]),
+        }
         atomic_write_text(path, json.dumps(d, indent=2) + "\n")
         results[key] = d
     summary = {"config": cfg, "cells": results}

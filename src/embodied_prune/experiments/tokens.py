@@ -39,7 +39,7 @@ import torch
 from ..envs.manipulation.tasks import TaskSpec
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
-from .common import figure, read_config, save_figure, slug, violations_cell
+from .common import figure, model_fingerprint, read_config, save_figure, slug, violations_cell
 
 VARIANT_KEYS = {"name", "pruner", "keep", "alpha", "options", "match"}
 
@@ -114,14 +114,14 @@ def _pruner_spec(v: dict, cfg: dict, done: dict, model) -> dict | None:
     return spec
 
 
-def _replay_observations(tasks, steps: int, seed: int) -> list[tuple[TaskSpec, list[dict]]]:
-    """Per task, the observations of an expert rollout (the policies replay them for timing)."""
+def _replay_observations(tasks, steps: int, seed: int, cameras) -> list[tuple[TaskSpec, list[dict]]]:
+    """Per task, the observations of an expert rollout through ``cameras`` (the policies replay them for timing)."""
     from ..envs.manipulation.demos import EVAL_STREAM, scene_seed
     from ..envs.manipulation.env import ManipulationEnv
 
     out = []
     for spec in tasks:
-        env = ManipulationEnv(spec)
+        env = ManipulationEnv(spec, cameras=cameras)
         obs, _ = env.reset(seed=scene_seed(seed, spec.name, 0, EVAL_STREAM))
         seq = [obs]
         for _ in range(steps - 1):
@@ -136,6 +136,7 @@ def _replay_observations(tasks, steps: int, seed: int) -> list[tuple[TaskSpec, l
 
 def side_by_side_latency(model_path: str, specs: dict[str, dict | None], tasks, queries: int, seed: int) -> dict:
     """Median query latency of every variant on the same recorded observations, interleaved query by query."""
+    from ..envs.manipulation.render import cameras_for
     from ..evaluation.manipulation import VLAPolicy
     from ..models.vla import load_vla
     from ..tokens import build_token_pruner
@@ -149,7 +150,8 @@ def side_by_side_latency(model_path: str, specs: dict[str, dict | None], tasks, 
             pruner = build_token_pruner(cameras=model.config.cameras, **spec) if spec else None
             policies[name] = VLAPolicy(model, tok, execute=1, token_pruner=pruner)
         per_task = max(1, queries // len(tasks))
-        for spec_task, seq in _replay_observations(tasks, per_task + 1, seed):
+        cameras = cameras_for(model.config.cameras)
+        for spec_task, seq in _replay_observations(tasks, per_task + 1, seed, cameras):
             for p in policies.values():
                 p.reset(0)
             for obs in seq[:per_task]:
@@ -176,6 +178,7 @@ def run_tokens_experiment(config: str | os.PathLike, out: str | os.PathLike, ove
     tasks = resolve_tasks(cfg["tasks"])
     done: dict[str, dict] = {}
     specs: dict[str, dict | None] = {}
+    fingerprint = model_fingerprint(cfg["model"])
     for v in cfg["variants"]:
         path = out / "variants" / f"{slug(v['name'])}.json"
         spec = _pruner_spec(v, cfg, done, model)
@@ -186,6 +189,7 @@ def run_tokens_experiment(config: str | os.PathLike, out: str | os.PathLike, ove
                 d.get("token_pruner") == (spec or {"name": "none"})
                 and d.get("episodes") == len(tasks) * cfg["episodes"]
                 and d.get("seed") == cfg["seed"]
+                and d.get("model_fingerprint") == fingerprint
             ):
                 print(f"{v['name']}: finished earlier, kept ({path})", flush=True)
                 done[v["name"]] = d
@@ -199,12 +203,18 @@ def run_tokens_experiment(config: str | os.PathLike, out: str | os.PathLike, ove
             workers=cfg["workers"],
             token_pruner=spec,
         )
-        d = report.to_dict()
+        d = {**report.to_dict(), "model_fingerprint": fingerprint}
         atomic_write_text(path, json.dumps(d, indent=2) + "\n")
         done[v["name"]] = d
     t0 = time.time()
     latency = side_by_side_latency(cfg["model"], specs, tasks, cfg["latency_queries"], cfg["seed"])
-    summary = {"config": cfg, "side_by_side_latency_ms": latency, "latency_wall_s": time.time() - t0, "variants": {}}
+    summary = {
+        "config": cfg,
+        "visual_tokens": sum(model.config.visual_tokens().values()),
+        "side_by_side_latency_ms": latency,
+        "latency_wall_s": time.time() - t0,
+        "variants": {},
+    }
     for name, d in done.items():
         summary["variants"][name] = {k: v for k, v in d.items() if k != "per_episode"}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -220,6 +230,7 @@ def tokens_report(summary: dict) -> str:
     variants = summary["variants"]
     lat = summary["side_by_side_latency_ms"]
     ref = next(iter(variants))
+    all_tokens = str(summary.get("visual_tokens", "all"))
     rows = []
     for name, d in variants.items():
         v = d["safety_violations"]
@@ -229,7 +240,7 @@ def tokens_report(summary: dict) -> str:
                 "success": percent_ci(d["success_rate"], d["ci95"]),
                 "n": d["episodes"],
                 "violations": violations_cell(v),
-                "kept": "320" if d["kept_tokens_mean"] is None else f"{d['kept_tokens_mean']:.0f}",
+                "kept": all_tokens if d["kept_tokens_mean"] is None else f"{d['kept_tokens_mean']:.0f}",
                 "flops": f"{100 * d['backbone_flops_ratio']:.0f}",
                 "lat": f"{lat[name]:.1f}",
                 "speedup": f"{lat[ref] / lat[name]:.2f}×",

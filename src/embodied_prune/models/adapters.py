@@ -120,6 +120,11 @@ ADAPTERS: Registry[DecoderAdapter] = Registry("model architecture")
 # layout: the norms act on head_dim, which structured pruning never changes.
 for _family in ("llama", "mistral", "qwen2", "qwen3"):
     ADAPTERS.add(_family, DecoderAdapter(family=_family))
+# OpenVLA / Prismatic VLAs keep their Llama-2 language model under ``language_model`` (models/openvla.py)
+for _family in ("openvla", "prismatic"):
+    ADAPTERS.add(
+        _family, DecoderAdapter(family=_family, layers="language_model.model.layers", config="language_model.config")
+    )
 
 
 def adapter_for(model: nn.Module) -> DecoderAdapter:

@@ -147,7 +147,7 @@ BUILTINS.add(
     "vla-metaworld",
     BuiltinModel(
         "vla-metaworld",
-        "VLA policy for the six Meta-World tasks (two cameras, 320 visual tokens, Llama backbone hidden 192 / "
+        "VLA policy for the six Meta-World tasks (three cameras, 324 visual tokens, Llama backbone hidden 192 / "
         "4 layers, 8-step action chunks), behaviour-cloned from expert demonstrations; regenerate with "
         "`python -m embodied_prune.training.ship_vla`",
     ),

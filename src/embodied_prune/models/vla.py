@@ -3,14 +3,19 @@
 One policy query lays its sequence out as ``[BOS, visual tokens, instruction tokens, action queries]``:
 
 - **vision encoder**: per camera a small convolutional stem and a patch convolution, one token per
-  patch (128 px front view at 8 px patches → 256 tokens, 64 px wrist view → 64 tokens: 320 visual
-  tokens), plus a learned position embedding per patch and camera;
+  patch (112 px front view at 8 px patches → 196 tokens, 64 px side and wrist views → 64 tokens each:
+  324 visual tokens), plus a learned position embedding per patch and camera;
 - **projector**: a two-layer MLP into the backbone's width (OpenVLA's projector);
 - **backbone**: ``transformers``' ``LlamaModel`` fed with ``inputs_embeds``; the instruction is
   tokenised with the policy's own word-level tokenizer and embedded by the backbone's embedding table;
 - **action head** (OFT-style parallel decoding): ``chunk`` learned action queries, each plus the
   projected proprioception, decoded in the same forward pass; an MLP maps each query's last hidden
-  state to a 4-D action. Trained with an L1 loss on the expert's next ``chunk`` actions.
+  state to a 4-D action. Trained with an L1 loss on the expert's next ``chunk`` actions;
+- **auxiliary head** (training only, optional: ``aux_dim`` > 0): a linear map from the mean of the
+  action queries' last hidden states to where the object and the goal are relative to the gripper. Its L1
+  loss (weight ``aux_weight``) on targets from the simulator's private state teaches the backbone to
+  locate them in the images; the policy's inputs stay images, instruction and proprioception, and the
+  head plays no part in a policy query.
 
 The backbone carries most of a query's compute (see :func:`compute_split`), so pruning it (structured
 or 2:4, through the ``embodied_prune_adapter`` that points the pruning code at ``backbone.layers``)
@@ -32,6 +37,8 @@ from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedMo
 from .adapters import DecoderAdapter
 
 SPECIAL = ("[PAD]", "[UNK]", "[BOS]")
+# the shipped policy's cameras ([name, image size, patch size]; envs.manipulation.render places them)
+DEFAULT_CAMERAS = (("front", 112, 8), ("side", 64, 8), ("wrist", 64, 8))
 VLA_ADAPTER = DecoderAdapter(family="tiny-vla", layers="backbone.layers", config="backbone.config")
 
 
@@ -53,6 +60,10 @@ class TinyVLAConfig(PretrainedConfig):
         instruction_len: int = 16,
         proprio_mean: list[float] | None = None,
         proprio_std: list[float] | None = None,
+        aux_dim: int = 0,
+        aux_weight: float = 0.0,
+        aux_mean: list[float] | None = None,
+        aux_std: list[float] | None = None,
         **kwargs,
     ) -> None:
         if isinstance(backbone_config, dict):
@@ -68,7 +79,7 @@ class TinyVLAConfig(PretrainedConfig):
             tie_word_embeddings=False,
         )
         # [name, image size, patch size]; the stem halves the image twice before the patch convolution
-        self.cameras = [list(c) for c in (cameras or [["front", 128, 8], ["wrist", 64, 8]])]
+        self.cameras = [list(c) for c in (cameras or DEFAULT_CAMERAS)]
         self.vision_dim = vision_dim
         self.stem_channels = stem_channels
         self.proprio_dim = proprio_dim
@@ -77,6 +88,10 @@ class TinyVLAConfig(PretrainedConfig):
         self.instruction_len = instruction_len
         self.proprio_mean = list(proprio_mean or [0.0] * proprio_dim)
         self.proprio_std = list(proprio_std or [1.0] * proprio_dim)
+        self.aux_dim = aux_dim
+        self.aux_weight = aux_weight
+        self.aux_mean = list(aux_mean or [0.0] * aux_dim)
+        self.aux_std = list(aux_std or [1.0] * aux_dim)
         super().__init__(**kwargs)
 
     def visual_tokens(self) -> dict[str, int]:
@@ -147,6 +162,7 @@ class TinyVLA(PreTrainedModel):
         nn.init.normal_(self.action_queries, std=0.02)
         self.proprio_proj = nn.Linear(config.proprio_dim, h)
         self.action_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, config.action_dim))
+        self.aux_head = nn.Linear(h, config.aux_dim) if config.aux_dim > 0 else None
         self.post_init()
 
     def layout(self, instruction_len: int | None = None) -> TokenLayout:
@@ -197,14 +213,22 @@ class TinyVLA(PreTrainedModel):
         proprio: torch.Tensor,
         bos_id: int = 2,
         actions: torch.Tensor | None = None,
+        aux_targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Predict an action chunk; with target ``actions`` (B, chunk, action_dim) also the L1 loss."""
+        """Predict an action chunk; with target ``actions`` (B, chunk, action_dim) also the L1 loss, to
+        which ``aux_targets`` (B, aux_dim; raw, normalised here) add the weighted auxiliary L1 loss."""
         x, mask = self.build_inputs(images, input_ids, attention_mask, proprio, bos_id)
         hidden = self.backbone(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
-        pred = self.action_head(hidden[:, -self.config.chunk :].float())
+        queries = hidden[:, -self.config.chunk :].float()
+        pred = self.action_head(queries)
         out = {"actions": pred}
         if actions is not None:
             out["loss"] = F.l1_loss(pred, actions)
+            if aux_targets is not None and self.aux_head is not None:
+                mean = torch.tensor(self.config.aux_mean, device=queries.device)
+                std = torch.tensor(self.config.aux_std, device=queries.device)
+                out["aux_loss"] = F.l1_loss(self.aux_head(queries.mean(1)), (aux_targets.float() - mean) / std)
+                out["loss"] = out["loss"] + self.config.aux_weight * out["aux_loss"]
         return out
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import EmbodiedPruneError
+from ..models.vla import DEFAULT_CAMERAS
 from ..registry import Registry
 from .forward import QueryState, QueryStats
 from .scores import changed_tokens, frame_gap, is_fine_motion, patch_similarity, rank_confidence, top_k
@@ -154,7 +155,7 @@ class SpecPruneSettings:
     fine_speed: float = 0.003
     fine_scale: float = 1.25
     speed_window: int = 4
-    cameras: list[list] = field(default_factory=lambda: [["front", 128, 8], ["wrist", 64, 8]])
+    cameras: list[list] = field(default_factory=lambda: [list(c) for c in DEFAULT_CAMERAS])
 
 
 @TOKEN_PRUNERS.register("specprune")

@@ -2,7 +2,10 @@
 
 Each sample is one step of one demonstration: both camera images (randomly shifted by a few pixels,
 the standard augmentation for pixel-based imitation), the proprioception, the task's instruction and
-the expert's next ``chunk`` actions (the last action repeated past the episode's end). Loss: L1.
+the expert's next ``chunk`` actions (the last action repeated past the episode's end). Loss: L1, plus
+(when the demonstrations carry the simulator's private object and goal positions) an auxiliary L1 loss
+on where the object and the goal are relative to the gripper, read from the action queries: a training
+target only, never an input, which teaches the backbone to find them in the images.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import LlamaConfig, Trainer, TrainingArguments
 
-from ..envs.manipulation.demos import DemoSet, load_demos
+from ..envs.manipulation.demos import DemoSet, check_cameras, load_demos
 from ..envs.manipulation.tasks import TASKS
 from ..models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, save_vla
 from .runs import prepare_run, use_compact_progress
@@ -37,7 +40,8 @@ class BCSettings:
     kv_heads: int = 2
     intermediate_size: int = 512
     chunk: int = 8
-    shift: float = 1 / 16  # random-shift augmentation, as a fraction of the image size
+    shift: float = 1 / 32  # random-shift augmentation, as a fraction of the image size
+    aux_weight: float = 0.5  # auxiliary object/goal-position loss (0: off; needs demonstrations with it)
     seed: int = 0
 
 
@@ -53,7 +57,8 @@ class DemoSteps(Dataset):
         names = sorted({ep["task"] for ep in self.episodes})
         enc = encode_instructions(tokenizer, [TASKS.get(n).instruction for n in names], instruction_len)
         self.instr = {n: (enc["input_ids"][i], enc["attention_mask"][i]) for i, n in enumerate(names)}
-        self.cameras = [k for k in self.episodes[0] if k not in ("proprio", "action", "task")]
+        self.cameras = [c["name"] for c in demos.meta["cameras"]]
+        self.aux = all("privileged" in ep for ep in self.episodes)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -71,13 +76,22 @@ class DemoSteps(Dataset):
         ep = self.episodes[e]
         idx = np.minimum(np.arange(t, t + self.chunk), len(ep["action"]) - 1)
         ids, mask = self.instr[ep["task"]]
+        extra = {"aux_targets": torch.from_numpy(aux_targets(ep, t))} if self.aux else {}
         return {
+            **extra,
             "images": {c: torch.from_numpy(self._shifted(ep[c][t])) for c in self.cameras},
             "input_ids": ids,
             "attention_mask": mask,
             "proprio": torch.from_numpy(ep["proprio"][t]),
             "actions": torch.from_numpy(ep["action"][idx]),
         }
+
+
+def aux_targets(episode: dict, t: int) -> np.ndarray:
+    """Step ``t``'s auxiliary targets: object and goal positions minus the gripper's (6 values, metres)."""
+    hand = episode["proprio"][t][:3]
+    priv = episode["privileged"][t]
+    return np.concatenate([priv[:3] - hand, priv[3:] - hand]).astype(np.float32)
 
 
 def collate(rows: list[dict]) -> dict:
@@ -92,6 +106,15 @@ def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
     tokenizer = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
     proprio = np.concatenate([ep["proprio"] for ep in demos.episodes])
     cameras = [[c["name"], c["size"], 8] for c in demos.meta["cameras"]]
+    aux: dict = {}
+    if s.aux_weight > 0 and all("privileged" in ep for ep in demos.episodes):
+        targets = np.stack([aux_targets(ep, t) for ep in demos.episodes for t in range(len(ep["action"]))])
+        aux = {
+            "aux_dim": targets.shape[1],
+            "aux_weight": s.aux_weight,
+            "aux_mean": targets.mean(0).tolist(),
+            "aux_std": np.maximum(targets.std(0), 1e-3).tolist(),
+        }
     cfg = TinyVLAConfig(
         backbone_config=LlamaConfig(
             hidden_size=s.hidden_size,
@@ -107,6 +130,7 @@ def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
         chunk=s.chunk,
         proprio_mean=proprio.mean(0).tolist(),
         proprio_std=np.maximum(proprio.std(0), 1e-3).tolist(),
+        **aux,
     )
     return TinyVLA(cfg), tokenizer
 
@@ -126,39 +150,51 @@ def train_bc(
     demo_set = load_demos(demos)
     model, tokenizer = build_policy(demo_set, s)
     data = DemoSteps(demo_set, tokenizer, s.chunk, model.config.instruction_len, s.shift, s.seed)
-    args = TrainingArguments(
-        output_dir=scratch,
-        max_steps=s.steps,
-        per_device_train_batch_size=s.batch_size,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=min(100, s.steps // 10),
-        weight_decay=0.01,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=25,
-        seed=s.seed,
-        data_seed=s.seed,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
     t0 = time.time()
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
-    use_compact_progress(trainer, ("loss",), progress)
-    trainer.train()
-    shutil.rmtree(scratch, ignore_errors=True)
+    model = fit(model, data, s.steps, s.batch_size, s.learning_rate, s.seed, scratch, progress)
     record = {
         "op": "train",
         "stage": "bc",
         "demos": str(demos),
         "samples": len(data),
+        "aux_loss": data.aux and model.aux_head is not None,
         **asdict(s),
         "wall_s": time.time() - t0,
         **(extra_record or {}),
     }
-    return save_vla(trainer.model.to(save_dtype), tokenizer, out, history=[record], overwrite=overwrite)
+    return save_vla(model.to(save_dtype), tokenizer, out, history=[record], overwrite=overwrite)
+
+
+def fit(
+    model, data: Dataset, steps: int, batch_size: int, learning_rate: float, seed: int, scratch: str, progress: bool
+):
+    """Train ``model`` (any module whose forward takes a collated batch and returns ``{"loss": …}``) on
+    ``data`` for ``steps`` AdamW steps with a cosine schedule, through ``transformers.Trainer``."""
+    args = TrainingArguments(
+        output_dir=scratch,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(100, steps // 10),
+        weight_decay=0.01,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=25,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
+    use_compact_progress(trainer, ("loss",), progress)
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return trainer.model
 
 
 def policy_calibration(
@@ -173,16 +209,19 @@ def policy_calibration(
             f"calibrating a VLA policy needs its inputs, not text: pass --calibration DEMOS_FOLDER (made by "
             f"`embodied-prune demos manipulation`), got {demos!r}."
         )
-    data = DemoSteps(load_demos(demos), tokenizer, model.config.chunk, model.config.instruction_len, 0.0, seed)
+    demo_set = load_demos(demos)
+    check_cameras(demo_set, model.config.cameras, f"the calibration demonstrations {demos}")
+    data = DemoSteps(demo_set, tokenizer, model.config.chunk, model.config.instruction_len, 0.0, seed)
     picks = np.random.default_rng(seed).choice(len(data), size=min(n_samples, len(data)), replace=False)
     rows = [data[int(i)] for i in picks]
     out = []
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size])
         batch.pop("actions")
+        batch.pop("aux_targets", None)
         batch["bos_id"] = tokenizer.bos_token_id
         out.append(batch)
     return out
 
 
-__all__ = ["BCSettings", "DemoSteps", "build_policy", "policy_calibration", "train_bc"]
+__all__ = ["BCSettings", "DemoSteps", "build_policy", "fit", "policy_calibration", "train_bc"]

@@ -5,13 +5,16 @@ Format (a folder; ``FORMAT_VERSION`` 1)::
     meta.json                 {"format": 1, "cameras": [{"name", "size"}...], "tasks": {name: instruction},
                                "episodes": [{"file", "task", "seed", "length", "success"}...],
                                "proprio": ["ee_x", "ee_y", "ee_z", "gripper"], "action": [...]}
-    episodes/<task>_<i>.npz   front (T,H,W,3) uint8, wrist (T,h,w,3) uint8, proprio (T,4) float32,
-                              action (T,4) float32 — the observation at step t and the expert's action
+    episodes/<task>_<i>.npz   one uint8 (T,s,s,3) array per camera (front, side, wrist), proprio (T,4)
+                              float32, action (T,4) float32, privileged (T,6) float32
 
 Step t's images and proprioception are what the policy sees before acting; ``action[t]`` is the
-expert's answer. Only successful expert episodes are kept (the experts succeed on every seed tried
-here; a failure would be skipped and the next seed drawn). A simple format instead of LeRobot's: that
-needs the ``lerobot`` package with its video codecs, and our episodes are tiny arrays.
+expert's answer. ``privileged[t]`` holds the object's and the goal's positions (Meta-World's private
+state, see ``meta.json``'s ``"privileged"`` names): never a policy input, only an auxiliary training
+target (folders recorded before it existed simply lack it). Only successful expert episodes are kept
+(the experts succeed on every seed tried here; a failure would be skipped and the next seed drawn).
+A simple format instead of LeRobot's: that needs the ``lerobot`` package with its video codecs, and
+our episodes are tiny arrays.
 
 Scene seeds: demonstrations draw from ``SeedSequence([seed, task, episode, DEMO_STREAM])`` and
 evaluation from the same with ``EVAL_STREAM``, so no evaluation scene is a training scene.
@@ -32,12 +35,13 @@ from tqdm.auto import tqdm
 from ...errors import EmbodiedPruneError
 from ...io import atomic_dir
 from .env import ManipulationEnv
-from .render import DEFAULT_CAMERAS
+from .render import DEFAULT_CAMERAS, CameraSpec
 from .tasks import TASKS, TaskSpec, resolve_tasks
 
 FORMAT_VERSION = 1
 DEMO_STREAM, EVAL_STREAM = 1, 2
 PROPRIO_NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
+PRIVILEGED_NAMES = ["obj_x", "obj_y", "obj_z", "goal_x", "goal_y", "goal_z"]
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
 
 
@@ -50,22 +54,23 @@ def scene_seed(seed: int, task: str, episode: int, stream: int) -> int:
 def record_episode(env: ManipulationEnv, seed: int) -> tuple[dict[str, np.ndarray], bool]:
     """Run the expert for one episode; the arrays of observations and actions, and whether it succeeded."""
     obs, _ = env.reset(seed=seed)
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in [*obs, "action"]}
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in [*obs, "action", "privileged"]}
     success = False
     for _ in range(env.max_steps):
         action = env.expert_action()
         for k, v in obs.items():
             rows[k].append(v)
         rows["action"].append(action)
+        rows["privileged"].append(env.privileged())
         obs, _, success, truncated, _ = env.step(action)
         if success or truncated:
             break
     return {k: np.stack(v) for k, v in rows.items()}, success
 
 
-def _record_task(task: str, episodes: int, seed: int, folder: str) -> list[dict]:
+def _record_task(task: str, episodes: int, seed: int, folder: str, cameras: tuple[CameraSpec, ...]) -> list[dict]:
     """Record ``episodes`` successful expert episodes of ``task`` into ``folder``; their meta entries."""
-    env = ManipulationEnv(task)
+    env = ManipulationEnv(task, cameras=cameras)
     entries: list[dict] = []
     try:
         tried = 0
@@ -93,8 +98,10 @@ def generate_demos(
     overwrite: bool = False,
     progress: bool = True,
     workers: int = 2,
+    cameras: tuple[CameraSpec, ...] = DEFAULT_CAMERAS,
 ) -> Path:
-    """Record ``episodes`` successful expert episodes per task into the folder ``out`` (format above).
+    """Record ``episodes`` successful expert episodes per task into the folder ``out`` (format above),
+    seen through ``cameras`` (for a given policy: ``render.cameras_for(policy.config.cameras)``).
 
     Tasks are recorded in parallel by ``workers`` processes; the result does not depend on their number.
     """
@@ -109,21 +116,22 @@ def generate_demos(
         if workers > 1 and len(specs) > 1:
             ctx = mp.get_context("forkserver")
             with ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx) as pool:
-                futures = {pool.submit(_record_task, s.name, episodes, seed, folder): s.name for s in specs}
+                futures = {pool.submit(_record_task, s.name, episodes, seed, folder, cameras): s.name for s in specs}
                 for f in as_completed(futures):
                     by_task[futures[f]] = f.result()
                     bar.update()
         else:
             for s in specs:
-                by_task[s.name] = _record_task(s.name, episodes, seed, folder)
+                by_task[s.name] = _record_task(s.name, episodes, seed, folder, cameras)
                 bar.update()
         bar.close()
         meta = {
             "format": FORMAT_VERSION,
-            "cameras": [{"name": c.name, "size": c.size} for c in DEFAULT_CAMERAS],
+            "cameras": [{"name": c.name, "size": c.size} for c in cameras],
             "tasks": {s.name: s.instruction for s in specs},
             "proprio": PROPRIO_NAMES,
             "action": ACTION_NAMES,
+            "privileged": PRIVILEGED_NAMES,
             "generator": {"seed": seed, "episodes_per_task": episodes},
             "episodes": [e for s in specs for e in by_task[s.name]],
         }
@@ -157,3 +165,14 @@ def load_demos(path: str | os.PathLike) -> DemoSet:
         with np.load(path / "episodes" / e["file"]) as z:
             episodes.append({k: z[k] for k in z.files} | {"task": e["task"]})
     return DemoSet(meta, episodes)
+
+
+def check_cameras(demos: DemoSet, config_cameras: list[list], where: str) -> None:
+    """Refuse demonstrations recorded through other cameras than a policy's ``[name, size, …]`` entries."""
+    have = [(c["name"], c["size"]) for c in demos.meta["cameras"]]
+    want = [(c[0], c[1]) for c in config_cameras]
+    if not set(want) <= set(have):
+        raise EmbodiedPruneError(
+            f"{where} were recorded through cameras {have}, but the policy sees {want}; record demonstrations "
+            "for it with generate_demos(..., cameras=cameras_for(policy.config.cameras))."
+        )

@@ -1,6 +1,6 @@
 """``ManipulationEnv``: one Meta-World task behind gymnasium's API, seen through cameras.
 
-Observations are ``{"front": uint8 HxWx3, "wrist": uint8 hxwx3, "proprio": float32[4]}`` where
+Observations are ``{"front": uint8 HxWx3, "side": uint8 hxhx3, "wrist": uint8 hxhx3, "proprio": float32[4]}`` where
 ``proprio`` is the end-effector position (x, y, z in metres) and the gripper opening (0 closed … 1
 open). Meta-World's own observation vector, which also holds the object and goal positions, is kept
 private: only the scripted expert reads it. Actions are Meta-World's 4-D action in [−1, 1] (end-effector
@@ -99,6 +99,14 @@ class ManipulationEnv(gym.Env):
         success = bool(mw_info["success"])
         info = {"success": success, "safety": self.safety.events(self._mw.data), "step": self._steps}
         return self._observe(), float(success), success, self._steps >= self.max_steps, info
+
+    def privileged(self) -> np.ndarray:
+        """The object's and the goal's positions (x, y, z each, metres) from Meta-World's private state.
+
+        Never part of the observation: behaviour cloning uses them only as auxiliary training targets.
+        """
+        assert self._state is not None
+        return np.concatenate([self._state[4:7], self._state[-3:]]).astype(np.float32)
 
     def expert_action(self) -> np.ndarray:
         """Meta-World's scripted expert's action for the current state (reads the privileged state)."""

@@ -26,11 +26,30 @@ class CameraSpec:
 
 
 # The third-person view faces the robot across the table from above, framed on the workspace (gripper,
-# objects and goal markers in view, the arm's upper links cut off); the wrist view is Meta-World's
-# gripper camera, looking down past the fingers.
-FRONT = CameraSpec("front", 128, lookat=(0.0, 0.72, 0.05), elevation=-45.0, distance=0.95)
+# objects and goal markers in view, the arm's upper links cut off). One view from above cannot tell a
+# goal's height from its distance (reach and pick-place put the goal up to 30 cm above the table), so a
+# small second third-person view looks across the table from the side, low. The wrist view is
+# Meta-World's gripper camera, looking down past the fingers.
+FRONT = CameraSpec("front", 112, lookat=(0.0, 0.72, 0.05), elevation=-45.0, distance=0.95)
+SIDE = CameraSpec("side", 64, lookat=(0.0, 0.72, 0.12), azimuth=180.0, elevation=-25.0, distance=0.85)
 WRIST = CameraSpec("wrist", 64, model_camera="gripperPOV")
-DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (FRONT, WRIST)
+DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (FRONT, SIDE, WRIST)
+CAMERAS: dict[str, CameraSpec] = {c.name: c for c in DEFAULT_CAMERAS}
+
+
+def cameras_for(config_cameras: list[list]) -> tuple[CameraSpec, ...]:
+    """The camera specs a policy sees through: its config's ``[name, size, patch]`` entries, each placed
+    as the named camera of :data:`CAMERAS` and rendered at the policy's image size."""
+    from dataclasses import replace
+
+    from ...errors import EmbodiedPruneError
+
+    unknown = [c[0] for c in config_cameras if c[0] not in CAMERAS]
+    if unknown:
+        raise EmbodiedPruneError(
+            f"the policy asks for camera(s) {', '.join(unknown)}; this environment has {', '.join(CAMERAS)}."
+        )
+    return tuple(replace(CAMERAS[name], size=int(size)) for name, size, *_ in config_cameras)
 
 
 def make_fast(model: mujoco.MjModel) -> None:

@@ -1,0 +1,147 @@
+"""The OpenVLA adapter on a tiny stand-in with OpenVLA's module names, loaded through its own folder code."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from embodied_prune.envs.manipulation.env import ManipulationEnv
+from embodied_prune.envs.manipulation.render import cameras_for
+from embodied_prune.envs.manipulation.tasks import TASKS
+from embodied_prune.errors import EmbodiedPruneError
+from embodied_prune.evaluation.manipulation import evaluate_manipulation, run_episode
+from embodied_prune.models.adapters import adapter_for
+from embodied_prune.models.openvla import (
+    OPENVLA_ADAPTER,
+    PROMPT,
+    OpenVLAPolicy,
+    is_openvla_folder,
+    load_openvla,
+    openvla_calibration,
+    to_metaworld,
+    visual_token_count,
+)
+from embodied_prune.models.vla import build_tokenizer
+from embodied_prune.pruning.structured import prune_structured
+from embodied_prune.pruning.unstructured import prune_unstructured
+
+STANDIN = Path(__file__).parent / "standin_openvla" / "modeling_standin.py"
+BINS = 32
+
+
+def _standin():
+    spec = importlib.util.spec_from_file_location("standin_openvla_for_tests", STANDIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A saved stand-in checkpoint: weights, tokenizer, and its code named by the config's auto_map."""
+    mod = _standin()
+    tok = build_tokenizer([PROMPT.format(instruction=TASKS.get(n).instruction) for n in TASKS.names()])
+    text = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tok) + BINS,
+        tie_word_embeddings=False,
+    )
+    ref = "modeling_standin."
+    cfg = mod.StandInConfig(
+        text_config=text,
+        n_action_bins=BINS,
+        norm_stats={"metaworld": {"action": {"q01": [-1.0] * 4, "q99": [1.0] * 4}}},
+        auto_map={
+            "AutoConfig": ref + "StandInConfig",
+            "AutoModelForVision2Seq": ref + "StandInVLA",
+            "AutoProcessor": ref + "StandInProcessor",
+        },
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("openvla") / "standin"
+    mod.StandInVLA(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    shutil.copy(STANDIN, folder / STANDIN.name)
+    return folder
+
+
+def test_folder_code_runs_only_when_trusted_and_the_adapter_finds_the_language_model(checkpoint):
+    assert is_openvla_folder(checkpoint) and not is_openvla_folder(checkpoint.parent)
+    with pytest.raises(EmbodiedPruneError, match="pass --trust-remote-code"):
+        load_openvla(checkpoint)
+    model, processor = load_openvla(checkpoint, trust_remote_code=True)
+    assert type(model).__module__ != _standin().__name__  # built from the folder's copy of the code
+    assert adapter_for(model) is OPENVLA_ADAPTER
+    assert len(OPENVLA_ADAPTER.get_layers(model)) == 2
+    assert OPENVLA_ADAPTER.get_config(model) is model.language_model.config
+    assert visual_token_count(model) == (32 // 8) ** 2
+    inputs = processor(PROMPT.format(instruction="close the drawer"), _image())
+    action = model.predict_action(**inputs, unnorm_key="metaworld")
+    assert action.shape == (4,) and np.all(np.abs(action) <= 1.0)
+    # the patch tokens sit right after BOS, as in OpenVLA: changing the image changes the LM's output
+    with torch.no_grad():
+        a = model(**inputs).logits
+        b = model(**{**inputs, "pixel_values": inputs["pixel_values"] + 0.5}).logits
+    assert a.shape[1] == inputs["input_ids"].shape[1] + visual_token_count(model)
+    assert not torch.allclose(a, b)
+
+
+def _image(seed: int = 0):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+
+
+def test_backbone_pruning_of_an_openvla_model(checkpoint, demos):
+    model, processor = load_openvla(checkpoint, trust_remote_code=True)
+    calibration = openvla_calibration(processor, demos, n_samples=4)
+    assert len(calibration) == 4 and calibration[0]["pixel_values"].shape == (1, 3, 32, 32)
+    prune_unstructured(model, "wanda", 0.5, pattern=(2, 4), calibration=calibration, progress=False)
+    w = model.language_model.model.layers[0].mlp.down_proj.weight
+    assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+    assert model.projector.fc1.weight.count_nonzero() == model.projector.fc1.weight.numel()  # vision side untouched
+    prune_structured(model, 0.5, "l2", progress=False)
+    assert model.language_model.model.layers[1].mlp.up_proj.out_features == 64
+    assert model.language_model.config.intermediate_size == 64
+    inputs = processor(PROMPT.format(instruction="close the drawer"), _image(1))
+    assert np.isfinite(model.predict_action(**inputs, unnorm_key="metaworld")).all()
+
+
+def test_openvla_policy_runs_closed_loop_episodes(checkpoint):
+    model, processor = load_openvla(checkpoint, trust_remote_code=True)
+    policy = OpenVLAPolicy(model, processor, execute=1)
+    assert policy.unnorm_key == "metaworld"  # the checkpoint's only statistics
+    env = ManipulationEnv("reach", cameras=cameras_for([["front", 32]]), max_steps=5)
+    try:
+        result = run_episode(env, policy, "reach", 0, seed=3)
+    finally:
+        env.close()
+    assert result.failure is None and result.steps == 5 and len(result.latencies_ms) == 5
+    report = evaluate_manipulation(
+        checkpoint, tasks="drawer-close", episodes=1, workers=1, progress=False, openvla={"trust_remote_code": True}
+    ).to_dict()
+    assert report["episodes"] == 1 and report["failed_episodes"] == 0 and report["queries"] > 0
+
+
+def test_openvla_cli_errors_and_action_mapping(checkpoint, capsys):
+    from embodied_prune.cli import main
+
+    assert main(["eval", "manipulation", "--model", str(checkpoint), "--episodes", "1"]) == 2
+    assert "pass --trust-remote-code" in capsys.readouterr().err
+    args = ["eval", "manipulation", "--model", str(checkpoint), "--trust-remote-code", "--token-pruner", "fastv"]
+    assert main([*args, "--keep", "4"]) == 2
+    assert "not on OpenVLA models" in capsys.readouterr().err
+    assert np.allclose(to_metaworld([0.001, -0.002, 0.0, 0.1, 0.2, 0.3, 1.0]), [0.1, -0.2, 0.0, -1.0])
+    assert np.allclose(to_metaworld([0.5, 2.0, -3.0, 0.0]), [0.5, 1.0, -1.0, 0.0])
+    with pytest.raises(EmbodiedPruneError, match="expected 4"):
+        to_metaworld([0.0] * 5)
