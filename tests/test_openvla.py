@@ -141,6 +141,11 @@ def test_openvla_cli_errors_and_action_mapping(checkpoint, capsys):
     args = ["eval", "manipulation", "--model", str(checkpoint), "--trust-remote-code", "--token-pruner", "fastv"]
     assert main([*args, "--keep", "4"]) == 2
     assert "not on OpenVLA models" in capsys.readouterr().err
+    model, processor = load_openvla(checkpoint, trust_remote_code=True)
+    model.norm_stats = {"bridge": {}, "metaworld": {}}
+    with pytest.raises(EmbodiedPruneError, match="pick one with --unnorm-key"):
+        OpenVLAPolicy(model, processor)
+    assert OpenVLAPolicy(model, processor, unnorm_key="bridge").unnorm_key == "bridge"
     assert np.allclose(to_metaworld([0.001, -0.002, 0.0, 0.1, 0.2, 0.3, 1.0]), [0.1, -0.2, 0.0, -1.0])
     assert np.allclose(to_metaworld([0.5, 2.0, -3.0, 0.0]), [0.5, 1.0, -1.0, 0.0])
     with pytest.raises(EmbodiedPruneError, match="expected 4"):

@@ -69,12 +69,14 @@ def cmd_eval(a: argparse.Namespace) -> None:
     token_pruner, openvla = None, None
     wants_tokens = a.token_pruner != "none" or a.keep is not None or a.alpha is not None
     if is_openvla_folder(resolve_model_path(a.model)):
-        from .models.openvla import load_openvla
+        from .models.openvla import OpenVLAPolicy, load_openvla
 
         if wants_tokens:
             raise EmbodiedPruneError("visual-token pruning runs on this toolkit's VLA policies, not on OpenVLA models.")
         openvla = {"trust_remote_code": a.trust_remote_code, "unnorm_key": a.unnorm_key}
-        model, _ = load_openvla(resolve_model_path(a.model), trust_remote_code=a.trust_remote_code)  # fail here
+        # fail here, once, with a clear message (not inside every worker): the code flag, the action statistics
+        model, processor = load_openvla(resolve_model_path(a.model), trust_remote_code=a.trust_remote_code)
+        OpenVLAPolicy(model, processor, unnorm_key=a.unnorm_key)
     else:
         model, _ = load_vla(a.model)  # fail here, with a clear message, rather than inside every worker
     if wants_tokens:

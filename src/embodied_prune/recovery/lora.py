@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import EmbodiedPruneError
-from .gluestick import LayerFactors, save_factors
+from .gluestick import GluestickLinear, LayerFactors, save_factors
 
 
 @dataclass
@@ -90,9 +90,8 @@ def lora_recover(
         raise EmbodiedPruneError(f"LoRA recovery needs rank >= 1 and steps >= 1, got {s.rank} and {s.steps}.")
     scratch = prepare_run(out, overwrite, s.seed)
     model, tokenizer = load_vla(pruned)
-    for m in model.modules():  # GLUESTICK factors of an earlier recovery would be trained around: refuse
-        if type(m).__name__ == "GluestickLinear":
-            raise EmbodiedPruneError(f"{pruned} already carries GLUESTICK factors; pass the pruned checkpoint.")
+    if any(isinstance(m, GluestickLinear) for m in model.modules()):  # LoRA would train around old factors
+        raise EmbodiedPruneError(f"{pruned} already carries GLUESTICK factors; pass the pruned checkpoint.")
     history = read_side_file(resolve_model_path(pruned)).get("history", [])
     names = list(target_layers(model))
     config = LoraConfig(r=s.rank, lora_alpha=s.rank, target_modules=names, lora_dropout=0.0, bias="none")
