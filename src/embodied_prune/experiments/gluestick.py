@@ -89,11 +89,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def backbone_parameters(model) -> int:
     """Parameters of the linear layers of the backbone's decoder layers (what pruning and recovery touch)."""
-    from torch import nn
+    from ..recovery.lora import target_layers
 
-    adapter = type(model).embodied_prune_adapter
-    layers = model.get_submodule(adapter.layers)
-    return sum(m.weight.numel() for m in layers.modules() if isinstance(m, nn.Linear))
+    return sum(m.weight.numel() for m in target_layers(model).values())
 
 
 def build_models(cfg: dict, out: Path, progress: bool = True) -> dict[str, dict]:
@@ -210,12 +208,13 @@ def run_gluestick_experiment(
     results = {}
     for key, info in built.items():
         path = out / "cells" / f"{slug(key)}.json"
+        fingerprint = model_fingerprint(info["path"])
         if path.is_file():
             d = json.loads(path.read_text())
             if (
                 d.get("episodes_per_task") == cfg["episodes"]
                 and d.get("seed") == cfg["seed"]
-                and d.get("model_fingerprint") == model_fingerprint(info["path"])
+                and d.get("model_fingerprint") == fingerprint
             ):
                 print(f"{key}: finished earlier, kept ({path})", flush=True)
                 results[key] = d
@@ -230,7 +229,7 @@ def run_gluestick_experiment(
             **info,
             "episodes_per_task": cfg["episodes"],
             "weight_bytes": weight_bytes(info["path"]),
-            "model_fingerprint": model_fingerprint(info["path"]),
+            "model_fingerprint": fingerprint,
         }
         atomic_write_text(path, json.dumps(d, indent=2) + "\n")
         results[key] = d

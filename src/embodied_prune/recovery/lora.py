@@ -34,7 +34,7 @@ class LoRASettings:
 
 
 def target_layers(model) -> dict[str, object]:
-    """The backbone's decoder-layer linear layers of a policy, by qualified name (what pruning touched)."""
+    """The linear layers of a policy's backbone decoder layers, by qualified name (what pruning touches)."""
     from ..models.adapters import adapter_for
 
     adapter = adapter_for(model)

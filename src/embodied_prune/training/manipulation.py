@@ -58,7 +58,7 @@ class DemoSteps(Dataset):
         enc = encode_instructions(tokenizer, [TASKS.get(n).instruction for n in names], instruction_len)
         self.instr = {n: (enc["input_ids"][i], enc["attention_mask"][i]) for i, n in enumerate(names)}
         self.cameras = [c["name"] for c in demos.meta["cameras"]]
-        self.aux = all("privileged" in ep for ep in self.episodes)
+        self.aux = aux_targets(demos)  # per episode (T, 6), or None when the demonstrations lack them
 
     def __len__(self) -> int:
         return len(self.index)
@@ -76,7 +76,7 @@ class DemoSteps(Dataset):
         ep = self.episodes[e]
         idx = np.minimum(np.arange(t, t + self.chunk), len(ep["action"]) - 1)
         ids, mask = self.instr[ep["task"]]
-        extra = {"aux_targets": torch.from_numpy(aux_targets(ep, t))} if self.aux else {}
+        extra = {"aux_targets": torch.from_numpy(self.aux[e][t])} if self.aux is not None else {}
         return {
             **extra,
             "images": {c: torch.from_numpy(self._shifted(ep[c][t])) for c in self.cameras},
@@ -87,11 +87,12 @@ class DemoSteps(Dataset):
         }
 
 
-def aux_targets(episode: dict, t: int) -> np.ndarray:
-    """Step ``t``'s auxiliary targets: object and goal positions minus the gripper's (6 values, metres)."""
-    hand = episode["proprio"][t][:3]
-    priv = episode["privileged"][t]
-    return np.concatenate([priv[:3] - hand, priv[3:] - hand]).astype(np.float32)
+def aux_targets(demos: DemoSet) -> list[np.ndarray] | None:
+    """Per episode, the auxiliary targets of every step: object and goal positions minus the gripper's
+    ((T, 6), metres); None when any episode was recorded without the privileged positions."""
+    if not all("privileged" in ep for ep in demos.episodes):
+        return None
+    return [(ep["privileged"] - np.tile(ep["proprio"][:, :3], 2)).astype(np.float32) for ep in demos.episodes]
 
 
 def collate(rows: list[dict]) -> dict:
@@ -107,8 +108,9 @@ def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
     proprio = np.concatenate([ep["proprio"] for ep in demos.episodes])
     cameras = [[c["name"], c["size"], 8] for c in demos.meta["cameras"]]
     aux: dict = {}
-    if s.aux_weight > 0 and all("privileged" in ep for ep in demos.episodes):
-        targets = np.stack([aux_targets(ep, t) for ep in demos.episodes for t in range(len(ep["action"]))])
+    rows = aux_targets(demos) if s.aux_weight > 0 else None
+    if rows is not None:
+        targets = np.concatenate(rows)
         aux = {
             "aux_dim": targets.shape[1],
             "aux_weight": s.aux_weight,
@@ -157,7 +159,7 @@ def train_bc(
         "stage": "bc",
         "demos": str(demos),
         "samples": len(data),
-        "aux_loss": data.aux and model.aux_head is not None,
+        "aux_loss": data.aux is not None and model.aux_head is not None,
         **asdict(s),
         "wall_s": time.time() - t0,
         **(extra_record or {}),

@@ -6,10 +6,12 @@ policy needs; they are switched off (about 10 → 100 frames/s at 96 px on one c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mujoco
 import numpy as np
+
+from ...errors import EmbodiedPruneError
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,6 @@ CAMERAS: dict[str, CameraSpec] = {c.name: c for c in DEFAULT_CAMERAS}
 def cameras_for(config_cameras: list[list]) -> tuple[CameraSpec, ...]:
     """The camera specs a policy sees through: its config's ``[name, size, patch]`` entries, each placed
     as the named camera of :data:`CAMERAS` and rendered at the policy's image size."""
-    from dataclasses import replace
-
-    from ...errors import EmbodiedPruneError
-
     unknown = [c[0] for c in config_cameras if c[0] not in CAMERAS]
     if unknown:
         raise EmbodiedPruneError(
