@@ -56,7 +56,8 @@ class GRPOSettings:
     num_generations: int = 8
     learning_rate: float = 2e-4
     beta: float = 0.02  # KL coefficient to the SFT controller: keeps GRPO from drifting on reward noise
-    # Sampling temperature of the rollouts. Test split, 200 instructions, GRPO − SFT paired (2026-11-23):
+    # Sampling temperature of the rollouts. Ad-hoc runs (checkpoints not kept), test split, 200 instructions,
+    # GRPO − SFT paired (2026-11-23):
     # s at T 0.7: +14.1 points [8.1, 20.7]; s at T 1.0 with a −1 reward floor, lr 5e-4, 8 prompts × 1
     # scenario: −5.8 [−14.3, 1.9]; l (SFT 10,000 × 1) at T 0.7: −0.6 [−10.4, 9.1]. Not yet a reliable recipe.
     temperature: float = 0.7
