@@ -221,6 +221,20 @@ def test_static_set_is_the_union_of_global_dynamic_and_local():
     assert len(kept) == 10
 
 
+def test_camera_quota_splits_the_budget_between_cameras_by_token_count():
+    cameras = [["front", 16, 4], ["wrist", 8, 4]]  # 16 + 4 tokens
+    local = torch.linspace(1, 0, 20)  # every front token outscores every wrist token
+    kept = {}
+    for quota in (False, True):
+        settings = SpecPruneSettings(cameras=cameras, controller=False, layer_drop=0.0, camera_quota=quota)
+        kept[quota] = SpecPrune(keep=10, settings=settings).select(FakeState(local)).tolist()
+    assert kept[False] == list(range(10))  # one ranking: the wrist camera is crowded out
+    assert kept[True] == [*range(8), 16, 17]  # 10 × 16/20 front, 10 × 4/20 wrist, each by its own ranking
+    # a camera list that does not describe the tokens falls back to one ranking instead of guessing
+    odd = SpecPrune(keep=10, settings=SpecPruneSettings(cameras=[["front", 16, 4]], camera_quota=True))
+    assert odd.camera_groups(20, 10) == [(0, 20, 10)]
+
+
 def test_first_query_of_an_episode_falls_back_to_local_attention():
     settings = SpecPruneSettings(cameras=[["front", 16, 4], ["wrist", 8, 4]], controller=False)
     pruner = SpecPrune(keep=6, settings=settings)

@@ -23,6 +23,11 @@ SpecPrune-VLA as built here (the paper's method on a policy whose backbone has o
 - *Dynamic, layer-level*: at ``layer_dynamic`` layers (indices past the backbone's depth are ignored),
   drop ``layer_drop`` of the remaining visual tokens by rank weight × confidence of that layer's
   attention, smoothed with the earlier layers' by an EMA (``ema``).
+- *Per-camera quotas* (``camera_quota``, our addition for multi-camera policies): the static budget
+  is split between the cameras in proportion to their token counts and each set is chosen within each
+  camera, so one camera's attention cannot crowd another camera out of the kept set. The paper's
+  policy has one third-person camera; with ``camera_quota=False`` the three sets rank all cameras'
+  tokens together, as the paper's single image does.
 - *Action-aware controller*: while the hand moves slowly and not faster than at the previous query
   (fine motion), keep ``fine_scale`` × the budget and skip the layer-level pruning. Meta-World's
   action has no wrist rotation, so the controller reads translational speed only.
@@ -155,6 +160,7 @@ class SpecPruneSettings:
     fine_speed: float = 0.003
     fine_scale: float = 1.25
     speed_window: int = 4
+    camera_quota: bool = False
     cameras: list[list] = field(default_factory=lambda: [list(c) for c in DEFAULT_CAMERAS])
 
 
@@ -192,14 +198,27 @@ class SpecPrune(TokenPruner):
         return float(np.linalg.norm(np.diff(p, axis=0), axis=1).mean())
 
     # --- the three sets ------------------------------------------------------------------------------
-    def changed(self, k: int, speed: float) -> np.ndarray:
-        """V_dynamic: visual tokens (layout order) whose patch changed most since ``frame_gap`` steps back."""
-        if len(self._frames) < 2 or k <= 0:
-            return np.zeros(0, dtype=np.int64)
+    def similarities(self, speed: float) -> np.ndarray | None:
+        """Each visual token's (layout order) patch similarity to ``frame_gap`` steps back; None before the
+        episode's second frame."""
+        if len(self._frames) < 2:
+            return None
         gap = min(frame_gap(speed, self.s.max_speed, self.s.gap_slow, self.s.gap_fast), len(self._frames) - 1)
         now, then = self._frames[-1], self._frames[-1 - gap]
-        sims = [patch_similarity(now[name], then[name], patch) for name, _, patch in self.s.cameras]
-        return changed_tokens(np.concatenate(sims), self.s.similarity_threshold, k)
+        return np.concatenate([patch_similarity(now[name], then[name], patch) for name, _, patch in self.s.cameras])
+
+    def camera_groups(self, total: int, budget: int) -> list[tuple[int, int, int]]:
+        """(first token, end, budget) per camera with ``camera_quota`` (budgets in proportion to token
+        counts, largest remainders first), else one group of all ``total`` tokens."""
+        counts = [(size // patch) ** 2 for _, size, patch in self.s.cameras]
+        if not self.s.camera_quota or sum(counts) != total:
+            return [(0, total, budget)]
+        exact = [budget * c / total for c in counts]
+        quota = [int(x) for x in exact]
+        for i in sorted(range(len(counts)), key=lambda i: quota[i] - exact[i])[: budget - sum(quota)]:
+            quota[i] += 1
+        starts = np.cumsum([0, *counts])
+        return [(int(starts[i]), int(starts[i + 1]), quota[i]) for i in range(len(counts))]
 
     def _static(self, state: QueryState) -> torch.Tensor:
         total = state.visual_total
@@ -210,14 +229,18 @@ class SpecPrune(TokenPruner):
         if self._fine:
             budget = min(total, round(budget * self.s.fine_scale))
         chosen = torch.zeros(total, dtype=torch.bool)
-        if self._global is not None:
-            chosen[top_k(self._global, round(self.s.global_fraction * budget))] = True
-        dyn = self.changed(round(self.s.dynamic_fraction * budget), speed)
-        chosen[torch.from_numpy(dyn)] = True
+        sims = self.similarities(speed)
         local = torch.stack(self._local).mean(0)
-        room = budget - int(chosen.sum())
-        if room > 0:
-            chosen[top_k(local, room, exclude=chosen)] = True
+        for lo, hi, quota in self.camera_groups(total, budget):
+            part = chosen[lo:hi]  # a view: marking it marks ``chosen``
+            if self._global is not None:
+                part[top_k(self._global[lo:hi], round(self.s.global_fraction * quota))] = True
+            if sims is not None:
+                dyn = changed_tokens(sims[lo:hi], self.s.similarity_threshold, round(self.s.dynamic_fraction * quota))
+                part[torch.from_numpy(dyn)] = True
+            room = quota - int(part.sum())
+            if room > 0:
+                part[top_k(local[lo:hi], room, exclude=part)] = True
         kept = torch.nonzero(chosen).flatten()
         self._importance = rank_confidence(local)[kept]
         return kept
