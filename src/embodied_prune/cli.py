@@ -192,6 +192,11 @@ def cmd_experiment(a: argparse.Namespace) -> None:
 
         path = run_tokens_experiment(a.config, out, overwrite=a.overwrite)
         plots = "speedup_vs_success.png"
+    elif a.kind == "bpf":
+        from .experiments.bpf import run_bpf_experiment
+
+        path = run_bpf_experiment(a.config, out, overwrite=a.overwrite, progress=not a.quiet)
+        plots = "results.json, adaptability_vs_params.png, decode_speed.png"
     else:
         from .experiments.gluestick import run_gluestick_experiment
 
@@ -357,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb(
         "experiment",
         cmd_experiment,
-        "run a closed-loop experiment from a config (tokens: visual-token pruning; gluestick: recovery)",
+        "run a closed-loop experiment from a config (tokens: visual-token pruning; gluestick: recovery; "
+        "bpf: pruning during training)",
         "tokens: evaluate the VLA dense and with every visual-token pruner variant of the config on the same\n"
         "episodes (success with CIs, safety violations, kept tokens, estimated FLOPs, latency), then time\n"
         "all variants side by side on the same recorded observations. Writes report.md, summary.json,\n"
@@ -365,12 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
         "gluestick: prune the VLA's backbone (methods, sparsities, N:M) and recover it with GLUESTICK (global\n"
         "ranks, per-layer budgets, factor dtypes); evaluate every cell and the dense policy on the same\n"
         "episodes. Writes report.md, summary.json, success_vs_extra.png, violations_vs_extra.png.\n\n"
-        "Both resume: a finished variant or cell is not recomputed (--overwrite starts afresh).\n\n"
+        "bpf: train the driving controller by every strategy of the BPF study (dense, smaller dense, post-training\n"
+        "pruning with and without RL recovery, SFT-stage pruning, BPF-RL, BPF-SFT/RL) at each sparsity and seed,\n"
+        "evaluate all on the same held-out instructions, time decoding side by side and report the trade-off\n"
+        "(removed parameters per lost point of adaptability). Writes report.md, summary.json, results.json and\n"
+        "two plots. Hours on 2 cores for the full config; configs/bpf_quick.yaml runs in minutes.\n\n"
+        "All resume: a finished variant, cell or trained model is not recomputed (--overwrite starts afresh).\n\n"
         "Examples:\n"
         "  embodied-prune experiment tokens --config configs/tokens_vla.yaml --out runs/tokens\n"
-        "  embodied-prune experiment gluestick --config configs/gluestick_vla.yaml --out runs/gluestick",
+        "  embodied-prune experiment gluestick --config configs/gluestick_vla.yaml --out runs/gluestick\n"
+        "  embodied-prune experiment bpf --config configs/bpf.yaml --out runs/bpf",
     )
-    sp.add_argument("kind", choices=["tokens", "gluestick"], help="the experiment")
+    sp.add_argument("kind", choices=["tokens", "gluestick", "bpf"], help="the experiment")
     sp.add_argument("--config", required=True, help="YAML config (see configs/)")
     sp.add_argument("--out", help="output folder (default runs/KIND)")
     sp.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")

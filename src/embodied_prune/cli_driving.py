@@ -22,12 +22,13 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError("train driving needs --stage sft or --stage grpo.")
     if a.demos or a.batch_size:
         raise EmbodiedPruneError("--demos and --batch-size are for train manipulation.")
+    run = {"overwrite": a.overwrite, "progress": not a.quiet, "checkpoint_every": a.save_every, "resume": a.resume}
     if a.stage == "sft":
         if a.init:
             raise EmbodiedPruneError("--init is for --stage grpo; SFT trains a fresh controller of --size.")
         given = {"epochs": a.epochs, "learning_rate": a.learning_rate, "max_steps": a.max_steps}
         s = SFTSettings(size=a.size, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
-        path = train_sft(a.out, s, overwrite=a.overwrite, progress=not a.quiet)
+        path = train_sft(a.out, s, callbacks=_pruning(a, s.total_steps()), **run)
     else:
         if not a.init:
             raise EmbodiedPruneError(
@@ -35,10 +36,36 @@ def cmd_train(a: argparse.Namespace) -> None:
             )
         given = {"learning_rate": a.learning_rate, "steps": a.max_steps}
         s = GRPOSettings(seed=a.seed, workers=a.workers, **{k: v for k, v in given.items() if v is not None})
-        path = train_grpo(a.init, a.out, s, overwrite=a.overwrite, progress=not a.quiet)
+        path = train_grpo(a.init, a.out, s, callbacks=_pruning(a, s.steps), **run)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained {a.stage} controller in {record['wall_s']:.0f} s → {path}")
+    for p in record.get("pruning", []):
+        cuts = ", ".join(f"step {c['step']}: {c['sparsity']:.0%} ({c['parameters']:,} parameters)" for c in p["cuts"])
+        print(f"pruned during training to {p['target']:.0%} ({p['schedule']}): {cuts}")
     print(f"evaluate it: embodied-prune eval driving --model {path}")
+
+
+def _pruning(a: argparse.Namespace, total_steps: int) -> list:
+    """A :class:`~.schedules.PruningCallback` from the --prune-* options (none without --prune-to)."""
+    if a.prune_to is None:
+        if a.cuts is not None or a.cut_every is not None or a.prune_reference:
+            raise EmbodiedPruneError("--cuts, --cut-every and --prune-reference need --prune-to SPARSITY.")
+        return []
+    from .schedules import PruningCallback
+
+    cuts = 4 if a.cuts is None else a.cuts
+    every = a.cut_every if a.cut_every is not None else max(1, total_steps // (cuts + 1))
+    cb = PruningCallback(
+        a.prune_to,
+        cuts=cuts,
+        interval=every,
+        schedule=a.schedule,
+        importance=a.importance,
+        reference=a.prune_reference,
+        seed=a.seed,
+    )
+    cb.check_steps(total_steps)
+    return [cb]
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -94,6 +121,8 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``train`` and ``eval`` with the main parser's ``verb`` helper."""
     from .cli import add_output_args
     from .cli_manipulation import EVAL_HELP, TRAIN_HELP, add_eval_arguments, add_train_arguments
+    from .pruning.importance import CRITERIA
+    from .schedules.sparsity import SCHEDULES
     from .training.controller import SIZES
 
     sp = verb(
@@ -105,9 +134,17 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "  --stage sft   trains a fresh controller of --size on teacher labels (TRL SFTTrainer).\n"
         "  --stage grpo  improves --init with GRPO (TRL GRPOTrainer); the reward is the relative task-error\n"
         "                reduction measured by driving each sampled answer in closed loop.\n\n"
+        "Pruning during training (BPF): --prune-to S removes attention heads and MLP channels (structured,\n"
+        "LLM-Pruner groups) in --cuts steps, every --cut-every optimizer steps, until S of the dense\n"
+        "structure is gone; training goes on between cuts so the controller adapts. The saved controller is\n"
+        "physically smaller. A GRPO stage after a pruned SFT stage continues from where that one stopped\n"
+        "when --prune-reference names the dense model the target is measured against.\n\n"
         "Examples:\n"
         "  embodied-prune train driving --stage sft --size s --out runs/ctl-s-sft\n"
-        "  embodied-prune train driving --stage grpo --init runs/ctl-s-sft --out runs/ctl-s-grpo" + TRAIN_HELP,
+        "  embodied-prune train driving --stage grpo --init runs/ctl-s-sft --out runs/ctl-s-grpo\n"
+        "  embodied-prune train driving --stage grpo --init builtin:driving-l-sft --prune-to 0.5 --out runs/bpf-rl\n"
+        "  embodied-prune train driving --stage sft --size l --prune-to 0.25 --save-every 100 --out runs/bpf-sft\n"
+        "  (killed? run the same command with --resume)" + TRAIN_HELP,
     )
     sp.add_argument("task", choices=["driving", "manipulation"], help="the task (driving or manipulation)")
     sp.add_argument("--stage", choices=STAGES, help="driving: sft or grpo")
@@ -118,6 +155,27 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--learning-rate", type=float, help="learning rate (sft default 2e-3, grpo default 2e-4)")
     sp.add_argument("--workers", type=int, default=2, help="grpo: simulator processes (default 2)")
     sp.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    sp.add_argument("--prune-to", type=float, metavar="SPARSITY", help="prune during training to this sparsity")
+    sp.add_argument("--cuts", type=int, help="number of pruning cuts (default 4)")
+    sp.add_argument(
+        "--cut-every", type=int, metavar="STEPS", help="optimizer steps between cuts (default: spread over the run)"
+    )
+    sp.add_argument(
+        "--schedule", default="linear", choices=SCHEDULES.names(), help="sparsity after each cut (default linear)"
+    )
+    sp.add_argument(
+        "--importance",
+        default="taylor",
+        choices=CRITERIA.names(),
+        help="how heads and channels are ranked: taylor (the training loss's gradients, default) or a weight norm",
+    )
+    sp.add_argument(
+        "--prune-reference",
+        metavar="MODEL",
+        help="the dense model the target is measured against (default: this stage's start)",
+    )
+    sp.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="resumable checkpoint every STEPS")
+    sp.add_argument("--resume", action="store_true", help="go on from a killed run's last checkpoint")
     add_train_arguments(sp)
     add_output_args(sp)
 

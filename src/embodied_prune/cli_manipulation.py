@@ -45,6 +45,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         )
     if a.stage or a.init:
         raise EmbodiedPruneError("--stage and --init are for train driving; manipulation trains by behaviour cloning.")
+    if a.prune_to is not None or a.save_every or a.resume:
+        raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")
     given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "batch_size": a.batch_size}
     s = BCSettings(seed=a.seed, **{k: v for k, v in given.items() if v is not None})
     path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet)

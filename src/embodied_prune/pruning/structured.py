@@ -179,13 +179,16 @@ def plan_layer(
     return LayerPlan(index, tuple(kept_kv), q_keep, mlp)
 
 
-def apply_layer_plan(adapter: DecoderAdapter, layer: nn.Module, shape: LayerShape, plan: LayerPlan) -> None:
-    """Physically remove everything ``plan`` does not keep from ``layer``."""
-    hd = shape.head_dim
-    q_rows = head_rows(plan.q_keep, hd)
-    kv_rows = head_rows(plan.kv_keep, hd)
+Cut = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+def layer_cuts(plan: LayerPlan, head_dim: int) -> dict[str, Cut]:
+    """``role → (kept output rows, kept input columns)`` of every linear of a layer under ``plan``
+    (None = all kept); the same indices slice weights, biases and optimizer state."""
+    q_rows = head_rows(plan.q_keep, head_dim)
+    kv_rows = head_rows(plan.kv_keep, head_dim)
     mlp = torch.tensor(plan.mlp_keep, dtype=torch.long)
-    cuts = {
+    return {
         "q_proj": (q_rows, None),
         "k_proj": (kv_rows, None),
         "v_proj": (kv_rows, None),
@@ -194,7 +197,11 @@ def apply_layer_plan(adapter: DecoderAdapter, layer: nn.Module, shape: LayerShap
         "up_proj": (mlp, None),
         "down_proj": (None, mlp),
     }
-    for role, (out_idx, in_idx) in cuts.items():
+
+
+def apply_layer_plan(adapter: DecoderAdapter, layer: nn.Module, shape: LayerShape, plan: LayerPlan) -> None:
+    """Physically remove everything ``plan`` does not keep from ``layer``."""
+    for role, (out_idx, in_idx) in layer_cuts(plan, shape.head_dim).items():
         adapter.set_linear(layer, role, slice_linear(adapter.linear(layer, role), out_idx, in_idx))
 
 

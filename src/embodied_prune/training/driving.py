@@ -6,12 +6,16 @@
   reduction (RobotxR1's clip to [−4, 1]) plus small format, parse and parameter-name rewards. Rollouts
   are memoised and run in a process pool; each prompt's scenario is its instruction's own traffic seed.
 
-Both accept extra ``callbacks`` (e.g. a pruning callback) and save an ordinary HF checkpoint.
+Both accept extra ``callbacks`` (e.g. :class:`~..schedules.PruningCallback`) and save an ordinary HF checkpoint.
+With ``checkpoint_every=N`` they keep a trainer checkpoint every N steps in a scratch folder beside the
+output; ``resume=True`` takes a killed run up from its last one (weights, optimizer, RNG, data position and
+a pruning callback's cuts); on success the scratch folder is removed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -28,7 +32,9 @@ from ..envs.driving.instructions import Instruction, generate_split, teacher_par
 from ..envs.driving.params import SPECS, format_answer, parse_answer
 from ..envs.driving.scoring import ClosedLoopScorer
 from ..errors import EmbodiedPruneError
-from ..models.checkpoint import load_model, load_tokenizer, save_model
+from ..models.adapters import LayerShape
+from ..models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
+from ..schedules.callback import PruningCallback
 from .controller import build_controller, prompt_text, train_tokenizer
 from .runs import prepare_run, use_compact_progress
 
@@ -47,6 +53,12 @@ class SFTSettings:
     batch_size: int = 32
     max_steps: int = -1
     seed: int = 0
+
+    def total_steps(self) -> int:
+        """Optimizer steps the run makes (``max_steps``, or the epochs over the data as the Trainer counts)."""
+        if self.max_steps > 0:
+            return self.max_steps
+        return math.ceil(self.epochs * math.ceil(self.n_train / self.batch_size))
 
 
 @dataclass
@@ -92,6 +104,8 @@ def train_sft(
     overwrite: bool = False,
     save_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> Path:
     """Train a controller of ``settings.size`` from scratch on teacher labels; save it to ``out``."""
     from trl import SFTConfig, SFTTrainer
@@ -100,6 +114,7 @@ def train_sft(
     scratch = _prepare(out, overwrite, s.seed)
     tok = train_tokenizer()
     model = build_controller(s.size, tok, s.seed)
+    resume_from = _resume_point(scratch, resume, callbacks, model)
     data = sft_dataset(generate_split("train", s.n_train), s.seed)
     args = SFTConfig(
         output_dir=scratch,
@@ -113,8 +128,13 @@ def train_sft(
         completion_only_loss=True,
         max_length=192,
         use_cpu=True,
+        # TRL turns both on by default. On a CPU without bfloat16 units, bf16 autocast is emulated and
+        # checkpointing recomputes every layer: an l SFT step took 1.77 s with them, 0.55 s without
+        # (this machine, 2026-11-24); a controller of a few MB has no memory to save.
+        bf16=False,
+        activation_checkpointing=False,
         report_to=[],
-        save_strategy="no",
+        **_checkpointing(checkpoint_every),
         logging_steps=25,
         seed=s.seed,
         data_seed=s.seed,
@@ -130,13 +150,14 @@ def train_sft(
         callbacks=callbacks,
     )
     use_compact_progress(trainer, ("loss", "mean_token_accuracy"), progress)
-    trainer.train()
+    _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
     record = {
         "op": "train",
         "stage": "sft",
         **asdict(s),
         "wall_s": time.time() - t0,
         "steps_done": trainer.state.global_step,
+        **_pruning_record(callbacks),
     }
     return _save(trainer.model, tok, out, record, overwrite, save_dtype, args.output_dir)
 
@@ -210,6 +231,8 @@ def train_grpo(
     overwrite: bool = False,
     save_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> Path:
     """GRPO from the controller ``init`` (an SFT checkpoint or builtin), closed-loop reward; save to ``out``."""
     from trl import GRPOConfig, GRPOTrainer
@@ -217,9 +240,13 @@ def train_grpo(
     s = settings or GRPOSettings()
     scratch = _prepare(out, overwrite, s.seed)
     model = load_model(init, with_factors=False)
+    for cb in callbacks or []:
+        if isinstance(cb, PruningCallback) and cb.dense_shapes is None:
+            cb.dense_shapes = _reference_of(init)  # a pruned SFT stage: go on towards the dense-relative target
     tok = load_tokenizer(init)
     if tok is None:
         raise EmbodiedPruneError(f"controller {init} has no tokenizer; start GRPO from an SFT checkpoint.")
+    resume_from = _resume_point(scratch, resume, callbacks, model)
     rewards = DrivingRewards(s.workers, s.scenarios)
     args = GRPOConfig(
         output_dir=scratch,
@@ -237,8 +264,10 @@ def train_grpo(
         warmup_steps=10,
         reward_weights=DrivingRewards.WEIGHTS,
         use_cpu=True,
+        bf16=False,  # see train_sft
+        activation_checkpointing=False,
         report_to=[],
-        save_strategy="no",
+        **_checkpointing(checkpoint_every),
         logging_steps=10,
         seed=s.seed,
         data_seed=s.seed,
@@ -255,8 +284,11 @@ def train_grpo(
             processing_class=tok,
             callbacks=callbacks,
         )
+        for cb in callbacks or []:
+            if isinstance(cb, PruningCallback):
+                cb.attach(trainer)  # the KL reference is cut with the policy
         use_compact_progress(trainer, ("reward", "rewards/closed_loop/mean", "completions/mean_length"), progress)
-        trainer.train()
+        _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
     finally:
         rewards.scorer.close()
     record = {
@@ -266,8 +298,68 @@ def train_grpo(
         **asdict(s),
         "wall_s": time.time() - t0,
         "steps_done": trainer.state.global_step,
+        **_pruning_record(callbacks),
     }
     return _save(trainer.model, tok, out, record, overwrite, save_dtype, args.output_dir)
+
+
+def _checkpointing(every: int) -> dict[str, Any]:
+    if every < 0:
+        raise EmbodiedPruneError(f"checkpoint_every is a number of steps (0 = no checkpoints); got {every}.")
+    return {"save_strategy": "steps", "save_steps": every} if every else {"save_strategy": "no"}
+
+
+def _resume_point(scratch: str, resume: bool, callbacks: list[TrainerCallback] | None, model) -> str | None:
+    """The last trainer checkpoint in ``scratch`` when resuming (None: start afresh); a pruning callback
+    takes up its cuts on ``model`` first, so that the checkpoint's weights fit."""
+    found = sorted(Path(scratch).glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
+    if not resume or not found:
+        if resume:
+            print(f"no checkpoint in {scratch} to resume from; starting afresh", flush=True)
+        return None
+    for cb in callbacks or []:
+        if isinstance(cb, PruningCallback):
+            cb.restore(found[-1], model)
+    return str(found[-1])
+
+
+def _train(trainer, scratch: str, resume_from: str | None, keep_scratch: bool) -> None:
+    """``trainer.train()``. On failure the scratch folder goes too (nothing half-written stays) unless it
+    holds checkpoints to resume from."""
+    import shutil
+
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except BaseException:
+        if not keep_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def _pruning_record(callbacks: list[TrainerCallback] | None) -> dict[str, Any]:
+    """The cuts of a pruning callback among ``callbacks``, for the checkpoint's history."""
+    cuts = [c for c in callbacks or [] if isinstance(c, PruningCallback)]
+    if not cuts:
+        return {}
+    return {
+        "pruning": [
+            {
+                "target": c.target,
+                "schedule": c.schedule,
+                "cuts": c.history,
+                "reference_shapes": [asdict(x) for x in c.dense_shapes or []],
+            }
+            for c in cuts
+        ]
+    }
+
+
+def _reference_of(init: str | os.PathLike) -> list[LayerShape] | None:
+    """The dense shapes a controller pruned during an earlier stage was measured against (from its side file)."""
+    history = read_side_file(resolve_model_path(init)).get("history") or [{}]
+    pruning = history[-1].get("pruning") or [{}]
+    shapes = pruning[-1].get("reference_shapes")
+    return [LayerShape(**x) for x in shapes] if shapes else None
 
 
 def _save(model, tok, out, record: dict[str, Any], overwrite: bool, dtype: torch.dtype, trainer_dir: str) -> Path:
