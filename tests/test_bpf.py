@@ -40,6 +40,7 @@ def test_tradeoff_metric_on_hand_computed_cases():
         ("strategies: [dense, magic]\n", "must include dense"),
         ("grpo: {gamma: 1}\n", "grpo may only set"),
         ("pruning: {cuts: 2, speed: 3}\n", "pruning may only set"),
+        ("pruning: {taylor_data: rollouts}\n", "taylor_data is teacher or trainer"),
         ("budget: 3\n", "unknown keys"),
     ],
 )

@@ -45,6 +45,28 @@ def test_schedule_errors_are_clear(call, needle):
         call()
 
 
+def test_calibration_taylor_cuts_what_one_shot_taylor_on_that_text_would(ids):
+    """With calibration ids the callback scores by their LM-loss gradients at the cut (LLM-Pruner's way), so
+    its cut equals one-shot structured pruning with the same text; the trainer's gradients are not read."""
+    from embodied_prune.models.adapters import adapter_for
+    from embodied_prune.models.tiny import build_tiny
+    from embodied_prune.pruning.structured import prune_structured
+
+    a, b = build_tiny("qwen2", seed=3), build_tiny("qwen2", seed=3)
+    cb = PruningCallback(0.5, cuts=1, interval=1, calibration=ids)
+    for p in a.parameters():  # stale trainer gradients must not leak into the scores
+        p.grad = torch.randn_like(p)
+    cb.on_pre_optimizer_step(None, type("S", (), {"global_step": 0})(), None, model=a)
+    assert cb._grad == {}
+    plans = cb.cut(a, None, step=1)
+    one_shot = prune_structured(b, 0.5, importance="taylor", calibration=ids, progress=False)
+    assert plans == one_shot.plans
+    assert adapter_for(a).layer_shapes(a) == one_shot.shapes_after
+    assert all(p.grad is None for p in a.parameters())  # calibration gradients are cleared after scoring
+    with pytest.raises(EmbodiedPruneError, match="samples, length"):
+        PruningCallback(0.5, calibration=torch.tensor([1, 2, 3]))
+
+
 # --- optimizer state across a cut -------------------------------------------------------------------------
 
 
@@ -178,3 +200,40 @@ def test_killed_pruning_run_resumes_to_the_same_structure(tmp_path):
     a, b = load_model(tmp_path / "whole"), load_model(tmp_path / "run")
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(p, q, atol=1e-5), name  # same data order, RNG and optimizer state after the resume
+
+
+# --- several processes ------------------------------------------------------------------------------------
+
+
+def test_two_processes_cut_alike_and_stay_in_sync(tmp_path):
+    """SFT then GRPO with the callback under ``accelerate launch`` with 2 CPU processes (gloo): every rank
+    makes the same cuts, and training after a cut still averages gradients across ranks (identical weights;
+    without the DDP reducer rebuild the ranks' SFT weights drift apart)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from embodied_prune.models import load_model
+    from embodied_prune.models.adapters import adapter_for
+
+    script = Path(__file__).with_name("ddp_prune_run.py")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"]
+    with socket.socket() as s:  # a free port, so parallel test runs do not collide
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([*launch, port, str(script), str(tmp_path)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-4000:]
+    for stage in ("sft", "grpo"):
+        ranks = [json.loads((tmp_path / f"rank{i}-{stage}.json").read_text()) for i in range(2)]
+        assert [r["world_size"] for r in ranks] == [2, 2]
+        assert ranks[0]["plans"] == ranks[1]["plans"] and len(ranks[0]["plans"]) == 2
+        assert ranks[0]["shapes"] == ranks[1]["shapes"]
+        assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)
+    saved = load_model(tmp_path / "grpo", with_factors=False)
+    shapes = adapter_for(saved).layer_shapes(saved)
+    assert all(s.intermediate_size == 128 and s.num_heads == 1 for s in shapes)  # half of the dense s controller
+    assert [s.intermediate_size for s in shapes] == [r["intermediate_size"] for r in ranks[0]["shapes"]]

@@ -28,7 +28,9 @@ def cmd_train(a: argparse.Namespace) -> None:
             raise EmbodiedPruneError("--init is for --stage grpo; SFT trains a fresh controller of --size.")
         given = {"epochs": a.epochs, "learning_rate": a.learning_rate, "max_steps": a.max_steps}
         s = SFTSettings(size=a.size, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
-        path = train_sft(a.out, s, callbacks=_pruning(a, s.total_steps()), **run)
+        from .training.controller import train_tokenizer
+
+        path = train_sft(a.out, s, callbacks=_pruning(a, s.total_steps(), train_tokenizer), **run)
     else:
         if not a.init:
             raise EmbodiedPruneError(
@@ -36,7 +38,9 @@ def cmd_train(a: argparse.Namespace) -> None:
             )
         given = {"learning_rate": a.learning_rate, "steps": a.max_steps}
         s = GRPOSettings(seed=a.seed, workers=a.workers, **{k: v for k, v in given.items() if v is not None})
-        path = train_grpo(a.init, a.out, s, callbacks=_pruning(a, s.steps), **run)
+        from .models.checkpoint import load_tokenizer
+
+        path = train_grpo(a.init, a.out, s, callbacks=_pruning(a, s.steps, lambda: load_tokenizer(a.init)), **run)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained {a.stage} controller in {record['wall_s']:.0f} s → {path}")
     for p in record.get("pruning", []):
@@ -45,13 +49,17 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"evaluate it: embodied-prune eval driving --model {path}")
 
 
-def _pruning(a: argparse.Namespace, total_steps: int) -> list:
-    """A :class:`~.schedules.PruningCallback` from the --prune-* options (none without --prune-to)."""
+def _pruning(a: argparse.Namespace, total_steps: int, tokenizer: Callable[[], object]) -> list:
+    """A :class:`~.schedules.PruningCallback` from the --prune-* options (none without --prune-to);
+    ``tokenizer()`` gives the controller's tokenizer for teacher-text Taylor calibration."""
     if a.prune_to is None:
         if a.cuts is not None or a.cut_every is not None or a.prune_reference:
             raise EmbodiedPruneError("--cuts, --cut-every and --prune-reference need --prune-to SPARSITY.")
         return []
     from .schedules import PruningCallback
+    from .training.driving import teacher_calibration
+
+    teacher = a.importance == "taylor" and a.taylor_data == "teacher"
 
     cuts = 4 if a.cuts is None else a.cuts
     every = a.cut_every if a.cut_every is not None else max(1, total_steps // (cuts + 1))
@@ -63,6 +71,7 @@ def _pruning(a: argparse.Namespace, total_steps: int) -> list:
         importance=a.importance,
         reference=a.prune_reference,
         seed=a.seed,
+        calibration=teacher_calibration(tokenizer()) if teacher else None,
     )
     cb.check_steps(total_steps)
     return [cb]
@@ -167,7 +176,15 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "--importance",
         default="taylor",
         choices=CRITERIA.names(),
-        help="how heads and channels are ranked: taylor (the training loss's gradients, default) or a weight norm",
+        help="how heads and channels are ranked: taylor (loss gradients, default) or a weight norm",
+    )
+    sp.add_argument(
+        "--taylor-data",
+        default="teacher",
+        choices=["teacher", "trainer"],
+        help="taylor: the LM loss on 64 teacher-labelled training instructions at each cut (default; LLM-Pruner's "
+        "way), or the trainer's own loss of the steps before the cut (in GRPO, the advantage-weighted "
+        "policy-gradient loss, which says little when a group's answers drive alike)",
     )
     sp.add_argument(
         "--prune-reference",

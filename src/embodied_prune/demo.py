@@ -21,8 +21,10 @@ DEMO_MODEL = "builtin:tinylm"
 SPEED_MODEL = "builtin:llama-130m"
 GLUESTICK_RANKS = (8, 32)
 CONTROLLER = "builtin:driving-l-grpo"
+SFT_CONTROLLER = "builtin:driving-l-sft"
 POLICY = "builtin:vla-metaworld"
 CONTROLLER_SPARSITY = 0.3
+BPF_SPARSITY = 0.5
 
 
 def _heldout_ids(tokenizer, n: int = 32, seq_len: int = 128, seed: int = 2) -> torch.Tensor:
@@ -133,7 +135,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, overwrite: bool
         print(f"(plain transformers loads {pruned.path} with AutoModelForCausalLM.from_pretrained)\n")
         report.append(f"## {SPEED_MODEL}\n\n{table2}\n")
         results["speed"] = [r.to_dict() for r in rows2]
-    table3, rows3 = _driving_section(out, n_instructions=40 if quick else 100, overwrite=overwrite, progress=progress)
+    table3, rows3 = _driving_section(
+        out, n_instructions=40 if quick else 100, bpf_steps=20 if quick else 60, overwrite=overwrite, progress=progress
+    )
     report.append(f"## {CONTROLLER} in closed loop\n\n{table3}\n")
     results["driving"] = rows3
     table4, rows4 = _manipulation_section(out, episodes=3 if quick else 10, overwrite=overwrite, progress=progress)
@@ -225,13 +229,19 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     return table + "\n\n" + note, rows
 
 
-def _driving_section(out: Path, n_instructions: int, overwrite: bool, progress: bool) -> tuple[str, list[dict]]:
-    """The shipped driving controller before and after 30 % structured pruning, in closed loop."""
+def _driving_section(
+    out: Path, n_instructions: int, bpf_steps: int, overwrite: bool, progress: bool
+) -> tuple[str, list[dict]]:
+    """The shipped driving controller in closed loop: dense, after 30 % one-shot structured pruning, and at
+    50 % by post-training pruning (PTP) vs pruning during a short GRPO run from the SFT controller (BPF-RL)."""
     from .envs.driving.instructions import generate_split
     from .envs.driving.scoring import ClosedLoopScorer
     from .evaluation.driving import evaluate_driving
+    from .experiments.bpf import prune_after_training
+    from .schedules import PruningCallback
+    from .training.driving import GRPOSettings, teacher_calibration, train_grpo
 
-    n = n_instructions
+    n, pct = n_instructions, f"{BPF_SPARSITY:.0%}"
     print(f"== 3. closed loop: {CONTROLLER} dense vs {CONTROLLER_SPARSITY:.0%} structured, {n} test instructions ==")
     pruned = prune(
         CONTROLLER,
@@ -241,11 +251,30 @@ def _driving_section(out: Path, n_instructions: int, overwrite: bool, progress: 
         overwrite=overwrite,
         progress=progress,
     )
+    print(f"   and BPF-RL vs PTP to {pct}: PTP prunes {CONTROLLER} once (Taylor on teacher-labelled text);")
+    print(f"   BPF-RL prunes {SFT_CONTROLLER} in 4 cuts (Taylor on the same text) during {bpf_steps} GRPO steps")
+    ptp, bpf = out / "driving-l-ptp-50", out / "driving-l-bpf-rl-50"
+    if overwrite or not (ptp / "config.json").is_file():
+        prune_after_training(
+            CONTROLLER, ptp, BPF_SPARSITY, {"pruning": {"importance": "taylor", "calibration_samples": 64}}
+        )
+    if overwrite or not (bpf / "config.json").is_file():
+        calibration = teacher_calibration(load_tokenizer(SFT_CONTROLLER))  # PTP's Taylor calibration text
+        cut = PruningCallback(BPF_SPARSITY, cuts=4, interval=max(1, bpf_steps // 5), calibration=calibration)
+        settings = GRPOSettings(steps=bpf_steps, prompts_per_step=2, num_generations=4, scenarios=1)
+        train_grpo(SFT_CONTROLLER, bpf, settings, callbacks=[cut], overwrite=True, progress=progress)
+    variants = {
+        "dense": load_model(CONTROLLER),
+        f"structured {CONTROLLER_SPARSITY:.0%} (one-shot)": pruned.model,
+        f"PTP {pct}": load_model(ptp),
+        f"BPF-RL {pct} ({bpf_steps} GRPO steps)": load_model(bpf),
+    }
+    speed = {r.model: r for r in bench_models(variants, prompt_len=32, new_tokens=48, repeats=5, progress=progress)}
     tok = load_tokenizer(CONTROLLER)
     instructions = generate_split("test", n)
     rows = []
-    with ClosedLoopScorer(workers=2) as scorer:  # the default-parameter episodes are shared by both rows
-        for name, model in (("dense", load_model(CONTROLLER)), (f"structured {CONTROLLER_SPARSITY:.0%}", pruned.model)):
+    with ClosedLoopScorer(workers=2) as scorer:  # the default-parameter episodes are shared by all rows
+        for name, model in variants.items():
             d = evaluate_driving(model, tok, instructions, name=name, progress=progress, scorer=scorer).to_dict()
             params, _, _ = count_parameters(model)
             rows.append(
@@ -256,6 +285,8 @@ def _driving_section(out: Path, n_instructions: int, overwrite: bool, progress: 
                     "satisfied": f"{100 * d['satisfied']:.0f} %",
                     "collisions": d["collisions"],
                     "parse_failures": d["parse_failures"],
+                    "decode_tokens_per_s": speed[name].decode_tokens_per_s,
+                    "speedup": speed[name].decode_tokens_per_s / speed["dense"].decode_tokens_per_s,
                 }
             )
     table = markdown_table(
@@ -267,8 +298,13 @@ def _driving_section(out: Path, n_instructions: int, overwrite: bool, progress: 
             ("satisfied", "all constraints met"),
             ("collisions", "collisions"),
             ("parse_failures", "parse failures"),
+            ("decode_tokens_per_s", "decode tok/s"),
+            ("speedup", "× dense"),
         ],
     )
     print(table)
-    print("(adaptability: mean relative task-error reduction vs default parameters on the same traffic)\n")
+    print(
+        "(adaptability: mean relative task-error reduction vs default parameters on the same traffic; the BPF\n"
+        "study with equal GRPO budgets, seeds and every baseline is `embodied-prune experiment bpf`)\n"
+    )
     return table, rows

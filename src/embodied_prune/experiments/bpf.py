@@ -53,8 +53,7 @@ from .common import figure, read_config, save_figure, slug
 STRATEGIES = ("dense", "smaller", "ptp", "ptp_rl", "sft_stage", "bpf_rl", "bpf_sftrl")
 PRUNED = ("ptp", "ptp_rl", "sft_stage", "bpf_rl", "bpf_sftrl")
 KEYS = {"size", "sparsities", "seeds", "strategies", "sft", "grpo", "pruning", "eval", "checkpoint_every", "workers"}
-CALIBRATION_LEN = 64  # tokens per PTP calibration window (a controller example is about 40)
-PRUNING_KEYS = {"cuts", "schedule", "importance", "sft_share", "calibration_samples"}
+PRUNING_KEYS = {"cuts", "schedule", "importance", "sft_share", "calibration_samples", "taylor_data"}
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -86,11 +85,22 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         allowed = {f.name for f in fields(cls)} - {"size", "seed"}
         if set(cfg[key]) - allowed:
             raise EmbodiedPruneError(f"config {p}: {key} may only set {sorted(allowed)}; got {sorted(cfg[key])}.")
-    pruning = {"cuts": 4, "schedule": "linear", "importance": "taylor", "sft_share": 0.5, "calibration_samples": 64}
+    pruning = {
+        "cuts": 4,
+        "schedule": "linear",
+        "importance": "taylor",
+        "sft_share": 0.5,
+        "calibration_samples": 64,
+        "taylor_data": "teacher",
+    }
     given = dict(cfg.get("pruning") or {})
     if set(given) - PRUNING_KEYS:
         raise EmbodiedPruneError(f"config {p}: pruning may only set {sorted(PRUNING_KEYS)}; got {sorted(given)}.")
     cfg["pruning"] = {**pruning, **given}
+    if cfg["pruning"]["taylor_data"] not in ("teacher", "trainer"):
+        raise EmbodiedPruneError(
+            f"config {p}: pruning.taylor_data is teacher or trainer; got {cfg['pruning']['taylor_data']!r}."
+        )
     cfg["eval"] = {"split": "test", "instructions": 200, **(cfg.get("eval") or {})}
     cfg.setdefault("checkpoint_every", 25)
     cfg.setdefault("workers", 2)
@@ -133,7 +143,8 @@ def tradeoff_ratio_ci(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(diffs_a), size=(resamples, len(diffs_a)))
     samples = [ratio(a, b) for a, b in zip(diffs_a[idx].mean(1), diffs_b[idx].mean(1), strict=True)]
-    lo, hi = np.percentile(samples, [2.5, 97.5])
+    # inverted_cdf takes order statistics without interpolating, so infinite ratios do not turn into NaN
+    lo, hi = np.quantile(samples, [0.025, 0.975], method="inverted_cdf")
     return point, float(lo), float(hi)
 
 
@@ -157,13 +168,23 @@ class Builder:
         every = self.cfg["checkpoint_every"]
         return {"overwrite": True, "progress": self.progress, "checkpoint_every": every, "resume": every > 0}
 
-    def _callback(self, target: float, total_steps: int):
+    def _callback(self, target: float, total_steps: int, tok):
+        """The cut schedule of a pruned stage; Taylor importance from teacher text (PTP's calibration) unless
+        the config's ``pruning.taylor_data`` is ``trainer``."""
         from ..schedules import PruningCallback
+        from ..training.driving import teacher_calibration
 
         p = self.cfg["pruning"]
         every = max(1, total_steps // (p["cuts"] + 1))
+        teacher = p["importance"] == "taylor" and p["taylor_data"] == "teacher"
         return PruningCallback(
-            target, cuts=p["cuts"], interval=every, schedule=p["schedule"], importance=p["importance"], seed=self.seed
+            target,
+            cuts=p["cuts"],
+            interval=every,
+            schedule=p["schedule"],
+            importance=p["importance"],
+            seed=self.seed,
+            calibration=teacher_calibration(tok, p["calibration_samples"]) if teacher else None,
         )
 
     def sft(self, size: str, target: float | None = None) -> Path:
@@ -171,14 +192,18 @@ class Builder:
 
         s = SFTSettings(size=size, seed=self.seed, **self.cfg["sft"])
         name = f"{size}-sft" if target is None else f"{size}-sft-pruned{round(target * 100)}"
-        cbs = [] if target is None else [self._callback(target, s.total_steps())]
+        from ..training.controller import train_tokenizer
+
+        cbs = [] if target is None else [self._callback(target, s.total_steps(), train_tokenizer())]
         return self._ensure(name, lambda out: train_sft(out, s, callbacks=cbs, **self._run()))
 
     def grpo(self, init: Path, name: str, target: float | None = None) -> Path:
         from ..training.driving import GRPOSettings, train_grpo
 
         s = GRPOSettings(seed=self.seed, workers=self.cfg["workers"], **self.cfg["grpo"])
-        cbs = [] if target is None else [self._callback(target, s.steps)]
+        from ..models.checkpoint import load_tokenizer
+
+        cbs = [] if target is None else [self._callback(target, s.steps, load_tokenizer(init))]
         return self._ensure(name, lambda out: train_grpo(init, out, s, callbacks=cbs, **self._run()))
 
     def ptp(self, dense: Path, target: float) -> Path:
@@ -210,17 +235,12 @@ def prune_after_training(dense: Path, out: Path, sparsity: float, cfg: dict) -> 
     teacher-labelled training instructions (the text its SFT stage saw)."""
     import torch
 
-    from ..envs.driving.instructions import generate_split
     from ..models.checkpoint import load_model, load_tokenizer, save_model
     from ..pruning.structured import prune_structured
-    from ..training.driving import sft_dataset
+    from ..training.driving import teacher_calibration
 
     model, tok = load_model(dense, with_factors=False), load_tokenizer(dense)
-    rows = sft_dataset(generate_split("train", cfg["pruning"]["calibration_samples"]), seed=1)
-    # one stream of whole examples separated by EOS, cut into windows (LLM-Pruner calibrates on text windows)
-    stream = [i for r in rows for i in [*tok(r["prompt"] + r["completion"])["input_ids"], tok.eos_token_id]]
-    n = max(1, len(stream) // CALIBRATION_LEN)
-    ids = torch.tensor(stream[: n * CALIBRATION_LEN]).view(n, CALIBRATION_LEN)
+    ids = teacher_calibration(tok, cfg["pruning"]["calibration_samples"])
     importance = cfg["pruning"]["importance"]
     with torch.enable_grad():
         prune_structured(model, sparsity, importance=importance, calibration=ids, progress=False)

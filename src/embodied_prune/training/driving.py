@@ -97,6 +97,16 @@ def sft_dataset(instructions: list[Instruction], seed: int = 0) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def teacher_calibration(tok, samples: int = 64, length: int = 64, seed: int = 1) -> torch.Tensor:
+    """Token ids for Taylor importance: ``samples`` teacher-labelled training instructions (prompt and
+    answer, as SFT sees them) joined by EOS into one stream and cut into windows of ``length`` tokens
+    (a controller example is about 40), the way LLM-Pruner calibrates on text windows."""
+    rows = sft_dataset(generate_split("train", samples), seed=seed)
+    stream = [i for r in rows for i in [*tok(r["prompt"] + r["completion"])["input_ids"], tok.eos_token_id]]
+    n = max(1, len(stream) // length)
+    return torch.tensor(stream[: n * length]).view(n, length)
+
+
 def train_sft(
     out: str | os.PathLike,
     settings: SFTSettings | None = None,
@@ -149,7 +159,10 @@ def train_sft(
         processing_class=tok,
         callbacks=callbacks,
     )
-    use_compact_progress(trainer, ("loss", "mean_token_accuracy"), progress)
+    for cb in callbacks or []:
+        if isinstance(cb, PruningCallback):
+            cb.attach(trainer)  # several processes: the callback keeps DDP in step with its cuts
+    use_compact_progress(trainer, ("loss", "mean_token_accuracy"), progress and trainer.accelerator.is_main_process)
     _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
     record = {
         "op": "train",
@@ -159,7 +172,7 @@ def train_sft(
         "steps_done": trainer.state.global_step,
         **_pruning_record(callbacks),
     }
-    return _save(trainer.model, tok, out, record, overwrite, save_dtype, args.output_dir)
+    return _save(trainer, tok, out, record, overwrite, save_dtype, args.output_dir)
 
 
 # --- GRPO -------------------------------------------------------------------------------------------
@@ -287,7 +300,8 @@ def train_grpo(
         for cb in callbacks or []:
             if isinstance(cb, PruningCallback):
                 cb.attach(trainer)  # the KL reference is cut with the policy
-        use_compact_progress(trainer, ("reward", "rewards/closed_loop/mean", "completions/mean_length"), progress)
+        keys = ("reward", "rewards/closed_loop/mean", "completions/mean_length")
+        use_compact_progress(trainer, keys, progress and trainer.accelerator.is_main_process)
         _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
     finally:
         rewards.scorer.close()
@@ -300,7 +314,7 @@ def train_grpo(
         "steps_done": trainer.state.global_step,
         **_pruning_record(callbacks),
     }
-    return _save(trainer.model, tok, out, record, overwrite, save_dtype, args.output_dir)
+    return _save(trainer, tok, out, record, overwrite, save_dtype, args.output_dir)
 
 
 def _checkpointing(every: int) -> dict[str, Any]:
@@ -362,15 +376,25 @@ def _reference_of(init: str | os.PathLike) -> list[LayerShape] | None:
     return [LayerShape(**x) for x in shapes] if shapes else None
 
 
-def _save(model, tok, out, record: dict[str, Any], overwrite: bool, dtype: torch.dtype, trainer_dir: str) -> Path:
+def _save(trainer, tok, out, record: dict[str, Any], overwrite: bool, dtype: torch.dtype, trainer_dir: str) -> Path:
+    """Save the trained model; with several processes (``accelerate launch``) the main one writes and the
+    others wait for it."""
     import shutil
 
+    acc = trainer.accelerator
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return Path(out)
     shutil.rmtree(trainer_dir, ignore_errors=True)
-    model = model.to(dtype)
+    model = trainer.model.to(dtype)
     model.config.use_cache = True
-    path = save_model(model, out, tok, history=[record], overwrite=overwrite)
-    model.to(torch.float32)
+    try:
+        path = save_model(model, out, tok, history=[record], overwrite=overwrite)
+    finally:
+        model.to(torch.float32)
+        acc.wait_for_everyone()
     return path
 
 
-__all__ = ["SPECS", "DrivingRewards", "GRPOSettings", "SFTSettings", "train_grpo", "train_sft"]
+__all__ = ["SPECS", "DrivingRewards", "GRPOSettings", "SFTSettings", "teacher_calibration", "train_grpo", "train_sft"]
