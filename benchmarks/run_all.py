@@ -18,6 +18,7 @@ SCRIPTS = [
     "unstructured_fidelity",
     "llmcompressor_compare",
     "driving_controllers",
+    "bpf_study",
     "manipulation_vla",
     "tokens_vla",
 ]

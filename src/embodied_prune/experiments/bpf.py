@@ -29,9 +29,15 @@ Config (YAML), e.g. ``configs/bpf.yaml``::
     strategies: [dense, smaller, ptp, ptp_rl, sft_stage, bpf_rl, bpf_sftrl]
     sft: {}                 # SFTSettings fields (default: the shipped recipe)
     grpo: {}                # GRPOSettings fields (default: the shipped recipe)
-    pruning: {cuts: 4, schedule: linear, importance: taylor, sft_share: 0.5}
+    pruning: {cuts: 4, schedule: linear, importance: taylor, taylor_data: teacher, sft_share: 0.5}
     eval: {split: test, instructions: 200}
     checkpoint_every: 25
+
+``pruning.taylor_data``: ``teacher`` (default) scores every cut of every pruned strategy, PTP's included, by
+the LM-loss gradients on ``calibration_samples`` teacher-labelled training instructions, so the strategies
+differ only in when they cut and how they train; ``trainer`` scores the in-training cuts by the stage's own
+loss instead (see :class:`~embodied_prune.schedules.PruningCallback`). ``sft_share``: the part of the
+target BPF-SFT/RL reaches during SFT.
 """
 
 from __future__ import annotations
