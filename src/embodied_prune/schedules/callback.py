@@ -22,7 +22,8 @@ token ids, it instead scores with the language-modelling loss on them at the cut
 GRPO that is usually the better signal: the policy-gradient loss is advantage-weighted, and when a group's
 answers drive alike their advantages are zero, so its gradient says little about which channels carry the
 answer format (ad-hoc, 2026-11-24: the shipped l controller cut to 25 % in 20 GRPO steps failed to parse
-19 of 40 test instructions with policy-gradient Taylor). ``l1``/``l2`` use the weights only.
+19 of 40 test instructions with policy-gradient Taylor, 0 with teacher-text Taylor). ``l1``/``l2`` use the
+weights only.
 
 Several processes (``accelerate launch``, DDP). Every rank must cut the same channels: the plan is made
 on rank 0 and broadcast (Taylor scores from DDP-averaged gradients agree across ranks anyway, but a tie

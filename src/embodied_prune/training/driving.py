@@ -140,7 +140,7 @@ def train_sft(
         use_cpu=True,
         # TRL turns both on by default. On a CPU without bfloat16 units, bf16 autocast is emulated and
         # checkpointing recomputes every layer: an l SFT step took 1.77 s with them, 0.55 s without
-        # (this machine, 2026-11-24); a controller of a few MB has no memory to save.
+        # (ad-hoc, this machine, 2026-11-24); a controller of a few MB has no memory to save.
         bf16=False,
         activation_checkpointing=False,
         report_to=[],
