@@ -25,6 +25,7 @@ SFT_CONTROLLER = "builtin:driving-l-sft"
 POLICY = "builtin:vla-metaworld"
 CONTROLLER_SPARSITY = 0.3
 BPF_SPARSITY = 0.5
+GLUESTICK_BUDGET = 0.15  # extra parameters of the corrected backbone layers, the VLA experiment's budget
 
 
 def _heldout_ids(tokenizer, n: int = 32, seq_len: int = 128, seed: int = 2) -> torch.Tensor:
@@ -150,14 +151,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, overwrite: bool
 
 
 def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: bool) -> tuple[str, list[dict]]:
-    """The shipped VLA policy dense vs its backbone pruned 2:4 with Wanda, in closed loop on every task."""
+    """The shipped VLA policy dense vs its backbone pruned 2:4 with Wanda, that backbone recovered by
+    GLUESTICK, and visual-token pruning, in closed loop on every task."""
     from .envs.manipulation.demos import generate_demos
     from .envs.manipulation.tasks import TASKS
     from .evaluation.manipulation import evaluate_manipulation
     from .models.builtin import builtin_path
 
     print(
-        f"== 4. closed loop: {POLICY} dense vs 2:4 Wanda backbone vs SpecPrune-VLA visual tokens, "
+        f"== 4. closed loop: {POLICY} dense vs 2:4 Wanda backbone (and + GLUESTICK) vs SpecPrune-VLA tokens, "
         f"{episodes} episodes per task =="
     )
     try:
@@ -184,6 +186,9 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
         overwrite=overwrite,
         progress=progress,
     )
+    recovered = recover(
+        POLICY, pruned.path, budget=GLUESTICK_BUDGET, out=out / "vla-wanda-2-4-gluestick", overwrite=overwrite
+    )
     from .experiments.tokens import side_by_side_latency
     from .tokens.pruners import DEFAULT_ALPHA
 
@@ -191,6 +196,7 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     variants = (
         ("dense", dense, None),
         ("2:4 Wanda backbone", pruned.path, None),
+        (f"2:4 Wanda + GLUESTICK ({GLUESTICK_BUDGET:.0%} extra)", recovered.path, None),
         (f"SpecPrune-VLA tokens (α={DEFAULT_ALPHA})", dense, specprune),
     )
     speed = side_by_side_latency(
@@ -220,7 +226,7 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     )
     note = (
         "(2:4 weights are stored dense on the CPU: the latency shows no speed-up without sparse kernels; "
-        f"SpecPrune-VLA keeps {rows[2]['kept']} visual tokens per layer of {n_visual} and, timed side by side on "
+        f"SpecPrune-VLA keeps {rows[-1]['kept']} visual tokens per layer of {n_visual} and, timed side by side on "
         f"the same observations with one thread, queries in {speed['specprune']:.1f} ms vs {speed['dense']:.1f} ms "
         f"dense: {speed['dense'] / speed['specprune']:.2f}× faster)"
     )

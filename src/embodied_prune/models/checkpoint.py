@@ -282,11 +282,19 @@ def _materialise_buffers(model: nn.Module, config) -> None:
 
 def load_tokenizer(spec: str | os.PathLike):
     """The tokenizer saved with a model, or None when the folder has none."""
+    from transformers.utils import logging as hf_logging
+
     where = resolve_model_path(spec)
+    # AutoTokenizer also reads config.json; for a model type transformers does not know (the VLA's) it
+    # warns that the config may not fit, which says nothing about the tokenizer: keep that line quiet.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, TypeError):
         return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _first_line(e: BaseException) -> str:
