@@ -6,25 +6,37 @@ the paper's claims need: at each sparsity, paired differences between the pruned
 paper's order (BPF-SFT/RL, BPF-RL, PTP + RL, PTP, SFT-stage) with 95 % bootstrap CIs over instructions,
 and each controller's decode speed relative to dense. The run takes many hours on 2 cores, so it always
 resumes: trained controllers and evaluated cells of an earlier run of the same config in ``--out`` are kept
-(``--overwrite`` starts afresh); the report states the summed training time recorded in the controllers'
-checkpoints.
+(``--overwrite`` starts afresh).
 
-python benchmarks/bpf_study.py [--config configs/bpf.yaml] [--out runs/bpf] [--overwrite]
+The full run outlasts one working session, and ``runs/`` is not kept between sessions, so the evaluated cells
+(a few kB each) are also kept in ``--cells`` (committed, ``benchmarks/results/bpf_cells``): they are copied
+into ``--out`` before the run and back after it, even when it is interrupted, and every invocation is logged
+there (``sessions.jsonl``: start, end, machine, cells evaluated). A later session so goes on with the seeds
+not yet evaluated; decode speed is timed on the controllers of a seed trained in the final session (the
+structures, so the speeds, are the same for every seed). The report's compute time is the sum of the cells'
+own training and evaluation seconds.
+
+python benchmarks/bpf_study.py [--config configs/bpf.yaml] [--out runs/bpf] [--cells DIR] [--overwrite]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import shutil
+import signal
+import sys
 import time
 from itertools import combinations
 from pathlib import Path
 
-from _common import RESULTS, write_result
+from _common import RESULTS, machine, write_result
+from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.stats import paired_diff_ci
-from embodied_prune.experiments.bpf import PRUNED, bpf_report, cell_name
+from embodied_prune.experiments.bpf import PRUNED, bpf_report, cell_name, load_config
 from embodied_prune.experiments.common import slug
+from embodied_prune.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_ORDER = ("bpf_sftrl", "bpf_rl", "ptp_rl", "ptp", "sft_stage")  # best first, as the paper reports
@@ -58,28 +70,68 @@ def pairwise_lines(out: Path, cfg: dict) -> list[str]:
     return lines
 
 
-def training_minutes(out: Path) -> float:
-    """Wall minutes of every training stage, as recorded in the trained controllers' side files."""
-    total = 0.0
-    for side in (out / "models").glob("*/embodied_prune.json"):
-        total += sum(h.get("wall_s", 0.0) for h in json.loads(side.read_text()).get("history", []))
-    return total / 60
+def restore_cells(store: Path, out: Path, cfg: dict, overwrite: bool) -> None:
+    """Copy the evaluated cells kept in ``store`` into ``out`` (a fresh store for ``--overwrite``)."""
+    kept = store / "config.json"
+    if overwrite and store.exists():
+        shutil.rmtree(store)
+    if kept.is_file() and json.loads(kept.read_text()) != cfg:
+        raise EmbodiedPruneError(
+            f"{store} keeps cells of another config; pass --overwrite to start afresh or choose another --cells."
+        )
+    store.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(kept, json.dumps(cfg, indent=2) + "\n")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    for cell in store.glob("*-seed*.json"):
+        if not (out / "cells" / cell.name).is_file():
+            shutil.copy(cell, out / "cells" / cell.name)
+
+
+def save_cells(out: Path, store: Path, started: str, before: set[str]) -> None:
+    """Copy ``out``'s evaluated cells into ``store`` and log this invocation in ``store/sessions.jsonl``."""
+    cells = sorted((out / "cells").glob("*-seed*.json"))
+    for cell in cells:
+        shutil.copy(cell, store / cell.name)
+    new = [c.stem for c in cells if c.name not in before]
+    entry = {"start": started, "end": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    entry |= {"machine": machine(), "cells_evaluated": new}
+    with open(store / "sessions.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def compute_hours(out: Path) -> tuple[float, float]:
+    """Training and evaluation hours summed over the evaluated cells (each training stage counted once)."""
+    rows = [json.loads(c.read_text()) for c in (out / "cells").glob("*-seed*.json")]
+    return sum(r.get("train_s", 0.0) for r in rows) / 3600, sum(r.get("eval_s", 0.0) for r in rows) / 3600
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "bpf.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bpf"))
+    ap.add_argument("--cells", default=str(RESULTS / "bpf_cells"), help="where evaluated cells are kept")
     ap.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     a = ap.parse_args()
     from embodied_prune.experiments.bpf import run_bpf_experiment
 
     t0 = time.time()
-    out = run_bpf_experiment(a.config, a.out, overwrite=a.overwrite)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out, store = Path(a.out), Path(a.cells)
+    if a.overwrite and out.exists():
+        shutil.rmtree(out)
+    restore_cells(store, out, load_config(a.config), a.overwrite)
+    before = {c.name for c in (out / "cells").glob("*.json")}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still saves the evaluated cells
+    try:
+        run_bpf_experiment(a.config, out)
+    finally:
+        save_cells(out, store, started, before)
     summary = json.loads((out / "summary.json").read_text())
     cfg, cells = summary["config"], summary["strategies"]
     dense_speed = next(e["decode_tokens_per_s"] for e in cells if e["cell"] == "dense")
     speed = [f"- {e['cell']}: {e['decode_tokens_per_s'] / dense_speed:.2f}× dense" for e in cells[1:]]
+    train_h, eval_h = compute_hours(out)
+    sessions = len((store / "sessions.jsonl").read_text().splitlines())
     RESULTS.mkdir(parents=True, exist_ok=True)
     for plot in ("adaptability_vs_params.png", "decode_speed.png"):
         shutil.copy(out / plot, RESULTS / f"bpf_{plot}")
@@ -89,8 +141,9 @@ def main() -> None:
         + "\n\nDecode speed relative to dense (same side-by-side run):\n\n"
         + "\n".join(speed)
         + f"\n\nController size {cfg['size']}; GRPO {cfg['grpo'] or 'shipped recipe'} in every RL stage; pruning "
-        f"{cfg['pruning']}. Training stages took {training_minutes(out):.0f} min in all (summed from the "
-        "checkpoints' records; when the run resumed, the command's own time covers only its last part). Plots: "
+        f"{cfg['pruning']}. Compute: {train_h:.2f} h of training and {eval_h:.2f} h of closed-loop evaluation, "
+        f"summed over the cells, in {sessions} invocation(s) of the command (logged with their machines in "
+        "benchmarks/results/bpf_cells/sessions.jsonl; the command's own time below covers only the last). Plots: "
         "benchmarks/results/bpf_adaptability_vs_params.png, bpf_decode_speed.png.\n"
     )
     title = "BPF: pruning during training vs every baseline (driving controller)"

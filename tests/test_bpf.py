@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embodied_prune.errors import EmbodiedPruneError
-from embodied_prune.experiments.bpf import load_config, removed_per_point, run_bpf_experiment, tradeoff_ratio_ci
+from embodied_prune.experiments.bpf import (
+    load_config,
+    removed_per_point,
+    run_bpf_experiment,
+    stage_seconds,
+    tradeoff_ratio_ci,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,6 +100,14 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
         (run_bpf_experiment(ROOT / "configs" / "bpf_quick.yaml", out, progress=False) / "results.json").read_text()
     )
     assert [(r["cell"], r["adaptability"]) for r in again] == [(r["cell"], r["adaptability"]) for r in rows]
+    # each stage's training time is counted once, by the first cell that needed it
+    assert by["dense"]["train_s"] > 0 and by["ptp 50%"]["train_s"] == 0  # one-shot pruning of the trained dense
+    stages = sum(stage_seconds(m) for m in (out / "models").iterdir())
+    assert sum(r["train_s"] for r in rows) == pytest.approx(stages)
+    # resumed from evaluated cells alone, nothing is left to time decode speed on: a clear error
+    shutil.rmtree(out / "models")
+    with pytest.raises(EmbodiedPruneError, match="decode speed cannot be timed"):
+        run_bpf_experiment(ROOT / "configs" / "bpf_quick.yaml", out, progress=False)
     cfg = tmp_path / "other.yaml"
     cfg.write_text((ROOT / "configs" / "bpf_quick.yaml").read_text().replace("seeds: [0]", "seeds: [1]"))
     with pytest.raises(EmbodiedPruneError, match="another config"):

@@ -15,8 +15,9 @@ steps (``grpo.steps``):
 Each trained controller is kept under ``models/`` and each evaluated one under ``cells/``; a run that
 stops (killed, or a machine's time limit) goes on where it stopped when started again, inside a training
 stage too (trainer checkpoints every ``checkpoint_every`` steps). ``--overwrite`` starts afresh; a
-different config in an existing folder is an error. Decode speed is measured at the end, side by side
-(interleaved) for one seed's controllers of every structure. The report gives, per strategy and
+different config in an existing folder is an error. Each cell records the training seconds of the stages it
+was first to need (``train_s``) and its evaluation's (``eval_s``). Decode speed is measured at the end, side
+by side (interleaved) for one seed's controllers of every structure. The report gives, per strategy and
 sparsity: parameters, adaptability (mean over seeds, bootstrap CI over instructions of the seed-averaged
 reductions), collisions, decode tokens/s, and the trade-off metric of the BPF paper, removed parameters
 per lost point of adaptability, with its ratio to the smaller dense model nearest in size.
@@ -162,12 +163,17 @@ class Builder:
 
     def __init__(self, cfg: dict, root: Path, seed: int, progress: bool) -> None:
         self.cfg, self.root, self.seed, self.progress = cfg, root, seed, progress
+        self.train_s = 0.0  # training seconds of the stages built so far, each stage counted once
+        self._counted: set[str] = set()
 
     def _ensure(self, name: str, make: Callable[[Path], Any]) -> Path:
         path = self.root / f"{name}-seed{self.seed}"
         if not (path / "config.json").is_file():
             print(f"training {path.name}", flush=True)
             make(path)
+        if path.name not in self._counted:
+            self._counted.add(path.name)
+            self.train_s += stage_seconds(path)
         return path
 
     def _run(self) -> dict[str, Any]:
@@ -234,6 +240,14 @@ class Builder:
             first = self.sft(big, sparsity * self.cfg["pruning"]["sft_share"])
             return self.grpo(first, f"bpf-sftrl{pct}", target=sparsity)
         raise EmbodiedPruneError(f"unknown strategy {strategy!r}; choose from {list(STRATEGIES)}.")
+
+
+def stage_seconds(model_dir: Path) -> float:
+    """Wall seconds of the stage that made ``model_dir``, as its trainer recorded them (the last history record;
+    a stage resumed from a trainer checkpoint recorded only its last part; one-shot pruning records none)."""
+    side = model_dir / "embodied_prune.json"
+    history = json.loads(side.read_text()).get("history", []) if side.is_file() else []
+    return float(history[-1].get("wall_s", 0.0)) if history else 0.0
 
 
 def prune_after_training(dense: Path, out: Path, sparsity: float, cfg: dict) -> None:
@@ -306,6 +320,7 @@ def run_bpf_experiment(
                 if cell.is_file():
                     rows.append(json.loads(cell.read_text()))
                     continue
+                before = builder.train_s
                 model_path = builder.build(strategy, sparsity, size)
                 model = load_model(model_path)
                 d = evaluate_driving(
@@ -317,7 +332,7 @@ def run_bpf_experiment(
                     "sparsity": sparsity,
                     "size": size or cfg["size"],
                     "seed": seed,
-                    "model": str(model_path),
+                    "model": str(model_path.relative_to(out)),
                     "params": sum(p.numel() for p in model.parameters()),
                     "adaptability": d["adaptability"],
                     "ci95": d["ci95"],
@@ -325,11 +340,13 @@ def run_bpf_experiment(
                     "collisions": d["collisions"],
                     "parse_failures": d["parse_failures"],
                     "reductions": [r["reduction"] for r in d["per_instruction"]],
+                    "train_s": builder.train_s - before,
+                    "eval_s": d["wall_s"],
                 }
                 atomic_write_text(cell, json.dumps(row) + "\n")
                 rows.append(row)
                 print(f"{name} seed {seed}: adaptability {100 * d['adaptability']:.1f} %", flush=True)
-    speeds = decode_speeds(rows, cfg, progress)
+    speeds = decode_speeds(rows, cfg, out, progress)
     for r in rows:
         r["decode_tokens_per_s"] = speeds[r["cell"]]
     results = [{k: v for k, v in r.items() if k != "reductions"} for r in rows]
@@ -341,13 +358,23 @@ def run_bpf_experiment(
     return out
 
 
-def decode_speeds(rows: list[dict], cfg: dict, progress: bool) -> dict[str, float]:
-    """Decode tokens/s of every cell's structure, side by side (first seed's controllers, interleaved)."""
+def decode_speeds(rows: list[dict], cfg: dict, out: Path, progress: bool) -> dict[str, float]:
+    """Decode tokens/s of every cell's structure, side by side (interleaved): the controllers of the first seed
+    whose every controller is still on disk (the structures, so the speeds, are the same for every seed; a
+    run resumed from evaluated cells alone keeps only the seeds it trained)."""
     from ..bench.speed import bench_models
     from ..models.checkpoint import load_model
 
-    first = cfg["seeds"][0]
-    models = {r["cell"]: load_model(r["model"]) for r in rows if r["seed"] == first}
+    def on_disk(r: dict) -> bool:
+        return (out / r["model"] / "config.json").is_file()
+
+    seed = next((s for s in cfg["seeds"] if all(on_disk(r) for r in rows if r["seed"] == s)), None)
+    if seed is None:
+        raise EmbodiedPruneError(
+            f"no seed has all its controllers under {out / 'models'}, so decode speed cannot be timed; delete one "
+            f"seed's evaluated cells in {out / 'cells'} and run again to retrain that seed."
+        )
+    models = {r["cell"]: load_model(out / r["model"]) for r in rows if r["seed"] == seed}
     results = bench_models(models, prompt_len=32, new_tokens=48, repeats=5, progress=progress)
     return {b.model: b.decode_tokens_per_s for b in results}
 
@@ -453,7 +480,7 @@ def bpf_report(summary: list[dict], cfg: dict) -> str:
         f"{table}\n\n{len(cfg['seeds'])} seed(s) per strategy; {cfg['eval']['instructions']} {cfg['eval']['split']}-"
         "split instructions, each in its own traffic. Adaptability: mean over seeds; CIs by bootstrap over "
         "instructions of the seed-averaged relative error reductions; lost points paired with dense on the same "
-        "instructions. Decode tokens/s: greedy, KV cache, 32-token prompt + 48 new tokens, the first seed's "
+        "instructions. Decode tokens/s: greedy, KV cache, 32-token prompt + 48 new tokens, one seed's "
         "controllers timed side by side (interleaved, median of 5). Collisions: summed over seeds.\n"
     )
 
