@@ -17,6 +17,7 @@ structures, so the speeds, are the same for every seed). The report's compute ti
 own training and evaluation seconds.
 
 python benchmarks/bpf_study.py [--config configs/bpf.yaml] [--out runs/bpf] [--cells DIR] [--overwrite]
+python benchmarks/bpf_study.py --ship   # copy seed 0's 50 % controllers from --out into the package
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from embodied_prune.experiments.common import slug
 from embodied_prune.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "src" / "embodied_prune" / "assets"
+SHIPPED = ("bpf_sftrl", "bpf_rl", "ptp_rl", "ptp")  # builtin:driving-<size>-<strategy>-50, as the issue names them
 PAPER_ORDER = ("bpf_sftrl", "bpf_rl", "ptp_rl", "ptp", "sft_stage")  # best first, as the paper reports
 
 
@@ -105,13 +108,41 @@ def compute_hours(out: Path) -> tuple[float, float]:
     return sum(r.get("train_s", 0.0) for r in rows) / 3600, sum(r.get("eval_s", 0.0) for r in rows) / 3600
 
 
+def ship(out: Path, cfg: dict, sparsity: float = 0.5, seed: int = 0) -> list[str]:
+    """Copy the final controllers of :data:`SHIPPED` at ``sparsity`` (one seed) from ``out`` into the package as
+    ``driving-<size>-<strategy>-<pct>``; every one must be on disk before any is copied."""
+    from embodied_prune.io import atomic_dir
+
+    pct = round(sparsity * 100)
+    src = {}
+    for strategy in SHIPPED:
+        cell = out / "cells" / f"{slug(cell_name(strategy, sparsity, None))}-seed{seed}.json"
+        model = out / json.loads(cell.read_text())["model"] if cell.is_file() else None
+        if model is None or not (model / "config.json").is_file():
+            raise EmbodiedPruneError(
+                f"{strategy} at {pct} % (seed {seed}) is not trained under {out}; run this script first."
+            )
+        src[f"driving-{cfg['size']}-{strategy.replace('_', '-')}-{pct}"] = model
+    for name, model in src.items():
+        with atomic_dir(ASSETS / name, overwrite=True) as tmp:
+            for f in model.iterdir():
+                if f.is_file():
+                    shutil.copy(f, tmp / f.name)
+        print(f"shipped {model} as builtin:{name}")
+    return list(src)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "bpf.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bpf"))
     ap.add_argument("--cells", default=str(RESULTS / "bpf_cells"), help="where evaluated cells are kept")
     ap.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    ap.add_argument("--ship", action="store_true", help="only copy seed 0's 50 %% controllers into the package")
     a = ap.parse_args()
+    if a.ship:
+        ship(Path(a.out), load_config(a.config))
+        return
     from embodied_prune.experiments.bpf import run_bpf_experiment
 
     t0 = time.time()
@@ -151,4 +182,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EmbodiedPruneError as e:
+        sys.exit(f"error: {e}")

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -55,7 +54,7 @@ import numpy as np
 
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
-from .common import figure, read_config, save_figure, slug
+from .common import figure, open_run_folder, read_config, save_figure, slug
 
 STRATEGIES = ("dense", "smaller", "ptp", "ptp_rl", "sft_stage", "bpf_rl", "bpf_sftrl")
 PRUNED = ("ptp", "ptp_rl", "sft_stage", "bpf_rl", "bpf_sftrl")
@@ -299,16 +298,7 @@ def run_bpf_experiment(
     from ..models.checkpoint import load_model, load_tokenizer
 
     cfg = load_config(config)
-    out = Path(out)
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    saved = out / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != cfg:
-        raise EmbodiedPruneError(
-            f"{out} holds a run of another config ({saved}); pass --overwrite to start afresh or choose a new --out."
-        )
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, json.dumps(cfg, indent=2) + "\n")
+    out = open_run_folder(out, cfg, overwrite, "cells", same_config=True)
     test = generate_split(cfg["eval"]["split"], cfg["eval"]["instructions"])
     rows = []
     with ClosedLoopScorer(cfg["workers"]) as scorer:

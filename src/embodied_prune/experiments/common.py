@@ -25,6 +25,28 @@ def read_config(path: str | os.PathLike, example: str) -> dict[str, Any]:
     return cfg
 
 
+def open_run_folder(out: str | os.PathLike, cfg: dict, overwrite: bool, cells: str, same_config: bool) -> Path:
+    """Make ``out`` (emptied first with ``overwrite``) with its ``cells`` subfolder and save ``cfg`` there as
+    ``config.json``. ``same_config``: a folder holding a run of another config is an error (for experiments
+    whose finished cells are kept by name alone); otherwise each cell checks its own inputs when resumed."""
+    import json
+    import shutil
+
+    from ..io import atomic_write_text
+
+    out = Path(out)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    saved = out / "config.json"
+    if same_config and saved.is_file() and json.loads(saved.read_text()) != cfg:
+        raise EmbodiedPruneError(
+            f"{out} holds a run of another config ({saved}); pass --overwrite to start afresh or choose a new --out."
+        )
+    (out / cells).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
 def model_fingerprint(spec: str | os.PathLike) -> str:
     """A short hash of a model folder's config and weight files: a result kept for resuming must come from
     the same model (a retrained ``builtin:`` policy keeps its name but not its weights)."""

@@ -36,13 +36,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
-from .common import figure, model_fingerprint, read_config, save_figure, slug, violations_cell
+from .common import figure, model_fingerprint, open_run_folder, read_config, save_figure, slug, violations_cell
 
 PRUNED_KEYS = {"name", "method", "pattern", "sparsity"}
 RECOVERY_KEYS = {"name", "rank", "budget", "dtype", "svd", "lora_rank", "lora_budget"}
@@ -199,11 +198,7 @@ def run_gluestick_experiment(
     from ..evaluation.manipulation import evaluate_manipulation
 
     cfg = load_config(config)
-    out = Path(out)
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
+    out = open_run_folder(out, cfg, overwrite, "cells", same_config=False)
     built = build_models(cfg, out, progress)
     results = {}
     for key, info in built.items():

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import torch
 from ..envs.manipulation.tasks import TaskSpec
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
-from .common import figure, model_fingerprint, read_config, save_figure, slug, violations_cell
+from .common import figure, model_fingerprint, open_run_folder, read_config, save_figure, slug, violations_cell
 
 VARIANT_KEYS = {"name", "pruner", "keep", "alpha", "options", "match"}
 
@@ -169,11 +168,7 @@ def run_tokens_experiment(config: str | os.PathLike, out: str | os.PathLike, ove
     from ..models.vla import load_vla
 
     cfg = load_config(config)
-    out = Path(out)
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    (out / "variants").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
+    out = open_run_folder(out, cfg, overwrite, "variants", same_config=False)
     model, _ = load_vla(cfg["model"])
     tasks = resolve_tasks(cfg["tasks"])
     done: dict[str, dict] = {}
