@@ -112,3 +112,30 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
     cfg.write_text((ROOT / "configs" / "bpf_quick.yaml").read_text().replace("seeds: [0]", "seeds: [1]"))
     with pytest.raises(EmbodiedPruneError, match="another config"):
         run_bpf_experiment(cfg, out, progress=False)
+
+
+def test_shipped_bpf_controllers_are_the_studys_pruned_strategies():
+    """The four built-in 50 % controllers share one pruned structure, smaller than the dense m controller,
+    and each one's record names the strategy its name claims."""
+    from embodied_prune.models.builtin import BPF_SHIPPED
+    from embodied_prune.models.checkpoint import load_model, resolve_model_path
+
+    dense = sum(p.numel() for p in load_model("builtin:driving-m-grpo").parameters())
+    counts, last = {}, {}
+    for name in BPF_SHIPPED:
+        spec = f"builtin:driving-m-{name}-50"
+        counts[name] = sum(p.numel() for p in load_model(spec).parameters())
+        side = Path(resolve_model_path(spec)) / "embodied_prune.json"
+        last[name] = json.loads(side.read_text())["history"][-1]
+    assert len(set(counts.values())) == 1 and next(iter(counts.values())) < 0.6 * dense
+    assert last["ptp"]["op"] == "prune" and last["ptp"]["sparsity"] == 0.5
+    assert last["ptp-rl"]["stage"] == "grpo" and "pruning" not in last["ptp-rl"]
+    assert "ptp50" in last["ptp-rl"]["init"]
+    for name in ("bpf-rl", "bpf-sftrl"):
+        cuts = last[name]["pruning"][0]["cuts"]
+        assert last[name]["stage"] == "grpo" and cuts[-1]["sparsity"] == 0.5 and len(cuts) == 4
+    assert (
+        last["bpf-rl"]["pruning"][0]["cuts"][0]["sparsity"]
+        < 0.25
+        < last["bpf-sftrl"]["pruning"][0]["cuts"][0]["sparsity"]
+    )

@@ -471,7 +471,9 @@ def bpf_report(summary: list[dict], cfg: dict) -> str:
         "split instructions, each in its own traffic. Adaptability: mean over seeds; CIs by bootstrap over "
         "instructions of the seed-averaged relative error reductions; lost points paired with dense on the same "
         "instructions. Decode tokens/s: greedy, KV cache, 32-token prompt + 48 new tokens, one seed's "
-        "controllers timed side by side (interleaved, median of 5). Collisions: summed over seeds.\n"
+        "controllers timed side by side (interleaved, median of 5). Collisions: summed over seeds. Every GRPO "
+        "stage has the same length, so PTP + RL (the dense stage, then a recovery stage) trains with twice the RL "
+        "steps of dense, SFT-stage, BPF-RL and BPF-SFT/RL.\n"
     )
 
 

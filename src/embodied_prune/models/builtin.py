@@ -143,6 +143,24 @@ def _register_controllers() -> None:
 
 _register_controllers()
 
+# The BPF study's seed-0 controllers at 50 %: the m controller pruned (LLM-Pruner groups, Taylor importance)
+# by each strategy of benchmarks/bpf_study.py, so anyone can evaluate them on their own instruction files.
+BPF_SHIPPED = {
+    "bpf-sftrl": "BPF-SFT/RL (pruned to 25 % during SFT, then on to 50 % during GRPO)",
+    "bpf-rl": "BPF-RL (pruned in four cuts during GRPO from the dense SFT controller)",
+    "ptp-rl": "post-training pruning of the dense GRPO controller, then a GRPO recovery stage",
+    "ptp": "post-training pruning of the dense GRPO controller, no recovery",
+}
+for _strategy, _how in BPF_SHIPPED.items():
+    BUILTINS.add(
+        f"driving-m-{_strategy}-50",
+        BuiltinModel(
+            f"driving-m-{_strategy}-50",
+            f"driving controller m with 50 % of its heads and MLP channels removed by {_how}; the BPF study's seed 0, "
+            "regenerate with `python benchmarks/bpf_study.py` then `python benchmarks/bpf_study.py --ship`",
+        ),
+    )
+
 BUILTINS.add(
     "vla-metaworld",
     BuiltinModel(
