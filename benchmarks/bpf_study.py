@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import signal
 import sys
@@ -36,7 +37,7 @@ from _common import RESULTS, machine, write_result
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.stats import paired_diff_ci
 from embodied_prune.experiments.bpf import PRUNED, bpf_report, cell_name, load_config
-from embodied_prune.experiments.common import slug
+from embodied_prune.experiments.common import open_run_folder, slug
 from embodied_prune.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,18 +74,22 @@ def pairwise_lines(out: Path, cfg: dict) -> list[str]:
     return lines
 
 
+def check_store(store: Path, cfg: dict) -> None:
+    """Refuse a cell store that holds cells of another config."""
+    kept = store / "config.json"
+    if kept.is_file() and json.loads(kept.read_text()) != cfg:
+        raise EmbodiedPruneError(
+            f"{store} keeps cells of another config; pass --overwrite to start afresh or choose another --cells."
+        )
+
+
 def restore_cells(store: Path, out: Path, cfg: dict, overwrite: bool) -> None:
     """Copy the evaluated cells kept in ``store`` into ``out`` (a fresh store for ``--overwrite``)."""
     kept = store / "config.json"
     if overwrite and store.exists():
         shutil.rmtree(store)
-    if kept.is_file() and json.loads(kept.read_text()) != cfg:
-        raise EmbodiedPruneError(
-            f"{store} keeps cells of another config; pass --overwrite to start afresh or choose another --cells."
-        )
     store.mkdir(parents=True, exist_ok=True)
     atomic_write_text(kept, json.dumps(cfg, indent=2) + "\n")
-    (out / "cells").mkdir(parents=True, exist_ok=True)
     for cell in store.glob("*-seed*.json"):
         if not (out / "cells" / cell.name).is_file():
             shutil.copy(cell, out / "cells" / cell.name)
@@ -147,10 +152,11 @@ def main() -> None:
 
     t0 = time.time()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    out, store = Path(a.out), Path(a.cells)
-    if a.overwrite and out.exists():
-        shutil.rmtree(out)
-    restore_cells(store, out, load_config(a.config), a.overwrite)
+    cfg, store = load_config(a.config), Path(a.cells)
+    if not a.overwrite:
+        check_store(store, cfg)
+    out = open_run_folder(a.out, cfg, a.overwrite, "cells", same_config=True)  # refuses another config's folder
+    restore_cells(store, out, cfg, a.overwrite)
     before = {c.name for c in (out / "cells").glob("*.json")}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still saves the evaluated cells
     try:
@@ -174,7 +180,8 @@ def main() -> None:
         + f"\n\nController size {cfg['size']}; GRPO {cfg['grpo'] or 'shipped recipe'} in every RL stage; pruning "
         f"{cfg['pruning']}. Compute: {train_h:.2f} h of training and {eval_h:.2f} h of closed-loop evaluation, "
         f"summed over the cells, in {sessions} invocation(s) of the command (logged with their machines in "
-        "benchmarks/results/bpf_cells/sessions.jsonl; the command's own time below covers only the last). Plots: "
+        f"{os.path.relpath(store / 'sessions.jsonl', ROOT)}; the command's own time below covers only the last). "
+        "Plots: "
         "benchmarks/results/bpf_adaptability_vs_params.png, bpf_decode_speed.png.\n"
     )
     title = "BPF: pruning during training vs every baseline (driving controller)"
