@@ -60,7 +60,8 @@ def main() -> None:
         dates = ", ".join(f"{n} {variants[n]['date']}" for n in kept)
         lines.append(
             f"\nWith --resume, this run re-evaluated only {len(variants) - len(kept)} variant(s) and re-timed all "
-            f"side by side; kept from an earlier run of this script (evaluation finished at, UTC): {dates}."
+            f"side by side; kept from an earlier run of this script, whose machine their success, in-the-loop and "
+            f"episode columns come from (evaluation finished at, UTC): {dates}."
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "speedup_vs_success.png", RESULTS / "tokens_vla.png")
