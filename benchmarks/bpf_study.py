@@ -42,7 +42,6 @@ from embodied_prune.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "src" / "embodied_prune" / "assets"
-SHIPPED = ("bpf_sftrl", "bpf_rl", "ptp_rl", "ptp")  # builtin:driving-<size>-<strategy>-50, as the issue names them
 PAPER_ORDER = ("bpf_sftrl", "bpf_rl", "ptp_rl", "ptp", "sft_stage")  # best first, as the paper reports
 
 
@@ -114,20 +113,22 @@ def compute_hours(out: Path) -> tuple[float, float]:
 
 
 def ship(out: Path, cfg: dict, sparsity: float = 0.5, seed: int = 0) -> list[str]:
-    """Copy the final controllers of :data:`SHIPPED` at ``sparsity`` (one seed) from ``out`` into the package as
-    ``driving-<size>-<strategy>-<pct>``; every one must be on disk before any is copied."""
+    """Copy the final controllers of the built-in strategies (``BPF_SHIPPED``) at ``sparsity`` (one seed) from
+    ``out`` into the package as ``driving-<size>-<strategy>-<pct>``; every one must be on disk before any is copied."""
     from embodied_prune.io import atomic_dir
+    from embodied_prune.models.builtin import BPF_SHIPPED
 
     pct = round(sparsity * 100)
     src = {}
-    for strategy in SHIPPED:
+    for key in BPF_SHIPPED:
+        strategy = key.replace("-", "_")
         cell = out / "cells" / f"{slug(cell_name(strategy, sparsity, None))}-seed{seed}.json"
         model = out / json.loads(cell.read_text())["model"] if cell.is_file() else None
         if model is None or not (model / "config.json").is_file():
             raise EmbodiedPruneError(
                 f"{strategy} at {pct} % (seed {seed}) is not trained under {out}; run this script first."
             )
-        src[f"driving-{cfg['size']}-{strategy.replace('_', '-')}-{pct}"] = model
+        src[f"driving-{cfg['size']}-{key}-{pct}"] = model
     for name, model in src.items():
         with atomic_dir(ASSETS / name, overwrite=True) as tmp:
             for f in model.iterdir():
@@ -181,8 +182,7 @@ def main() -> None:
         f"{cfg['pruning']}. Compute: {train_h:.2f} h of training and {eval_h:.2f} h of closed-loop evaluation, "
         f"summed over the cells, in {sessions} invocation(s) of the command (logged with their machines in "
         f"{os.path.relpath(store / 'sessions.jsonl', ROOT)}; the command's own time below covers only the last). "
-        "Plots: "
-        "benchmarks/results/bpf_adaptability_vs_params.png, bpf_decode_speed.png.\n"
+        "Plots: benchmarks/results/bpf_adaptability_vs_params.png, bpf_decode_speed.png.\n"
     )
     title = "BPF: pruning during training vs every baseline (driving controller)"
     write_result("bpf_study", title, body, summary, time.time() - t0)
