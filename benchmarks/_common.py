@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,3 +68,56 @@ def write_result(name: str, title: str, body: str, data: object, wall_s: float) 
     (RESULTS / f"{name}.md").write_text(header + body.strip() + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(header + body)
+
+
+class CellStore:
+    """A committed folder keeping an experiment's evaluated cells (a few kB each) across working sessions.
+
+    A study that outlasts one session cannot rely on ``runs/`` (not kept between sessions): its cells are copied
+    from the store into the run folder before the run (``restore``) and back after it, also when it is
+    interrupted (``save``), and each invocation is logged in ``sessions.jsonl`` (start, end, machine, the cells
+    it evaluated)."""
+
+    def __init__(self, folder: str | os.PathLike, pattern: str = "*.json") -> None:
+        self.folder, self.pattern = Path(folder), pattern
+
+    def check(self, cfg: dict, error: type[Exception]) -> None:
+        """Raise ``error`` when the store keeps cells of another config."""
+        kept = self.folder / "config.json"
+        if kept.is_file() and json.loads(kept.read_text()) != cfg:
+            raise error(
+                f"{self.folder} keeps cells of another config; pass --overwrite to start afresh or choose "
+                "another --cells."
+            )
+
+    def restore(self, out: Path, cfg: dict, overwrite: bool) -> set[str]:
+        """Copy the kept cells into ``out/cells`` (a fresh store for ``overwrite``); return the names of the
+        cells ``out`` then holds."""
+        from embodied_prune.io import atomic_write_text
+
+        if overwrite and self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.folder / "config.json", json.dumps(cfg, indent=2) + "\n")
+        for cell in self._cells(self.folder):
+            if not (out / "cells" / cell.name).is_file():
+                shutil.copy(cell, out / "cells" / cell.name)
+        return {c.name for c in self._cells(out / "cells")}
+
+    def save(self, out: Path, started: str, before: set[str]) -> None:
+        """Copy ``out``'s cells into the store and log this invocation (cells not in ``before`` are its own)."""
+        cells = self._cells(out / "cells")
+        for cell in cells:
+            shutil.copy(cell, self.folder / cell.name)
+        entry = {"start": started, "end": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        entry |= {"machine": machine(), "cells_evaluated": [c.stem for c in cells if c.name not in before]}
+        with open(self.folder / "sessions.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def sessions(self) -> list[dict]:
+        """The logged invocations, oldest first."""
+        log = self.folder / "sessions.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+    def _cells(self, folder: Path) -> list[Path]:
+        return sorted(p for p in folder.glob(self.pattern) if p.name != "config.json")

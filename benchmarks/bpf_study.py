@@ -33,12 +33,11 @@ import time
 from itertools import combinations
 from pathlib import Path
 
-from _common import RESULTS, machine, write_result
+from _common import RESULTS, CellStore, write_result
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.stats import paired_diff_ci
 from embodied_prune.experiments.bpf import PRUNED, bpf_report, cell_name, load_config
 from embodied_prune.experiments.common import open_run_folder, slug
-from embodied_prune.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "src" / "embodied_prune" / "assets"
@@ -71,39 +70,6 @@ def pairwise_lines(out: Path, cfg: dict) -> list[str]:
             verdict = "A better" if lo > 0 else "B better" if hi < 0 else "not separated"
             lines.append(f"- {a} − {b}: {diff:+.1f} [{lo:+.1f}, {hi:+.1f}] ({verdict}; {len(pairs)} instructions)")
     return lines
-
-
-def check_store(store: Path, cfg: dict) -> None:
-    """Refuse a cell store that holds cells of another config."""
-    kept = store / "config.json"
-    if kept.is_file() and json.loads(kept.read_text()) != cfg:
-        raise EmbodiedPruneError(
-            f"{store} keeps cells of another config; pass --overwrite to start afresh or choose another --cells."
-        )
-
-
-def restore_cells(store: Path, out: Path, cfg: dict, overwrite: bool) -> None:
-    """Copy the evaluated cells kept in ``store`` into ``out`` (a fresh store for ``--overwrite``)."""
-    kept = store / "config.json"
-    if overwrite and store.exists():
-        shutil.rmtree(store)
-    store.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(kept, json.dumps(cfg, indent=2) + "\n")
-    for cell in store.glob("*-seed*.json"):
-        if not (out / "cells" / cell.name).is_file():
-            shutil.copy(cell, out / "cells" / cell.name)
-
-
-def save_cells(out: Path, store: Path, started: str, before: set[str]) -> None:
-    """Copy ``out``'s evaluated cells into ``store`` and log this invocation in ``store/sessions.jsonl``."""
-    cells = sorted((out / "cells").glob("*-seed*.json"))
-    for cell in cells:
-        shutil.copy(cell, store / cell.name)
-    new = [c.stem for c in cells if c.name not in before]
-    entry = {"start": started, "end": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    entry |= {"machine": machine(), "cells_evaluated": new}
-    with open(store / "sessions.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
 
 
 def compute_hours(out: Path) -> tuple[float, float]:
@@ -153,23 +119,22 @@ def main() -> None:
 
     t0 = time.time()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    cfg, store = load_config(a.config), Path(a.cells)
+    cfg, store = load_config(a.config), CellStore(a.cells, "*-seed*.json")
     if not a.overwrite:
-        check_store(store, cfg)
+        store.check(cfg, EmbodiedPruneError)
     out = open_run_folder(a.out, cfg, a.overwrite, "cells", same_config=True)  # refuses another config's folder
-    restore_cells(store, out, cfg, a.overwrite)
-    before = {c.name for c in (out / "cells").glob("*.json")}
+    before = store.restore(out, cfg, a.overwrite)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still saves the evaluated cells
     try:
         run_bpf_experiment(a.config, out)
     finally:
-        save_cells(out, store, started, before)
+        store.save(out, started, before)
     summary = json.loads((out / "summary.json").read_text())
     cfg, cells = summary["config"], summary["strategies"]
     dense_speed = next(e["decode_tokens_per_s"] for e in cells if e["cell"] == "dense")
     speed = [f"- {e['cell']}: {e['decode_tokens_per_s'] / dense_speed:.2f}× dense" for e in cells[1:]]
     train_h, eval_h = compute_hours(out)
-    sessions = len((store / "sessions.jsonl").read_text().splitlines())
+    sessions, log = len(store.sessions()), os.path.relpath(store.folder / "sessions.jsonl", ROOT)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for plot in ("adaptability_vs_params.png", "decode_speed.png"):
         shutil.copy(out / plot, RESULTS / f"bpf_{plot}")
@@ -181,7 +146,7 @@ def main() -> None:
         + f"\n\nController size {cfg['size']}; GRPO {cfg['grpo'] or 'shipped recipe'} in every RL stage; pruning "
         f"{cfg['pruning']}. Compute: {train_h:.2f} h of training and {eval_h:.2f} h of closed-loop evaluation, "
         f"summed over the cells, in {sessions} invocation(s) of the command (logged with their machines in "
-        f"{os.path.relpath(store / 'sessions.jsonl', ROOT)}; the command's own time below covers only the last). "
+        f"{log}; the command's own time below covers only the last). "
         "Plots: benchmarks/results/bpf_adaptability_vs_params.png, bpf_decode_speed.png.\n"
     )
     title = "BPF: pruning during training vs every baseline (driving controller)"

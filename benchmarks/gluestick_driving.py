@@ -25,30 +25,13 @@ from embodied_prune.envs.driving.instructions import generate_split
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
 from embodied_prune.evaluation.driving import evaluate_driving
 from embodied_prune.evaluation.report import markdown_table
-from embodied_prune.evaluation.stats import paired_diff_ci
+from embodied_prune.evaluation.stats import paired_diff_ci, recovered_share_ci
 from embodied_prune.models.checkpoint import load_model, load_tokenizer
 from embodied_prune.training.driving import teacher_calibration
 
 DENSE = "builtin:driving-l-grpo"
 BUDGETS = (0.05, 0.10, 0.15)
 GLOBAL_RANK = 16
-
-
-def recovered_share(dense: np.ndarray, pruned: np.ndarray, model: np.ndarray, seed: int = 0) -> tuple[float, ...]:
-    """(model − pruned) / (dense − pruned) over instructions, with a 95 % bootstrap CI (instructions resampled
-    together); NaN when pruning lost nothing."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(dense), size=(5000, len(dense)))
-
-    def share(d, p, m):
-        lost = d.mean(-1) - p.mean(-1)
-        return np.where(lost > 0, (m.mean(-1) - p.mean(-1)) / np.where(lost > 0, lost, 1), np.nan)
-
-    point = float(share(dense, pruned, model))
-    samples = share(dense[idx], pruned[idx], model[idx])
-    samples = samples[~np.isnan(samples)]
-    lo, hi = np.quantile(samples, [0.025, 0.975]) if len(samples) else (np.nan, np.nan)
-    return point, float(lo), float(hi)
 
 
 def main() -> None:
@@ -87,7 +70,7 @@ def main() -> None:
     rows = []
     for name, d in reports.items():
         lost = paired_diff_ci(red[name], red["dense"]) if name != "dense" else None
-        share = recovered_share(red["dense"], red["wanda 2:4"], red[name]) if overheads[name] else None
+        share = recovered_share_ci(red["dense"], red["wanda 2:4"], red[name]) if overheads[name] else None
         rows.append(
             {
                 "variant": name,

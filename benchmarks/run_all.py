@@ -21,6 +21,7 @@ SCRIPTS = [
     "bpf_study",
     "manipulation_vla",
     "tokens_vla",
+    "gluestick_vla",
     "gluestick_driving",
 ]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embodied_prune.evaluation.stats import bootstrap_mean_ci, paired_diff_ci, wilson_ci
+from embodied_prune.evaluation.stats import bootstrap_mean_ci, paired_diff_ci, recovered_share_ci, wilson_ci
 
 
 def test_wilson_matches_the_closed_form():
@@ -29,3 +29,17 @@ def test_paired_difference_sees_a_shift_that_unpaired_intervals_hide():
     assert 0.15 < lo < mean < hi < 0.25
     with pytest.raises(ValueError):
         paired_diff_ci([1, 2], [1])
+
+
+def test_recovered_share_is_the_won_back_fraction_of_the_loss():
+    rng = np.random.default_rng(3)
+    dense = (rng.random(300) < 0.6).astype(float)
+    pruned = dense * (rng.random(300) < 0.5)  # loses about half of the successes
+    model = np.maximum(pruned, dense * (rng.random(300) < 0.5))  # wins back about half of those
+    point, lo, hi = recovered_share_ci(dense, pruned, model)
+    lost, won = dense.mean() - pruned.mean(), model.mean() - pruned.mean()
+    assert point == pytest.approx(won / lost) and lo < point < hi and 0.3 < point < 0.7
+    assert recovered_share_ci(dense, pruned, dense)[0] == pytest.approx(1.0)
+    assert np.isnan(recovered_share_ci(dense, dense, model)[0])  # nothing lost, nothing to win back
+    with pytest.raises(ValueError):
+        recovered_share_ci(dense, pruned, model[:10])

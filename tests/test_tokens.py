@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -417,12 +418,45 @@ def test_gluestick_experiment_builds_evaluates_and_resumes(saved_policy, tmp_pat
     for png in ("success_vs_extra.png", "violations_vs_extra.png"):
         assert (out / png).stat().st_size > 0
     capsys.readouterr()
+    shutil.rmtree(out / "models")  # another session: cells kept by recipe, no model rebuilt
     assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
     assert capsys.readouterr().out.count("finished earlier") == 5
+    assert [p.name for p in (out / "models").iterdir()] == ["dense_fingerprint.txt"]
+    cfg.write_text(cfg.read_text().replace("rank: 4", "rank: 2"))  # a changed recipe is evaluated again
+    assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier") == 4 and "mag 2:4 | r4: evaluating" in printed
+    again = json.loads((out / "summary.json").read_text())["cells"]["mag 2:4 | r4"]
+    assert (
+        again["recipe"]["recovery"] == {"rank": 2}
+        and again["extra_parameters"] < cells["mag 2:4 | r4"]["extra_parameters"]
+    )
 
 
-def test_gluestick_recovered_share():
-    from embodied_prune.experiments.gluestick import recovered_share
+def test_gluestick_report_gives_the_won_back_share_with_a_ci():
+    from embodied_prune.experiments.gluestick import gluestick_report
 
-    assert recovered_share(0.8, 0.2, 0.5) == pytest.approx(0.5)
-    assert recovered_share(0.8, 0.8, 0.9) is None
+    def cell(wins, extra=0):
+        n = len(wins)
+        return {
+            "episode_success": wins,
+            "success_rate": sum(wins) / n,
+            "ci95": [0, 1],
+            "episodes": n,
+            "safety_violations": {"table_contact": 0, "joint_limit": 0, "fast_object": 0},
+            "extra_parameters": extra,
+            "backbone_parameters": 100,
+            "weight_bytes": 1e6,
+            "latency_ms_median": 1.0,
+        }
+
+    dense, pruned, half = [1] * 40 + [0] * 10, [1] * 20 + [0] * 30, [1] * 30 + [0] * 20
+    summary = {"cells": {"dense": cell(dense), "p | none": cell(pruned), "p | r4": cell(half, 10)}}
+    rows = [[c.strip() for c in r.split("|")[1:-1]] for r in gluestick_report(summary).splitlines()]
+    head = rows[0]
+    assert all(len(r) == len(head) for r in rows)  # names never break the table's columns
+    table = {(r[0], r[1]): dict(zip(head, r, strict=True)) for r in rows[2:]}
+    won = "lost success won back (95 % CI)"
+    assert table[("p", "r4")][won].startswith("50 % [") and table[("p", "r4")][won] != "50 % [50, 50]"
+    assert table[("p", "none")][won] == "" and table[("dense", "–")][won] == ""
+    assert table[("p", "r4")]["extra parameters (% of backbone)"] == "10 (10.0 %)"

@@ -166,6 +166,28 @@ def test_wanda_2_4_and_uneven_structured_pruning_of_a_saved_policy(tmp_path, dem
     assert shapes == [128, 64]
 
 
+def test_pruned_and_recovered_checkpoints_keep_the_source_dtype(tmp_path):
+    from embodied_prune.models.checkpoint import stored_dtype
+
+    model, tok = tiny_policy()
+    f32 = save_vla(model, tok, tmp_path / "f32")
+    bf16 = save_vla(tiny_policy()[0].to(torch.bfloat16), tok, tmp_path / "bf16")
+    assert stored_dtype(f32) == torch.float32 and stored_dtype(bf16) == torch.bfloat16
+    pruned = ep.prune(bf16, "magnitude", pattern="2:4", out=tmp_path / "m24", progress=False)
+    assert pruned.model.dtype == torch.float32  # pruned in float32, saved as stored
+    recovered = ep.recover(bf16, pruned.path, rank=4, out=tmp_path / "m24-r4")
+    for path in (pruned.path, recovered.path):
+        assert stored_dtype(path) == torch.bfloat16
+        assert json.loads((path / "config.json").read_text())["dtype"] == "bfloat16"
+    size = (pruned.path / "model.safetensors").stat().st_size
+    assert size == pytest.approx((bf16 / "model.safetensors").stat().st_size, rel=0.01)
+    q = query(model, tok)
+    with torch.no_grad():  # magnitude keeps the stored values, so the cast back to bf16 loses nothing
+        assert torch.equal(pruned.model.eval()(*q)["actions"], load_vla(pruned.path)[0](*q)["actions"])
+    kept = ep.prune(f32, "magnitude", pattern="2:4", out=tmp_path / "f32-m24", progress=False)
+    assert stored_dtype(kept.path) == torch.float32
+
+
 def test_behaviour_cloning_and_closed_loop_smoke(tmp_path, demos):
     settings = BCSettings(steps=2, batch_size=4, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
     policy = train_bc(demos, tmp_path / "vla", settings, progress=False)

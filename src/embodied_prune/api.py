@@ -47,6 +47,13 @@ def _resolve(model: PreTrainedModel | str | os.PathLike, with_factors: bool = Tr
     return model, None, []
 
 
+def _source_dtype(spec) -> torch.dtype | None:
+    """The dtype a model given as a spec is stored in (its pruned or recovered copy is saved in it too)."""
+    from .models.checkpoint import stored_dtype
+
+    return stored_dtype(spec) if isinstance(spec, (str, os.PathLike)) else None
+
+
 def _is_policy(model) -> bool:
     from .models.vla import TinyVLA
 
@@ -114,6 +121,7 @@ def prune(
     if out is not None:
         check_output_dir(out, overwrite)
     source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    source_spec = model
     model, tokenizer, history = _resolve(model, with_factors=False)
     if gluestick_layers(model):
         raise EmbodiedPruneError(
@@ -157,7 +165,9 @@ def prune(
         "date": _now(),
     }
     history = [*history, record]
-    path = save_model(model, out, tokenizer, history, overwrite) if out is not None else None
+    path = None
+    if out is not None:
+        path = save_model(model, out, tokenizer, history, overwrite, dtype=_source_dtype(source_spec))
     return Outcome(model, record, path, details, history)
 
 
@@ -213,6 +223,7 @@ def recover(
             history,
             overwrite,
             extra={"gluestick": lambda tmp: save_factors(report.layers, tmp, svd)},
+            dtype=_source_dtype(pruned),
         )
     attach_factors(pruned_model, report.layers)
     return Outcome(pruned_model, record, path, report, history)

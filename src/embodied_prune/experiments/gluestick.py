@@ -5,10 +5,12 @@ at a global rank, GLUESTICK at a per-layer budget, in any factor dtype, or the t
 adapters fitted by behaviour cloning at a rank or at the rank a budget allows, see
 :mod:`embodied_prune.recovery.lora`), plus the dense policy, all on the same episodes. Per cell: success
 with CIs, safety violations, extra parameters (absolute and as a share of the backbone's linear
-parameters), weight bytes and median query latency. Every model is
-built once into ``models/`` and every finished cell is saved at once under ``cells/`` and not
-recomputed when the experiment runs again (``--overwrite`` starts afresh). Markdown table and plots
-(success vs extra parameters; safety violations vs extra parameters).
+parameters), weight bytes, median query latency and each episode's success (so recoveries compare paired).
+Cells run in the config's order; a cell's model is built into ``models/`` when it is first needed, and every
+finished cell is saved at once under ``cells/`` with its recipe (dense model's fingerprint, pruning and recovery
+settings, episodes) and kept when the experiment runs again while that recipe is unchanged, even without its
+model folder (``--overwrite`` starts afresh). Markdown table and plots (success vs extra parameters; safety
+violations vs extra parameters).
 
 Config (YAML)::
 
@@ -33,9 +35,12 @@ Config (YAML)::
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,77 +98,111 @@ def backbone_parameters(model) -> int:
     return sum(m.weight.numel() for m in target_layers(model).values())
 
 
-def build_models(cfg: dict, out: Path, progress: bool = True) -> dict[str, dict]:
-    """Prune and recover every model the cells need (each once; existing folders are reused)."""
-    from ..api import prune, recover
-    from ..envs.manipulation.demos import generate_demos
-    from ..envs.manipulation.render import cameras_for
-    from ..models.vla import load_vla
+def cell_recipe(cfg: dict, p_name: str | None, r_name: str | None, dense_fingerprint: str) -> dict[str, Any]:
+    """Everything a cell's result depends on: the dense model's fingerprint, the episodes, and the pruning and
+    recovery entries with the settings they use. A kept cell whose recipe differs is evaluated again; one
+    whose recipe matches is kept even when its model folder is gone (another session, another machine)."""
+    recipe: dict[str, Any] = {
+        "model": dense_fingerprint,
+        "episodes": cfg["episodes"],
+        "seed": cfg["seed"],
+        "tasks": cfg["tasks"],
+    }
+    if p_name is None:
+        return recipe
+    p = next(i for i in cfg["pruned"] if i["name"] == p_name)
+    r = next(i for i in cfg["recovery"] if i["name"] == r_name)
+    recipe |= {
+        "pruned": {k: v for k, v in p.items() if k != "name"},
+        "recovery": {k: v for k, v in r.items() if k != "name"},
+    }
+    if p["method"] in ("wanda", "sparsegpt"):
+        recipe["calibration_episodes"] = cfg["calibration_episodes"]
+    if "lora_rank" in r or "lora_budget" in r:
+        recipe |= {"lora_episodes": cfg["lora_episodes"], "lora_steps": cfg["lora_steps"]}
+    return recipe
 
-    models = out / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    stamp, fingerprint = models / "dense_fingerprint.txt", model_fingerprint(cfg["model"])
-    if stamp.is_file() and stamp.read_text().strip() != fingerprint:
-        raise EmbodiedPruneError(
-            f"{models} was built from another version of {cfg['model']}; pass --overwrite to start afresh."
-        )
-    atomic_write_text(stamp, fingerprint + "\n")
-    dense, _ = load_vla(cfg["model"])
-    cameras = cameras_for(dense.config.cameras)  # demonstrations seen as this policy sees
-    base = backbone_parameters(dense)
-    pruned_by, recovery_by = {p["name"]: p for p in cfg["pruned"]}, {r["name"]: r for r in cfg["recovery"]}
-    calibration = None
-    built: dict[str, dict] = {"dense": {"path": cfg["model"], "extra_parameters": 0, "backbone_parameters": base}}
-    for p_name, r_name in cfg["cells"]:
-        p, r = pruned_by[p_name], recovery_by[r_name]
-        p_path = models / slug(p_name)
-        if not (p_path / "config.json").is_file():
-            if p["method"] in ("wanda", "sparsegpt") and calibration is None:
-                calibration = models / "calibration-demos"
-                if not (calibration / "meta.json").is_file():
-                    generate_demos(
-                        calibration,
-                        episodes=cfg["calibration_episodes"],
-                        overwrite=True,
-                        progress=progress,
-                        cameras=cameras,
-                    )
+
+class CellModels:
+    """Builds, on first need, the model of each cell under ``out/models`` (the pruned checkpoint once per pruned
+    variant, the recovered one once per cell; folders already there are reused)."""
+
+    def __init__(self, cfg: dict, out: Path, progress: bool = True) -> None:
+        from ..models.vla import load_vla
+
+        self.cfg, self.progress, self.models = cfg, progress, out / "models"
+        self.models.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = model_fingerprint(cfg["model"])
+        stamp = self.models / "dense_fingerprint.txt"
+        if stamp.is_file() and stamp.read_text().strip() != self.fingerprint:
+            raise EmbodiedPruneError(
+                f"{self.models} was built from another version of {cfg['model']}; pass --overwrite to start afresh."
+            )
+        atomic_write_text(stamp, self.fingerprint + "\n")
+        self.dense, _ = load_vla(cfg["model"])
+        self.base = backbone_parameters(self.dense)
+
+    def _cameras(self):
+        from ..envs.manipulation.render import cameras_for
+
+        return cameras_for(self.dense.config.cameras)  # demonstrations seen as this policy sees
+
+    def _demos(self, name: str, episodes: int, tasks=None) -> Path:
+        from ..envs.manipulation.demos import generate_demos
+
+        folder = self.models / name
+        if not (folder / "meta.json").is_file():
+            generate_demos(
+                folder, tasks, episodes=episodes, overwrite=True, progress=self.progress, cameras=self._cameras()
+            )
+        return folder
+
+    def dense_info(self) -> dict:
+        return {"path": self.cfg["model"], "extra_parameters": 0, "backbone_parameters": self.base}
+
+    def pruned(self, p_name: str) -> Path:
+        """The checkpoint of pruned variant ``p_name`` (built if missing)."""
+        from ..api import prune
+
+        p = next(i for i in self.cfg["pruned"] if i["name"] == p_name)
+        path = self.models / slug(p_name)
+        if not (path / "config.json").is_file():
+            calibrated = p["method"] in ("wanda", "sparsegpt")
             prune(
-                cfg["model"],
+                self.cfg["model"],
                 p["method"],
                 sparsity=p.get("sparsity"),
                 pattern=p.get("pattern"),
-                calibration=calibration if p["method"] in ("wanda", "sparsegpt") else "random",
+                calibration=self._demos("calibration-demos", self.cfg["calibration_episodes"])
+                if calibrated
+                else "random",
                 n_samples=64,
-                out=p_path,
+                out=path,
                 overwrite=True,
-                progress=progress,
+                progress=self.progress,
             )
-        key = f"{p_name} | {r_name}"
+        return path
+
+    def cell(self, p_name: str, r_name: str) -> dict:
+        """Path and parameter accounting of cell ``p_name | r_name`` (its model built if missing)."""
+        from ..api import recover
+
+        r = next(i for i in self.cfg["recovery"] if i["name"] == r_name)
+        p_path = self.pruned(p_name)
         if not {"rank", "budget", "lora_rank", "lora_budget"} & set(r):
-            built[key] = {"path": str(p_path), "extra_parameters": 0, "backbone_parameters": base}
-            continue
-        r_path = models / f"{slug(p_name)}--{slug(r_name)}"
+            return {"path": str(p_path), "extra_parameters": 0, "backbone_parameters": self.base}
+        r_path = self.models / f"{slug(p_name)}--{slug(r_name)}"
         side = r_path / "embodied_prune.json"
         if not side.is_file() and ("lora_rank" in r or "lora_budget" in r):
             from ..recovery.lora import LoRASettings, lora_recover, rank_for_budget
 
-            lora_demos = models / "lora-demos"
-            if not (lora_demos / "meta.json").is_file():
-                generate_demos(
-                    lora_demos,
-                    cfg["tasks"],
-                    episodes=cfg["lora_episodes"],
-                    overwrite=True,
-                    progress=progress,
-                    cameras=cameras,
-                )
-            rank = r.get("lora_rank") or rank_for_budget(dense, r["lora_budget"])
-            settings = LoRASettings(rank=rank, steps=cfg["lora_steps"], seed=cfg["seed"])
-            lora_recover(p_path, lora_demos, r_path, settings, overwrite=True, progress=progress)
+            demos = self._demos("lora-demos", self.cfg["lora_episodes"], self.cfg["tasks"])
+            rank = r.get("lora_rank") or rank_for_budget(self.dense, r["lora_budget"])
+            settings = LoRASettings(rank=rank, steps=self.cfg["lora_steps"], seed=self.cfg["seed"])
+            lora_recover(p_path, demos, r_path, settings, overwrite=True, progress=self.progress)
         elif not side.is_file():
             recover(
-                cfg["model"],
+                self.cfg["model"],
                 p_path,
                 rank=r.get("rank"),
                 budget=r.get("budget"),
@@ -173,15 +212,14 @@ def build_models(cfg: dict, out: Path, progress: bool = True) -> dict[str, dict]
                 overwrite=True,
             )
         record = json.loads(side.read_text())["history"][-1]
-        built[key] = {
+        return {
             "path": str(r_path),
             "extra_parameters": record["extra_parameters"],
-            "backbone_parameters": base,
+            "backbone_parameters": self.base,
             "energy": record.get("energy"),
             "factor_dtype": record.get("factor_dtype", "float32"),
             "recovery_method": record.get("method"),
         }
-    return built
 
 
 def weight_bytes(path: str) -> int:
@@ -194,37 +232,41 @@ def weight_bytes(path: str) -> int:
 def run_gluestick_experiment(
     config: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, progress: bool = True
 ) -> Path:
-    """Build and evaluate every cell of ``config`` (resumable); write report, summary and plots into ``out``."""
+    """Build and evaluate every cell of ``config`` in its order (resumable: a cell whose saved recipe matches is
+    kept without rebuilding its model); write report, summary and plots into ``out``."""
     from ..evaluation.manipulation import evaluate_manipulation
 
     cfg = load_config(config)
     out = open_run_folder(out, cfg, overwrite, "cells", same_config=False)
-    built = build_models(cfg, out, progress)
+    models = CellModels(cfg, out, progress)
     results = {}
-    for key, info in built.items():
+    for p_name, r_name in [(None, None), *cfg["cells"]]:
+        key = "dense" if p_name is None else f"{p_name} | {r_name}"
         path = out / "cells" / f"{slug(key)}.json"
-        fingerprint = model_fingerprint(info["path"])
+        recipe = cell_recipe(cfg, p_name, r_name, models.fingerprint)
         if path.is_file():
             d = json.loads(path.read_text())
-            if (
-                d.get("episodes_per_task") == cfg["episodes"]
-                and d.get("seed") == cfg["seed"]
-                and d.get("model_fingerprint") == fingerprint
-            ):
+            if d.get("recipe") == recipe:
                 print(f"{key}: finished earlier, kept ({path})", flush=True)
                 results[key] = d
                 continue
+        info = models.dense_info() if p_name is None else models.cell(p_name, r_name)
         print(f"{key}: evaluating {info['path']}", flush=True)
+        t0 = time.time()
         rep = evaluate_manipulation(
             info["path"], cfg["tasks"], cfg["episodes"], seed=cfg["seed"], workers=cfg["workers"], progress=progress
         ).to_dict()
-        rep.pop("per_episode")
+        episodes = rep.pop("per_episode")
         d = {
             **rep,
+            "episode_success": [int(e["success"]) for e in episodes],  # in episode order: paired across cells
             **info,
             "episodes_per_task": cfg["episodes"],
             "weight_bytes": weight_bytes(info["path"]),
-            "model_fingerprint": fingerprint,
+            "model_fingerprint": model_fingerprint(info["path"]),
+            "recipe": recipe,
+            "eval_s": round(time.time() - t0, 1),
+            "evaluated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_text(path, json.dumps(d, indent=2) + "\n")
         results[key] = d
@@ -235,32 +277,31 @@ def run_gluestick_experiment(
     return out
 
 
-def recovered_share(dense: float, pruned: float, recovered: float) -> float | None:
-    """Share of the success lost to pruning that recovery wins back (None when pruning lost nothing)."""
-    lost = dense - pruned
-    return None if lost <= 0 else (recovered - pruned) / lost
-
-
 def gluestick_report(summary: dict) -> str:
-    """Markdown table of the cells (dense first), with the share of lost success each recovery wins back."""
+    """Markdown table of the cells (dense first), with the share of the success its pruned variant lost that each
+    recovery wins back (paired bootstrap CI over the episodes, which every cell plays alike)."""
     from ..evaluation.report import markdown_table, percent_ci
+    from ..evaluation.stats import recovered_share_ci
 
     cells = summary["cells"]
-    dense = cells["dense"]["success_rate"]
+    dense = cells["dense"]["episode_success"]
     rows = []
     for key, d in cells.items():
         p_name = key.split(" | ")[0]
         unrecovered = cells.get(f"{p_name} | none")
         share = None
-        if unrecovered is not None and key != f"{p_name} | none" and key != "dense":
-            share = recovered_share(dense, unrecovered["success_rate"], d["success_rate"])
+        if unrecovered is not None and key not in (f"{p_name} | none", "dense"):
+            share = recovered_share_ci(dense, unrecovered["episode_success"], d["episode_success"])
         v = d["safety_violations"]
         rows.append(
             {
-                "cell": key,
+                "pruned": p_name,
+                "recovery": key.split(" | ")[1] if " | " in key else "–",
                 "success": percent_ci(d["success_rate"], d["ci95"]),
                 "n": d["episodes"],
-                "won_back": "" if share is None else f"{100 * share:.0f} %",
+                "won_back": ""
+                if share is None or math.isnan(share[0])
+                else "{:.0f} % [{:.0f}, {:.0f}]".format(*(100 * x for x in share)),
                 "violations": violations_cell(v),
                 "extra": f"{d['extra_parameters']:,} ({100 * d['extra_parameters'] / d['backbone_parameters']:.1f} %)",
                 "mb": f"{d['weight_bytes'] / 1e6:.2f}",
@@ -268,10 +309,11 @@ def gluestick_report(summary: dict) -> str:
             }
         )
     cols = [
-        ("cell", "pruned | recovery"),
+        ("pruned", "pruned"),
+        ("recovery", "recovery"),
         ("success", "success (95 % CI)"),
         ("n", "episodes"),
-        ("won_back", "lost success won back"),
+        ("won_back", "lost success won back (95 % CI)"),
         ("violations", "violation steps: table / joints / fast"),
         ("extra", "extra parameters (% of backbone)"),
         ("mb", "weights MB"),
@@ -305,4 +347,11 @@ def plot_gluestick(summary: dict, out: Path) -> None:
         save_figure(fig, out / fname)
 
 
-__all__ = ["backbone_parameters", "load_config", "recovered_share", "run_gluestick_experiment"]
+__all__ = [
+    "CellModels",
+    "backbone_parameters",
+    "cell_recipe",
+    "gluestick_report",
+    "load_config",
+    "run_gluestick_experiment",
+]

@@ -64,11 +64,15 @@ def save_model(
     history: list[dict[str, Any]] | None = None,
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Save ``model`` (pruned or not) as a Hugging Face folder plus the side file, atomically.
 
     ``history`` is the list of operations applied so far (recorded in the side file); ``extra`` maps
     file names to callables ``f(path)`` that write additional files into the folder before it is renamed.
+    ``dtype`` stores the floating-point weights in that dtype (pruning passes the source checkpoint's, see
+    :func:`stored_dtype`, so a bf16 model pruned in float32 is saved as bf16 again); the model in memory is
+    left as it is.
     """
     adapter = adapter_for(model)
     shapes = adapter.sync(model)
@@ -81,8 +85,15 @@ def save_model(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if not uniform and cfg.hidden_size % cfg.num_attention_heads != 0:
             cfg.num_attention_heads = _divisor_at_least(cfg.hidden_size, cfg.num_attention_heads)
-        model.save_pretrained(tmp)
+        cast = dtype is not None and dtype != model.dtype
+        state = (
+            {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()} if cast else None
+        )
+        model.save_pretrained(tmp, state_dict=state)
         adapter.sync(model)  # restore config fields touched for validation
+        if cast:  # save_pretrained records the in-memory dtype
+            saved = json.loads((tmp / "config.json").read_text())
+            (tmp / "config.json").write_text(json.dumps(saved | {"dtype": str(dtype).split(".")[1]}, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         record = {
@@ -94,6 +105,28 @@ def save_model(
         for writer in (extra or {}).values():
             writer(tmp)
     return Path(out)
+
+
+_SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def stored_dtype(spec: str | os.PathLike) -> torch.dtype | None:
+    """The floating-point dtype a local checkpoint's weights are stored in (read from a safetensors header), or
+    None when that cannot be told (a hub id, ``.bin`` weights, no floating-point tensor)."""
+    from safetensors import safe_open
+
+    folder = Path(resolve_model_path(spec))
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    files = [f for f in files if f.name.startswith("model")] or files
+    if not files:
+        return None
+    with safe_open(files[0], "pt") as f:
+        names = f.keys()  # a safe_open handle is not iterable
+        for key in names:
+            kind = _SAFETENSORS_FLOATS.get(f.get_slice(key).get_dtype())
+            if kind is not None:
+                return kind
+    return None
 
 
 def _divisor_at_least(n: int, k: int) -> int:

@@ -80,7 +80,7 @@ def lora_recover(
     from peft import LoraConfig, get_peft_model
 
     from ..envs.manipulation.demos import check_cameras, load_demos
-    from ..models.checkpoint import read_side_file, resolve_model_path, save_model
+    from ..models.checkpoint import read_side_file, resolve_model_path, save_model, stored_dtype
     from ..models.vla import load_vla
     from ..training.manipulation import DemoSteps, fit
     from ..training.runs import prepare_run
@@ -121,6 +121,7 @@ def lora_recover(
         history=[*history, record],
         overwrite=overwrite,
         extra={"factors": lambda folder: save_factors(factors, folder, method="lora")},
+        dtype=stored_dtype(pruned),  # the pruned weights stay as they were stored; only the adapters are new
     )
 
 
