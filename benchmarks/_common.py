@@ -12,7 +12,9 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,6 +105,17 @@ class CellStore:
             if not (out / "cells" / cell.name).is_file():
                 shutil.copy(cell, out / "cells" / cell.name)
         return {c.name for c in self._cells(out / "cells")}
+
+    def run(self, out: Path, cfg: dict, overwrite: bool, experiment: Callable[[], object]) -> None:
+        """Restore the kept cells into ``out``, call ``experiment`` and save the cells back, also when it fails
+        or is killed with SIGTERM."""
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        before = self.restore(out, cfg, overwrite)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` unwinds through the `finally`
+        try:
+            experiment()
+        finally:
+            self.save(out, started, before)
 
     def save(self, out: Path, started: str, before: set[str]) -> None:
         """Copy ``out``'s cells into the store and log this invocation (cells not in ``before`` are its own)."""

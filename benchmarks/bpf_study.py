@@ -23,11 +23,9 @@ python benchmarks/bpf_study.py --ship   # copy seed 0's 50 % controllers from --
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from itertools import combinations
@@ -118,17 +116,13 @@ def main() -> None:
     from embodied_prune.experiments.bpf import run_bpf_experiment
 
     t0 = time.time()
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     cfg, store = load_config(a.config), CellStore(a.cells, "*-seed*.json")
     if not a.overwrite:
         store.check(cfg, EmbodiedPruneError)
     out = open_run_folder(a.out, cfg, a.overwrite, "cells", same_config=True)  # refuses another config's folder
-    before = store.restore(out, cfg, a.overwrite)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still saves the evaluated cells
-    try:
-        run_bpf_experiment(a.config, out)
-    finally:
-        store.save(out, started, before)
+    store.run(
+        out, cfg, a.overwrite, lambda: run_bpf_experiment(a.config, out)
+    )  # a `kill` still saves the evaluated cells
     summary = json.loads((out / "summary.json").read_text())
     cfg, cells = summary["config"], summary["strategies"]
     dense_speed = next(e["decode_tokens_per_s"] for e in cells if e["cell"] == "dense")

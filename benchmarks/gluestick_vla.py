@@ -20,11 +20,9 @@ python benchmarks/gluestick_vla.py [--config configs/gluestick_vla.yaml] [--out 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from itertools import combinations
@@ -82,15 +80,11 @@ def main() -> None:
     from embodied_prune.experiments.gluestick import run_gluestick_experiment
 
     t0 = time.time()
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     cfg, store = load_config(a.config), CellStore(a.cells)
     out = open_run_folder(a.out, cfg, a.overwrite, "cells", same_config=False)
-    before = store.restore(out, cfg, a.overwrite)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still saves the evaluated cells
-    try:
-        run_gluestick_experiment(a.config, out)
-    finally:
-        store.save(out, started, before)
+    store.run(
+        out, cfg, a.overwrite, lambda: run_gluestick_experiment(a.config, out)
+    )  # a `kill` still saves the evaluated cells
     summary = json.loads((out / "summary.json").read_text())
     cells = summary["cells"]
     for plot in ("success_vs_extra.png", "violations_vs_extra.png"):

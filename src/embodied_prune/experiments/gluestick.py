@@ -123,9 +123,18 @@ def cell_recipe(cfg: dict, p_name: str | None, r_name: str | None, dense_fingerp
     return recipe
 
 
+def _folder_name(name: str, recipe: dict[str, Any]) -> str:
+    """``name`` plus a short hash of ``recipe``: a folder built from other settings under the same name is never
+    mistaken for this one."""
+    import hashlib
+
+    return f"{slug(name)}-{hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
 class CellModels:
     """Builds, on first need, the model of each cell under ``out/models`` (the pruned checkpoint once per pruned
-    variant, the recovered one once per cell; folders already there are reused)."""
+    variant, the recovered one once per cell). Folder names carry a hash of the settings they were built from,
+    so a folder already there is reused only for the same settings."""
 
     def __init__(self, cfg: dict, out: Path, progress: bool = True) -> None:
         from ..models.vla import load_vla
@@ -150,7 +159,7 @@ class CellModels:
     def _demos(self, name: str, episodes: int, tasks=None) -> Path:
         from ..envs.manipulation.demos import generate_demos
 
-        folder = self.models / name
+        folder = self.models / _folder_name(name, {"episodes": episodes, "tasks": tasks})
         if not (folder / "meta.json").is_file():
             generate_demos(
                 folder, tasks, episodes=episodes, overwrite=True, progress=self.progress, cameras=self._cameras()
@@ -165,9 +174,10 @@ class CellModels:
         from ..api import prune
 
         p = next(i for i in self.cfg["pruned"] if i["name"] == p_name)
-        path = self.models / slug(p_name)
+        calibrated = p["method"] in ("wanda", "sparsegpt")
+        recipe = {**p, "calibration_episodes": self.cfg["calibration_episodes"] if calibrated else None}
+        path = self.models / _folder_name(p_name, recipe)
         if not (path / "config.json").is_file():
-            calibrated = p["method"] in ("wanda", "sparsegpt")
             prune(
                 self.cfg["model"],
                 p["method"],
@@ -191,7 +201,9 @@ class CellModels:
         p_path = self.pruned(p_name)
         if not {"rank", "budget", "lora_rank", "lora_budget"} & set(r):
             return {"path": str(p_path), "extra_parameters": 0, "backbone_parameters": self.base}
-        r_path = self.models / f"{slug(p_name)}--{slug(r_name)}"
+        r_path = self.models / _folder_name(
+            f"{p_name}--{r_name}", cell_recipe(self.cfg, p_name, r_name, self.fingerprint)
+        )
         side = r_path / "embodied_prune.json"
         if not side.is_file() and ("lora_rank" in r or "lora_budget" in r):
             from ..recovery.lora import LoRASettings, lora_recover, rank_for_budget
