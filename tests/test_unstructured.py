@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,3 +86,16 @@ def test_calibration_from_text_and_jsonl(tmp_path):
         calibration_ids(tmp_path / "c.jsonl", 2, 500, tokenizer=tok)
     with pytest.raises(EmbodiedPruneError, match="needs a tokenizer"):
         calibration_ids(tmp_path / "c.txt", 2, 8)
+
+
+def test_a_bf16_checkpoint_with_tied_embeddings_is_saved_as_it_was_stored(tmp_path):
+    import embodied_prune as ep
+    from embodied_prune.models.checkpoint import resolve_model_path, stored_dtype
+
+    src = "builtin:driving-s-grpo"  # bfloat16, lm_head tied to the input embeddings
+    out = ep.prune(src, "magnitude", pattern="2:4", out=tmp_path / "m24", progress=False).path
+    assert stored_dtype(out) == stored_dtype(src) == torch.bfloat16
+    size = (Path(resolve_model_path(src)) / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size == pytest.approx(size, rel=0.01)  # lm_head not written twice
+    model = ep.load_model(out)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()

@@ -86,9 +86,7 @@ def save_model(
         if not uniform and cfg.hidden_size % cfg.num_attention_heads != 0:
             cfg.num_attention_heads = _divisor_at_least(cfg.hidden_size, cfg.num_attention_heads)
         cast = dtype is not None and dtype != model.dtype
-        state = (
-            {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()} if cast else None
-        )
+        state = _cast_state(model, dtype) if cast else None
         model.save_pretrained(tmp, state_dict=state)
         adapter.sync(model)  # restore config fields touched for validation
         if cast:  # save_pretrained records the in-memory dtype
@@ -105,6 +103,17 @@ def save_model(
         for writer in (extra or {}).values():
             writer(tmp)
     return Path(out)
+
+
+def _cast_state(model: PreTrainedModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with floating-point tensors cast to ``dtype``; tensors that share storage (tied
+    embeddings) stay shared, so ``save_pretrained`` still writes them once."""
+    state, cast = {}, {}
+    for k, v in model.state_dict().items():
+        if v.is_floating_point() and v.data_ptr() not in cast:
+            cast[v.data_ptr()] = v.to(dtype)
+        state[k] = cast[v.data_ptr()] if v.is_floating_point() else v
+    return state
 
 
 _SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
