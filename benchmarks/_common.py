@@ -7,6 +7,7 @@ BENCHMARKS.md, so every number there comes from a script.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -70,6 +71,18 @@ def write_result(name: str, title: str, body: str, data: object, wall_s: float) 
     (RESULTS / f"{name}.md").write_text(header + body.strip() + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(header + body)
+
+
+def study_parser(doc: str, config: str, out: str, cells: str) -> argparse.ArgumentParser:
+    """The options every study with a :class:`CellStore` takes: ``--config``, ``--out``, ``--cells`` (defaults:
+    ``configs/<config>``, ``runs/<out>``, ``benchmarks/results/<cells>``) and ``--overwrite``."""
+    root = RESULTS.parent.parent
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(root / "configs" / config))
+    ap.add_argument("--out", default=str(root / "runs" / out))
+    ap.add_argument("--cells", default=str(RESULTS / cells), help="where evaluated cells are kept")
+    ap.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    return ap
 
 
 class CellStore:

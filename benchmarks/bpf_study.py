@@ -22,7 +22,6 @@ python benchmarks/bpf_study.py --ship   # copy seed 0's 50 % controllers from --
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ import time
 from itertools import combinations
 from pathlib import Path
 
-from _common import RESULTS, CellStore, write_result
+from _common import RESULTS, CellStore, study_parser, write_result
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.stats import paired_diff_ci
 from embodied_prune.experiments.bpf import PRUNED, bpf_report, cell_name, load_config
@@ -103,11 +102,7 @@ def ship(out: Path, cfg: dict, sparsity: float = 0.5, seed: int = 0) -> list[str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "bpf.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bpf"))
-    ap.add_argument("--cells", default=str(RESULTS / "bpf_cells"), help="where evaluated cells are kept")
-    ap.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    ap = study_parser(__doc__, config="bpf.yaml", out="bpf", cells="bpf_cells")
     ap.add_argument("--ship", action="store_true", help="only copy seed 0's 50 %% controllers into the package")
     a = ap.parse_args()
     if a.ship:
@@ -120,9 +115,8 @@ def main() -> None:
     if not a.overwrite:
         store.check(cfg, EmbodiedPruneError)
     out = open_run_folder(a.out, cfg, a.overwrite, "cells", same_config=True)  # refuses another config's folder
-    store.run(
-        out, cfg, a.overwrite, lambda: run_bpf_experiment(a.config, out)
-    )  # a `kill` still saves the evaluated cells
+    # the evaluated cells are saved into the store even when the run fails or is killed
+    store.run(out, cfg, a.overwrite, lambda: run_bpf_experiment(a.config, out))
     summary = json.loads((out / "summary.json").read_text())
     cfg, cells = summary["config"], summary["strategies"]
     dense_speed = next(e["decode_tokens_per_s"] for e in cells if e["cell"] == "dense")

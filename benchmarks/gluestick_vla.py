@@ -19,7 +19,6 @@ python benchmarks/gluestick_vla.py [--config configs/gluestick_vla.yaml] [--out 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import time
 from itertools import combinations
 from pathlib import Path
 
-from _common import RESULTS, CellStore, write_result
+from _common import RESULTS, CellStore, study_parser, write_result
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.stats import paired_diff_ci
 from embodied_prune.experiments.common import open_run_folder, violations_cell
@@ -71,20 +70,14 @@ def safety_lines(cells: dict[str, dict]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "gluestick_vla.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "runs" / "gluestick"))
-    ap.add_argument("--cells", default=str(RESULTS / "gluestick_vla_cells"), help="where evaluated cells are kept")
-    ap.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    a = ap.parse_args()
+    a = study_parser(__doc__, config="gluestick_vla.yaml", out="gluestick", cells="gluestick_vla_cells").parse_args()
     from embodied_prune.experiments.gluestick import run_gluestick_experiment
 
     t0 = time.time()
     cfg, store = load_config(a.config), CellStore(a.cells)
     out = open_run_folder(a.out, cfg, a.overwrite, "cells", same_config=False)
-    store.run(
-        out, cfg, a.overwrite, lambda: run_gluestick_experiment(a.config, out)
-    )  # a `kill` still saves the evaluated cells
+    # the evaluated cells are saved into the store even when the run fails or is killed
+    store.run(out, cfg, a.overwrite, lambda: run_gluestick_experiment(a.config, out))
     summary = json.loads((out / "summary.json").read_text())
     cells = summary["cells"]
     for plot in ("success_vs_extra.png", "violations_vs_extra.png"):

@@ -98,6 +98,22 @@ def backbone_parameters(model) -> int:
     return sum(m.weight.numel() for m in target_layers(model).values())
 
 
+def _entry(cfg: dict, kind: str, name: str) -> dict[str, Any]:
+    """The ``pruned`` or ``recovery`` entry of ``cfg`` called ``name``."""
+    return next(i for i in cfg[kind] if i["name"] == name)
+
+
+def _calibrated(pruned: dict[str, Any]) -> bool:
+    """Whether a pruned variant's method ranks weights on calibration data (expert demonstrations here)."""
+    from ..pruning.unstructured import METHODS
+
+    return pruned["method"] in METHODS and METHODS.get(pruned["method"]).needs_calibration
+
+
+def _is_lora(recovery: dict[str, Any]) -> bool:
+    return "lora_rank" in recovery or "lora_budget" in recovery
+
+
 def cell_recipe(cfg: dict, p_name: str | None, r_name: str | None, dense_fingerprint: str) -> dict[str, Any]:
     """Everything a cell's result depends on: the dense model's fingerprint, the episodes, and the pruning and
     recovery entries with the settings they use. A kept cell whose recipe differs is evaluated again; one
@@ -110,15 +126,14 @@ def cell_recipe(cfg: dict, p_name: str | None, r_name: str | None, dense_fingerp
     }
     if p_name is None:
         return recipe
-    p = next(i for i in cfg["pruned"] if i["name"] == p_name)
-    r = next(i for i in cfg["recovery"] if i["name"] == r_name)
+    p, r = _entry(cfg, "pruned", p_name), _entry(cfg, "recovery", r_name)
     recipe |= {
         "pruned": {k: v for k, v in p.items() if k != "name"},
         "recovery": {k: v for k, v in r.items() if k != "name"},
     }
-    if p["method"] in ("wanda", "sparsegpt"):
+    if _calibrated(p):
         recipe["calibration_episodes"] = cfg["calibration_episodes"]
-    if "lora_rank" in r or "lora_budget" in r:
+    if _is_lora(r):
         recipe |= {"lora_episodes": cfg["lora_episodes"], "lora_steps": cfg["lora_steps"]}
     return recipe
 
@@ -173,8 +188,8 @@ class CellModels:
         """The checkpoint of pruned variant ``p_name`` (built if missing)."""
         from ..api import prune
 
-        p = next(i for i in self.cfg["pruned"] if i["name"] == p_name)
-        calibrated = p["method"] in ("wanda", "sparsegpt")
+        p = _entry(self.cfg, "pruned", p_name)
+        calibrated = _calibrated(p)
         recipe = {**p, "calibration_episodes": self.cfg["calibration_episodes"] if calibrated else None}
         path = self.models / _folder_name(p_name, recipe)
         if not (path / "config.json").is_file():
@@ -197,7 +212,7 @@ class CellModels:
         """Path and parameter accounting of cell ``p_name | r_name`` (its model built if missing)."""
         from ..api import recover
 
-        r = next(i for i in self.cfg["recovery"] if i["name"] == r_name)
+        r = _entry(self.cfg, "recovery", r_name)
         p_path = self.pruned(p_name)
         if not {"rank", "budget", "lora_rank", "lora_budget"} & set(r):
             return {"path": str(p_path), "extra_parameters": 0, "backbone_parameters": self.base}
@@ -205,7 +220,7 @@ class CellModels:
             f"{p_name}--{r_name}", cell_recipe(self.cfg, p_name, r_name, self.fingerprint)
         )
         side = r_path / "embodied_prune.json"
-        if not side.is_file() and ("lora_rank" in r or "lora_budget" in r):
+        if not side.is_file() and _is_lora(r):
             from ..recovery.lora import LoRASettings, lora_recover, rank_for_budget
 
             demos = self._demos("lora-demos", self.cfg["lora_episodes"], self.cfg["tasks"])
