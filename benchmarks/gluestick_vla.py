@@ -7,7 +7,7 @@ two recovered cells of one pruned variant whose extra parameters differ by at mo
 in success with a bootstrap CI over episodes (every cell plays the same scenes), and the safety violations of
 each recovery against its unrecovered pruned variant.
 
-The full grid (16 cells of 300 episodes, ~10 min each on 2 cores) outlasts one working session and ``runs/`` is
+The full grid (16 cells of 300 episodes, 5–8 min each on 2 cores) outlasts one working session and ``runs/`` is
 not kept between sessions, so the evaluated cells are also kept in ``--cells`` (committed,
 ``benchmarks/results/gluestick_vla_cells``; see ``CellStore``): a later session goes on with the cells not yet
 evaluated. A kept cell is reused only while its recipe (dense model's fingerprint, pruning and recovery
