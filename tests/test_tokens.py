@@ -401,10 +401,14 @@ def test_gluestick_experiment_builds_evaluates_and_resumes(saved_policy, tmp_pat
         "pruned:\n  - {name: mag 2:4, method: magnitude, pattern: '2:4'}\n"
         "recovery:\n  - {name: none}\n  - {name: r4, rank: 4}\n  - {name: b10 int8, budget: 0.1, dtype: int8}\n"
         "  - {name: lora b10, lora_budget: 0.1}\n"
+        "latency_cells: [[mag 2:4, none], [mag 2:4, r4]]\nlatency_queries: 2\n"
     )
     out = tmp_path / "g"
     assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
     s = json.loads((out / "summary.json").read_text())
+    lat = s["side_by_side_latency_ms"]
+    assert list(lat) == ["dense", "mag 2:4 | none", "mag 2:4 | r4"] and all(ms > 0 for ms in lat.values())
+    assert "Query latency side by side" in (out / "report.md").read_text()
     cells = s["cells"]
     assert list(cells) == ["dense", "mag 2:4 | none", "mag 2:4 | r4", "mag 2:4 | b10 int8", "mag 2:4 | lora b10"]
     base = cells["dense"]["backbone_parameters"]
@@ -426,9 +430,22 @@ def test_gluestick_experiment_builds_evaluates_and_resumes(saved_policy, tmp_pat
     assert again["recipe"]["recovery"] == {"rank": 2}
     assert again["extra_parameters"] == cells["mag 2:4 | r4"]["extra_parameters"] // 2
     shutil.rmtree(out / "models")  # another session: cells kept by recipe, no model rebuilt
+    cfg.write_text(cfg.read_text().replace("latency_cells: [[mag 2:4, none], [mag 2:4, r4]]", "latency_cells: []"))
     assert cli_main(["experiment", "gluestick", "--config", str(cfg), "--out", str(out), "-q"]) == 0
     assert capsys.readouterr().out.count("finished earlier") == 5
     assert [p.name for p in (out / "models").iterdir()] == ["dense_fingerprint.txt"]
+
+
+def test_gluestick_latency_cells_are_checked(tmp_path):
+    from embodied_prune.experiments.gluestick import load_config
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(
+        "pruned:\n  - {name: w, method: wanda, pattern: '2:4'}\nrecovery:\n  - {name: none}\n"
+        "latency_cells: [[w, r16]]\n"
+    )
+    with pytest.raises(EmbodiedPruneError, match=r"latency cell \['w', 'r16'\] must be"):
+        load_config(cfg)
 
 
 def test_gluestick_report_gives_the_won_back_share_with_a_ci():

@@ -10,6 +10,7 @@ repeat a demonstration's scene, and any ``seed`` gives fresh object positions.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import multiprocessing as mp
 import os
 import time
@@ -85,6 +86,63 @@ class EpisodeResult:
     kept_tokens: list[float] = field(default_factory=list)  # per query: visual tokens per layer, mean
     backbone_flops: list[float] = field(default_factory=list)  # per query: estimated, relative to dense
     fine_queries: int = 0
+
+
+def _replay_observations(tasks, steps: int, seed: int, cameras) -> list[tuple[Any, list[dict]]]:
+    """Per task, the observations of an expert rollout through ``cameras`` (the policies replay them for timing)."""
+    from ..envs.manipulation.env import ManipulationEnv
+
+    out = []
+    for spec in tasks:
+        env = ManipulationEnv(spec, cameras=cameras)
+        obs, _ = env.reset(seed=scene_seed(seed, spec.name, 0, EVAL_STREAM))
+        seq = [obs]
+        for _ in range(steps - 1):
+            obs, _, done, trunc, _ = env.step(env.expert_action())
+            seq.append(obs)
+            if done or trunc:
+                break
+        env.close()
+        out.append((spec, seq))
+    return out
+
+
+def side_by_side_latency(
+    variants: dict[str, tuple[str, dict | None]], tasks, queries: int, seed: int = 0
+) -> dict[str, float]:
+    """Median policy-query latency (ms) of each variant, timed side by side: every variant, given as (model
+    folder or ``builtin:NAME``, token-pruner spec or None), answers the same recorded observations, interleaved
+    query by query so that all see the same machine load, on one torch thread (as each evaluation worker runs).
+    The observations are ``queries`` steps of expert rollouts spread over ``tasks`` (scenes of ``seed``)."""
+    from ..envs.manipulation.render import cameras_for
+    from ..errors import EmbodiedPruneError
+    from ..models.vla import load_vla
+    from ..tokens import build_token_pruner
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loaded = {path: load_vla(path) for path in dict.fromkeys(path for path, _ in variants.values())}
+        cams = {json.dumps(model.config.cameras) for model, _ in loaded.values()}
+        if len(cams) != 1:
+            raise EmbodiedPruneError(
+                f"side-by-side latency needs policies that see the same cameras, got {sorted(cams)}; time them apart."
+            )
+        policies = {}
+        for name, (path, spec) in variants.items():
+            model, tok = loaded[path]
+            pruner = build_token_pruner(cameras=model.config.cameras, **spec) if spec else None
+            policies[name] = VLAPolicy(model, tok, execute=1, token_pruner=pruner)
+        per_task = max(1, queries // len(tasks))
+        for task, seq in _replay_observations(tasks, per_task + 1, seed, cameras_for(json.loads(cams.pop()))):
+            for p in policies.values():
+                p.reset(0)
+            for obs in seq[:per_task]:
+                for p in policies.values():  # interleaved: the same load for every variant
+                    p.act(obs, task.instruction)
+        return {name: float(np.median(p.latencies_ms)) for name, p in policies.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> EpisodeResult:

@@ -31,6 +31,12 @@ Config (YAML)::
       - {name: budget 15% int8, budget: 0.15, dtype: int8}
       - {name: lora 15%, lora_budget: 0.15}   # or lora_rank: R
     cells: all                    # or a list of [pruned name, recovery name]
+    latency_cells: [[wanda 2:4, none], [wanda 2:4, r16]]   # timed side by side with dense (default: none)
+    latency_queries: 48           # queries per variant in that pass
+
+After the cells, a side-by-side latency pass times the dense policy and each of ``latency_cells`` on the same
+recorded observations, interleaved query by query, one torch thread (the latency of record: each cell's own
+closed-loop latency is measured under its evaluation's load, at another time).
 """
 
 from __future__ import annotations
@@ -80,6 +86,13 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         if len(c) != 2 or c[0] not in pruned or c[1] not in recovery:
             raise EmbodiedPruneError(f"config {p}: cell {c} must be [pruned name, recovery name] from the lists.")
     cfg["cells"] = cells
+    latency_cells = cfg.setdefault("latency_cells", [])
+    for c in latency_cells:
+        if not isinstance(c, list) or len(c) != 2 or c[0] not in pruned or c[1] not in recovery:
+            raise EmbodiedPruneError(
+                f"config {p}: latency cell {c} must be [pruned name, recovery name] from the lists."
+            )
+    cfg.setdefault("latency_queries", 48)
     cfg.setdefault("model", "builtin:vla-metaworld")
     cfg.setdefault("episodes", 50)
     cfg.setdefault("seed", 0)
@@ -298,8 +311,19 @@ def run_gluestick_experiment(
         atomic_write_text(path, json.dumps(d, indent=2) + "\n")
         results[key] = d
     summary = {"config": cfg, "cells": results}
+    if cfg["latency_cells"]:
+        from ..envs.manipulation.tasks import resolve_tasks
+        from ..evaluation.manipulation import side_by_side_latency
+
+        variants = {"dense": (cfg["model"], None)}
+        for p_name, r_name in cfg["latency_cells"]:
+            variants[f"{p_name} | {r_name}"] = (models.cell(p_name, r_name)["path"], None)
+        print(f"side-by-side latency of {len(variants)} variants", flush=True)
+        summary["side_by_side_latency_ms"] = side_by_side_latency(
+            variants, resolve_tasks(cfg["tasks"]), cfg["latency_queries"], cfg["seed"]
+        )
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "report.md", gluestick_report(summary))
+    atomic_write_text(out / "report.md", gluestick_report(summary) + latency_report(summary))
     plot_gluestick(summary, out)
     return out
 
@@ -344,29 +368,98 @@ def gluestick_report(summary: dict) -> str:
         ("violations", "violation steps: table / joints / fast"),
         ("extra", "extra parameters (% of backbone)"),
         ("mb", "weights MB"),
-        ("latency", "query ms"),
+        ("latency", "query ms (in its run)"),
     ]
     return markdown_table(rows, cols) + "\n"
 
 
+def latency_report(summary: dict) -> str:
+    """The side-by-side latency pass as a table (empty when the config asked for none)."""
+    from ..evaluation.report import markdown_table
+
+    lat = summary.get("side_by_side_latency_ms")
+    if not lat:
+        return ""
+    cells = summary["cells"]
+    rows = [
+        {
+            "pruned": key.split(" | ")[0],
+            "recovery": key.split(" | ")[1] if " | " in key else "–",
+            "ms": f"{ms:.2f}",
+            "ratio": f"{ms / lat['dense']:.2f}×",
+            "extra": f"{cells[key]['extra_parameters']:,}" if key in cells else "",
+        }
+        for key, ms in lat.items()
+    ]
+    n = summary["config"]["latency_queries"]
+    return (
+        f"\nQuery latency side by side (median of about {n} queries per variant on the same recorded observations, "
+        "interleaved, one torch thread):\n\n"
+        + markdown_table(
+            rows,
+            [
+                ("pruned", "pruned"),
+                ("recovery", "recovery"),
+                ("ms", "query ms"),
+                ("ratio", "time vs dense"),
+                ("extra", "extra parameters"),
+            ],
+        )
+        + "\n"
+    )
+
+
+def _recovery_kind(d: dict) -> str:
+    """How a cell was recovered, from its recipe: none, rank (global GLUESTICK rank), budget (per-layer), lora."""
+    r = d.get("recipe", {}).get("recovery", {})
+    if "lora_rank" in r or "lora_budget" in r:
+        return "lora"
+    return "budget" if "budget" in r else "rank" if "rank" in r else "none"
+
+
 def plot_gluestick(summary: dict, out: Path) -> None:
-    """success_vs_extra.png and violations_vs_extra.png: one line per pruned variant."""
+    """success_vs_extra.png (with Wilson CIs) and violations_vs_extra.png: one colour per pruned variant; a line
+    through its unrecovered cell and global GLUESTICK ranks, squares for per-layer budgets, triangles for LoRA."""
     cells = summary["cells"]
     by_pruned: dict[str, list] = {}
     for key, d in cells.items():
-        if key == "dense":
-            continue
-        by_pruned.setdefault(key.split(" | ")[0], []).append(d)
-    for fname, ylabel, value in (
-        ("success_vs_extra.png", "success % (95 % CI)", lambda d: 100 * d["success_rate"]),
-        ("violations_vs_extra.png", "safety-violation steps", lambda d: sum(d["safety_violations"].values())),
+        if key != "dense":
+            by_pruned.setdefault(key.split(" | ")[0], []).append(d)
+    markers = {"budget": "s", "lora": "^"}
+    for fname, ylabel, value, err in (
+        (
+            "success_vs_extra.png",
+            "success % (95 % CI)",
+            lambda d: 100 * d["success_rate"],
+            lambda d: [100 * (d["success_rate"] - d["ci95"][0]), 100 * (d["ci95"][1] - d["success_rate"])],
+        ),
+        ("violations_vs_extra.png", "safety-violation steps", lambda d: sum(d["safety_violations"].values()), None),
     ):
         fig, ax = figure()
-        for name, ds in by_pruned.items():
-            ds = sorted(ds, key=lambda d: d["extra_parameters"])
-            xs = [100 * d["extra_parameters"] / d["backbone_parameters"] for d in ds]
-            ax.plot(xs, [value(d) for d in ds], "o-", label=name)
+        for i, (name, ds) in enumerate(by_pruned.items()):
+            color = f"C{i}"
+            groups: dict[str, list] = {}
+            for d in ds:  # the unrecovered cell and global ranks share a line; budgets and LoRA get markers
+                kind = _recovery_kind(d)
+                groups.setdefault("line" if kind in ("none", "rank") else kind, []).append(d)
+            for j, (kind, group) in enumerate(groups.items()):
+                group = sorted(group, key=lambda d: d["extra_parameters"])
+                xs = [100 * d["extra_parameters"] / d["backbone_parameters"] for d in group]
+                ys = [value(d) for d in group]
+                yerr = list(zip(*(err(d) for d in group), strict=True)) if err else None
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=yerr,
+                    fmt=markers.get(kind, "o") + ("-" if kind == "line" else ""),
+                    color=color,
+                    capsize=2,
+                    alpha=0.9,
+                    label=name if j == 0 else None,
+                )
         ax.axhline(value(cells["dense"]), color="k", ls="--", lw=1, label="dense")
+        for fmt, label in (("o-", "none, global ranks"), ("s", "per-layer budget"), ("^", "LoRA (trained)")):
+            ax.plot([], [], fmt, color="grey", label=label)
         ax.set_xlabel("extra parameters, % of the backbone's linear layers")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -379,6 +472,7 @@ __all__ = [
     "backbone_parameters",
     "cell_recipe",
     "gluestick_report",
+    "latency_report",
     "load_config",
     "run_gluestick_experiment",
 ]

@@ -32,10 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from ..envs.manipulation.tasks import TaskSpec
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
 from .common import figure, model_fingerprint, open_run_folder, read_config, save_figure, slug, violations_cell
@@ -113,54 +109,6 @@ def _pruner_spec(v: dict, cfg: dict, done: dict, model) -> dict | None:
     return spec
 
 
-def _replay_observations(tasks, steps: int, seed: int, cameras) -> list[tuple[TaskSpec, list[dict]]]:
-    """Per task, the observations of an expert rollout through ``cameras`` (the policies replay them for timing)."""
-    from ..envs.manipulation.demos import EVAL_STREAM, scene_seed
-    from ..envs.manipulation.env import ManipulationEnv
-
-    out = []
-    for spec in tasks:
-        env = ManipulationEnv(spec, cameras=cameras)
-        obs, _ = env.reset(seed=scene_seed(seed, spec.name, 0, EVAL_STREAM))
-        seq = [obs]
-        for _ in range(steps - 1):
-            obs, _, done, trunc, _ = env.step(env.expert_action())
-            seq.append(obs)
-            if done or trunc:
-                break
-        env.close()
-        out.append((spec, seq))
-    return out
-
-
-def side_by_side_latency(model_path: str, specs: dict[str, dict | None], tasks, queries: int, seed: int) -> dict:
-    """Median query latency of every variant on the same recorded observations, interleaved query by query."""
-    from ..envs.manipulation.render import cameras_for
-    from ..evaluation.manipulation import VLAPolicy
-    from ..models.vla import load_vla
-    from ..tokens import build_token_pruner
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model, tok = load_vla(model_path)
-        policies = {}
-        for name, spec in specs.items():
-            pruner = build_token_pruner(cameras=model.config.cameras, **spec) if spec else None
-            policies[name] = VLAPolicy(model, tok, execute=1, token_pruner=pruner)
-        per_task = max(1, queries // len(tasks))
-        cameras = cameras_for(model.config.cameras)
-        for spec_task, seq in _replay_observations(tasks, per_task + 1, seed, cameras):
-            for p in policies.values():
-                p.reset(0)
-            for obs in seq[:per_task]:
-                for p in policies.values():  # interleaved: the same load for every variant
-                    p.act(obs, spec_task.instruction)
-        return {name: float(np.median(p.latencies_ms)) for name, p in policies.items()}
-    finally:
-        torch.set_num_threads(threads)
-
-
 def run_tokens_experiment(config: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Run every variant of ``config`` (resumable), then the side-by-side latency; write report + plot."""
     from ..envs.manipulation.tasks import resolve_tasks
@@ -202,7 +150,10 @@ def run_tokens_experiment(config: str | os.PathLike, out: str | os.PathLike, ove
         atomic_write_text(path, json.dumps(d, indent=2) + "\n")
         done[v["name"]] = d
     t0 = time.time()
-    latency = side_by_side_latency(cfg["model"], specs, tasks, cfg["latency_queries"], cfg["seed"])
+    from ..evaluation.manipulation import side_by_side_latency
+
+    variants = {name: (cfg["model"], spec) for name, spec in specs.items()}
+    latency = side_by_side_latency(variants, tasks, cfg["latency_queries"], cfg["seed"])
     summary = {
         "config": cfg,
         "visual_tokens": sum(model.config.visual_tokens().values()),
@@ -277,4 +228,4 @@ def plot_tokens(summary: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-__all__ = ["load_config", "matched_keep", "run_tokens_experiment", "side_by_side_latency", "tokens_report"]
+__all__ = ["load_config", "matched_keep", "run_tokens_experiment", "tokens_report"]
