@@ -99,3 +99,38 @@ def test_a_bf16_checkpoint_with_tied_embeddings_is_saved_as_it_was_stored(tmp_pa
     assert (out / "model.safetensors").stat().st_size == pytest.approx(size, rel=0.01)  # lm_head not written twice
     model = ep.load_model(out)
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+# --- 2:4 weights for PyTorch's semi-structured sparse kernels -------------------------------------------
+
+
+def test_two_four_detection_and_what_a_2_4_pruned_model_offers_the_sparse_kernels(calib):
+    from embodied_prune.pruning.semi_structured import is_two_four, two_four_layers
+
+    w = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0]])
+    assert is_two_four(w)
+    assert not is_two_four(torch.tensor([[1.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0]]))  # three in one group
+    assert not is_two_four(torch.zeros(2, 6))  # inputs not a multiple of four
+    model = build_tiny("llama")
+    assert two_four_layers(model) == {}
+    prune_unstructured(model, "wanda", 0.0, pattern=(2, 4), calibration=calib, layers=(1, 2), progress=False)
+    found = two_four_layers(model)
+    layer1 = [n for n, m in model.named_modules() if ".layers.1." in n and isinstance(m, torch.nn.Linear)]
+    assert found and set(found) == set(layer1)  # exactly the pruned layer's linears
+
+
+def test_sparse_kernels_are_refused_with_a_reason_where_they_cannot_run(calib):
+    from embodied_prune.pruning.semi_structured import (
+        semi_structured_unsupported,
+        shape_dtype_problem,
+        to_semi_structured,
+    )
+
+    assert "CUDA GPU" in semi_structured_unsupported("cpu")
+    model = build_tiny("llama")
+    prune_unstructured(model, "magnitude", 0.0, pattern=(2, 4), calibration=calib, progress=False)
+    with pytest.raises(EmbodiedPruneError, match="need a CUDA GPU"):
+        to_semi_structured(model)
+    assert "dtype" in shape_dtype_problem(torch.zeros(64, 64, dtype=torch.float64))
+    assert "multiples of" in shape_dtype_problem(torch.zeros(40, 64, dtype=torch.float16))
+    assert shape_dtype_problem(torch.zeros(64, 128, dtype=torch.float16)) is None
