@@ -14,7 +14,8 @@ evaluated. A kept cell is reused only while its recipe (dense model's fingerprin
 settings, episodes) is unchanged. The latency of record is the experiment's side-by-side pass over the config's
 ``latency_cells`` (dense and 2:4 Wanda with each recovery on the same observations, interleaved, one thread),
 run anew on every invocation: it builds those cells' models when they are missing (pruning, SVDs and one LoRA
-fit, about 6 min). Each cell's closed-loop latency is also listed, measured under its own evaluation's load.
+fit: minutes, not hours; rebuilding three of them took most of a 4.9 min run here). Each cell's closed-loop
+latency is also listed, measured under its own evaluation's load.
 
 python benchmarks/gluestick_vla.py [--config configs/gluestick_vla.yaml] [--out runs/gluestick] [--cells DIR]
 """
