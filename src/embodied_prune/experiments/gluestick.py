@@ -82,16 +82,13 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     pruned, recovery = [i["name"] for i in cfg["pruned"]], [i["name"] for i in cfg["recovery"]]
     if cells == "all":
         cells = [list(c) for c in itertools.product(pruned, recovery)]
-    for c in cells:
-        if len(c) != 2 or c[0] not in pruned or c[1] not in recovery:
-            raise EmbodiedPruneError(f"config {p}: cell {c} must be [pruned name, recovery name] from the lists.")
     cfg["cells"] = cells
-    latency_cells = cfg.setdefault("latency_cells", [])
-    for c in latency_cells:
-        if not isinstance(c, list) or len(c) != 2 or c[0] not in pruned or c[1] not in recovery:
-            raise EmbodiedPruneError(
-                f"config {p}: latency cell {c} must be [pruned name, recovery name] from the lists."
-            )
+    for label, key in (("cell", "cells"), ("latency cell", "latency_cells")):
+        for c in cfg.setdefault(key, []):
+            if not isinstance(c, list) or len(c) != 2 or c[0] not in pruned or c[1] not in recovery:
+                raise EmbodiedPruneError(
+                    f"config {p}: {label} {c} must be [pruned name, recovery name] from the lists."
+                )
     cfg.setdefault("latency_queries", 48)
     cfg.setdefault("model", "builtin:vla-metaworld")
     cfg.setdefault("episodes", 50)

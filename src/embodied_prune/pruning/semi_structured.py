@@ -41,11 +41,10 @@ def _sparse_class():
 
 def shape_dtype_problem(weight: torch.Tensor) -> str | None:
     """Why the sparse kernels would refuse ``weight`` (dtype, or a dimension not a multiple of their tile), or None."""
-    limits = _sparse_class()._DTYPE_SHAPE_CONSTRAINTS.get(weight.dtype)
+    constraints = _sparse_class()._DTYPE_SHAPE_CONSTRAINTS
+    limits = constraints.get(weight.dtype)
     if limits is None:
-        return (
-            f"dtype {weight.dtype} (the kernels take {', '.join(map(str, _sparse_class()._DTYPE_SHAPE_CONSTRAINTS))})"
-        )
+        return f"dtype {weight.dtype} (the kernels take {', '.join(map(str, constraints))})"
     rows, cols = weight.shape
     if rows % limits.sparse_min_rows or cols % limits.sparse_min_cols:
         return f"shape {tuple(weight.shape)} (needs multiples of {limits.sparse_min_rows} × {limits.sparse_min_cols})"
