@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from embodied_prune.envs.driving.constraints import CONSTRAINTS, constraint_error, constraint_satisfied
 from embodied_prune.envs.driving.instructions import (
@@ -296,6 +297,51 @@ def test_sft_then_grpo_smoke(smoke_controllers):
     assert history[0]["steps_done"] == 2
     assert json.loads((sft / "embodied_prune.json").read_text())["history"][0]["steps_done"] == 2
     assert load_tokenizer(grpo) is not None and load_model(grpo).config.model_type == "qwen2"
+
+
+def test_anchor_batches_train_on_the_answer_only():
+    from embodied_prune.training.anchor import AnchorBatches
+    from embodied_prune.training.controller import train_tokenizer
+    from embodied_prune.training.driving import sft_dataset
+
+    tok = train_tokenizer(n_texts=200)
+    rows = sft_dataset(generate_split("train", 6), seed=0)
+    batches = AnchorBatches(rows, tok, batch_size=4, seed=3)
+    b = batches.sample()
+    assert b["input_ids"].shape[0] == 4 and b["input_ids"].shape == b["labels"].shape == b["attention_mask"].shape
+    texts = {r["prompt"] + r["completion"] for r in rows}
+    for ids, mask, labels in zip(b["input_ids"], b["attention_mask"], b["labels"], strict=True):
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any() and (ids[n:] == tok.pad_token_id).all()  # right-padded
+        assert tok.decode(ids[: n - 1]) in texts and ids[n - 1] == tok.eos_token_id
+        answer = labels[labels != -100]
+        assert tok.decode(answer[:-1]).startswith("<answer>") and tok.decode(answer[:-1]).endswith("</answer>")
+        assert (labels[n:] == -100).all()
+    again = AnchorBatches(rows, tok, batch_size=4, seed=3).sample()
+    assert all(torch.equal(again[k], b[k]) for k in b)  # seeded
+
+
+def test_anchored_grpo_keeps_the_teacher_loss_down(smoke_controllers, tmp_path):
+    """Same GRPO steps with and without the teacher anchor: the anchored run ends with the lower SFT loss on
+    teacher labels (what it is there to protect) and logs its anchor term."""
+    from embodied_prune.models import load_model, load_tokenizer
+    from embodied_prune.training.anchor import AnchorBatches
+    from embodied_prune.training.driving import GRPOSettings, sft_dataset, train_grpo
+
+    sft, _ = smoke_controllers
+    common = dict(steps=3, prompts_per_step=2, num_generations=2, workers=1, n_train=8, learning_rate=3e-3)
+    plain = train_grpo(sft, tmp_path / "plain", GRPOSettings(**common), progress=False)
+    anchored = train_grpo(sft, tmp_path / "anchored", GRPOSettings(**common, anchor_coef=5.0), progress=False)
+    rows = sft_dataset(generate_split("train", 64), seed=0)
+    batch = AnchorBatches(rows, load_tokenizer(sft), batch_size=64).sample()
+    with torch.no_grad():
+        loss = {p: load_model(p)(**batch).loss.item() for p in (sft, plain, anchored)}
+    assert loss[anchored] < loss[sft] and loss[anchored] < loss[plain]
+    record = json.loads((anchored / "embodied_prune.json").read_text())["history"][-1]
+    assert record["anchor_coef"] == 5.0 and record["steps_done"] == 3
+    with pytest.raises(EmbodiedPruneError, match="anchor_coef"):
+        train_grpo(sft, tmp_path / "bad", GRPOSettings(**common, anchor_coef=-1.0), progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_grpo_rewards_prefer_the_answer_that_drives_better():

@@ -76,6 +76,10 @@ class GRPOSettings:
     scenarios: int = 2  # traffic scenarios each sampled answer is driven in (its reward is their mean)
     workers: int = 2
     n_train: int = N_TRAIN
+    # Teacher anchor (InstructGPT's PPO-ptx, see :mod:`.anchor`): this × the SFT loss of a batch of
+    # ``anchor_batch`` teacher-labelled training instructions joins every GRPO step's loss; 0 = plain GRPO.
+    anchor_coef: float = 0.0
+    anchor_batch: int = 32
     seed: int = 0
 
 
@@ -251,6 +255,10 @@ def train_grpo(
     from trl import GRPOConfig, GRPOTrainer
 
     s = settings or GRPOSettings()
+    if s.anchor_coef < 0 or s.anchor_batch < 1:
+        raise EmbodiedPruneError(
+            f"GRPO's teacher anchor needs anchor_coef ≥ 0 and anchor_batch ≥ 1; got {s.anchor_coef}, {s.anchor_batch}."
+        )
     scratch = _prepare(out, overwrite, s.seed)
     model = load_model(init, with_factors=False)
     for cb in callbacks or []:
@@ -288,19 +296,30 @@ def train_grpo(
         dataloader_num_workers=0,
     )
     t0 = time.time()
+    instructions = generate_split("train", s.n_train)
+    trainer_kwargs: dict[str, Any] = dict(
+        model=model,
+        reward_funcs=rewards.functions(),
+        args=args,
+        train_dataset=grpo_dataset(instructions),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+    trainer_cls = GRPOTrainer
+    if s.anchor_coef:
+        from .anchor import AnchorBatches, AnchoredGRPOTrainer
+
+        # the same instructions GRPO samples, labelled as SFT labels them (jittered teacher, seeded)
+        anchor = AnchorBatches(sft_dataset(instructions, s.seed), tok, s.anchor_batch, s.seed)
+        trainer_kwargs.update(anchor=anchor, anchor_coef=s.anchor_coef)
+        trainer_cls = AnchoredGRPOTrainer
     try:
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=rewards.functions(),
-            args=args,
-            train_dataset=grpo_dataset(generate_split("train", s.n_train)),
-            processing_class=tok,
-            callbacks=callbacks,
-        )
+        trainer = trainer_cls(**trainer_kwargs)
         for cb in callbacks or []:
             if isinstance(cb, PruningCallback):
                 cb.attach(trainer)  # the KL reference is cut with the policy
         keys = ("reward", "rewards/closed_loop/mean", "completions/mean_length")
+        keys += ("anchor_loss",) if s.anchor_coef else ()
         use_compact_progress(trainer, keys, progress and trainer.accelerator.is_main_process)
         _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
     finally:
