@@ -5,7 +5,10 @@ traffic, RobotxR1's definition) with bootstrap 95 % CIs, the share of instructio
 met (Wilson CI), collisions, parse failures; the paired GRPO − SFT difference per size (bootstrap over
 instructions); and each controller's training wall time, read from its checkpoint's side file.
 
-python benchmarks/driving_controllers.py [--instructions 300] [--seeds own 1]
+The GRPO − SFT difference is also split into the instructions that pair constraint types never paired in
+training (the held-out combinations) and the rest: RL on training instructions can help one and hurt the other.
+
+python benchmarks/driving_controllers.py [--instructions 300] [--seeds own 1] [--episodes 3]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from _common import write_result
 from embodied_prune.bench.speed import count_parameters
-from embodied_prune.envs.driving.instructions import generate_split, teacher_params
+from embodied_prune.envs.driving.instructions import generate_split, has_held_out_combo, teacher_params
 from embodied_prune.envs.driving.params import format_answer
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
 from embodied_prune.evaluation.driving import evaluate_driving, score_completions
@@ -36,31 +39,40 @@ def main() -> None:
         default=["own", "1"],
         help="traffic: 'own' (each instruction's scenario) and/or integer seeds of fresh scenarios",
     )
+    ap.add_argument(
+        "--episodes",
+        type=int,
+        default=3,
+        help="traffic scenarios per instruction, the instruction's own first (default 3: averages traffic noise)",
+    )
     a = ap.parse_args()
     t0 = time.time()
     test = generate_split("test", a.instructions)
+    held = [has_held_out_combo(x) for x in test]
     # The reference SFT imitates: the teacher's un-jittered answers, scored on the same traffic.
     teacher = [format_answer(teacher_params(x.constraints)) for x in test]
     rows, data, reductions = [], {"instructions": a.instructions, "runs": []}, {}
     with ClosedLoopScorer(workers=2) as scorer:
         for seed_name in a.seeds:
             seed = None if seed_name == "own" else int(seed_name)
-            d = score_completions(test, teacher, seed=seed, name="teacher", scorer=scorer).to_dict()
+            d = score_completions(test, teacher, seed, a.episodes, name="teacher", scorer=scorer).to_dict()
             rows.append(_row(seed_name, "teacher (SFT labels, no jitter)", "–", d, "–", "–"))
-            d.pop("per_instruction")
+            for key in ("per_instruction", "reductions"):
+                d.pop(key)
             data["runs"].append({**d, "traffic": seed_name})
             for size in SIZES:
                 for stage in ("sft", "grpo"):
                     name = f"builtin:driving-{size}-{stage}"
                     model, tok = load_model(name), load_tokenizer(name)
-                    d = evaluate_driving(model, tok, test, seed=seed, name=name, scorer=scorer).to_dict()
+                    d = evaluate_driving(model, tok, test, seed, a.episodes, name=name, scorer=scorer).to_dict()
                     side = json.loads((Path(resolve_model_path(name)) / "embodied_prune.json").read_text())
                     record = side["history"][-1]
                     train_s = record["wall_s"]
-                    reductions[(seed_name, size, stage)] = [r["reduction"] for r in d["per_instruction"]]
+                    reductions[(seed_name, size, stage)] = d["reductions"]
                     params = count_parameters(model)[0]
                     rows.append(_row(seed_name, name, params, d, f"{train_s / 60:.1f}", _recipe(record)))
-                    d.pop("per_instruction")
+                    for key in ("per_instruction", "reductions"):
+                        d.pop(key)
                     data["runs"].append({**d, "traffic": seed_name, "train_wall_s": train_s})
                     print(rows[-1], flush=True)
     table = markdown_table(
@@ -82,11 +94,17 @@ def main() -> None:
     for seed_name in a.seeds:
         for size in SIZES:
             sft, grpo = reductions[(seed_name, size, "sft")], reductions[(seed_name, size, "grpo")]
-            pairs = [(x, y) for x, y in zip(sft, grpo, strict=True) if x is not None and y is not None]
-            mean, lo, hi = paired_diff_ci([x for x, _ in pairs], [y for _, y in pairs])
-            diffs.append(
-                {"traffic": seed_name, "size": size, "diff": percent_ci(mean, (lo, hi), unit=""), "n": len(pairs)}
-            )
+            row = {"traffic": seed_name, "size": size}
+            for part, keep in (("diff", None), ("held", True), ("rest", False)):
+                pairs = [
+                    (x, y)
+                    for x, y, h in zip(sft, grpo, held, strict=True)
+                    if x is not None and y is not None and keep in (None, h)
+                ]
+                mean, lo, hi = paired_diff_ci([x for x, _ in pairs], [y for _, y in pairs])
+                row[part] = percent_ci(mean, (lo, hi), unit="")
+                row[f"n_{part}"] = len(pairs)
+            diffs.append(row)
     data["grpo_minus_sft"] = diffs
     diff_table = markdown_table(
         diffs,
@@ -94,13 +112,19 @@ def main() -> None:
             ("traffic", "traffic"),
             ("size", "size"),
             ("diff", "GRPO − SFT adaptability, points (paired 95 % CI)"),
-            ("n", "instructions"),
+            ("n_diff", "instructions"),
+            ("held", "on held-out combinations"),
+            ("n_held", "instructions"),
+            ("rest", "on the rest"),
+            ("n_rest", "instructions"),
         ],
     )
     body = (
         f"{a.instructions} test-split instructions (paraphrase pairs, joiners, prefixes and three constraint "
         "combinations never seen in training); traffic 'own' is each instruction's scenario, an integer is a "
-        "seed for fresh scenarios. One greedy answer and one 15 s highway-env episode per instruction.\n\n"
+        "seed for fresh scenarios (the own traffic's further episodes are seeded scenarios too). One greedy answer "
+        f"per instruction, driven in {a.episodes} 15 s highway-env episode(s); an instruction's reduction is the "
+        "mean over its episodes.\n\n"
         f"{table}\n\n{diff_table}\n\n"
         "Adaptability: mean over instructions of the relative task-error reduction vs the default parameters "
         "on the same traffic, each clipped to [−4, 1]; CIs by bootstrap over instructions (5000 resamples). "
@@ -120,6 +144,7 @@ def _recipe(record: dict) -> str:
     return (
         f"GRPO: {record['steps']} steps × {record['prompts_per_step']} prompts × {record['num_generations']}, "
         f"lr {record['learning_rate']:g}, β {record['beta']:g}"
+        + (f", teacher anchor {record['anchor_coef']:g}" if record.get("anchor_coef") else "")
     )
 
 

@@ -61,10 +61,7 @@ def main() -> None:
                 model, tok, instructions, name=name, progress=False, scorer=scorer
             ).to_dict()
             print(f"{name}: adaptability {100 * reports[name]['adaptability']:.1f} %", flush=True)
-    red = {
-        n: np.array([np.nan if r["reduction"] is None else r["reduction"] for r in d["per_instruction"]])
-        for n, d in reports.items()
-    }
+    red = {n: np.array([np.nan if r is None else r for r in d["reductions"]]) for n, d in reports.items()}
     ok = np.all([~np.isnan(v) for v in red.values()], axis=0)
     red = {n: 100 * v[ok] for n, v in red.items()}
     rows = []
@@ -105,7 +102,9 @@ def main() -> None:
     )
     data = {
         "rows": rows,
-        "reports": {n: {k: v for k, v in d.items() if k != "per_instruction"} for n, d in reports.items()},
+        "reports": {
+            n: {k: v for k, v in d.items() if k not in ("per_instruction", "reductions")} for n, d in reports.items()
+        },
     }
     write_result(
         "gluestick_driving",

@@ -17,6 +17,7 @@ from embodied_prune.envs.driving.instructions import (
     PHRASES,
     Instruction,
     generate_split,
+    has_held_out_combo,
     load_instructions,
     teacher_params,
     write_instructions,
@@ -212,6 +213,9 @@ def test_splits_hold_out_paraphrases_and_combinations():
 
     assert not combos(train) & HELD_OUT_COMBOS
     assert combos(test) & HELD_OUT_COMBOS
+    assert not any(map(has_held_out_combo, train))
+    assert [has_held_out_combo(x) for x in test] == [bool(combos([x]) & HELD_OUT_COMBOS) for x in test]
+    assert sum(map(has_held_out_combo, test)) >= len(test) // 3  # every third test instruction, at least
     assert generate_split("test", 20) == test[:20]
 
 
@@ -297,6 +301,24 @@ def test_sft_then_grpo_smoke(smoke_controllers):
     assert history[0]["steps_done"] == 2
     assert json.loads((sft / "embodied_prune.json").read_text())["history"][0]["steps_done"] == 2
     assert load_tokenizer(grpo) is not None and load_model(grpo).config.model_type == "qwen2"
+
+
+def test_report_averages_episodes_per_instruction():
+    """Several episodes of one instruction are averaged before the CI resamples instructions."""
+    from embodied_prune.envs.driving.scoring import InstructionScore
+    from embodied_prune.evaluation.driving import DrivingReport
+
+    def score(i: str, reduction: float | None, satisfied: bool) -> InstructionScore:
+        return InstructionScore(i, "t", "c", None, 1.0, 1.0, reduction, satisfied, False, False, None)
+
+    scores = [score("a", 1.0, True), score("a", 0.0, False), score("a", 0.5, True), score("b", -1.0, False)]
+    scores += [score("b", None, False), score("b", -2.0, False)]
+    d = DrivingReport("m", scores, None, 3, 0.0).to_dict()
+    assert d["instructions"] == 2 and d["episodes"] == 6 and len(d["per_instruction"]) == 6
+    assert d["reductions"] == [0.5, -1.5] and d["adaptability"] == -0.5  # not the episode mean, −0.3
+    assert d["satisfied"] == 2 / 6 and d["ci95"][0] == -1.5 and d["ci95"][1] == 0.5  # two units, resampled
+    one = DrivingReport("m", [score("a", 0.25, True), score("b", None, False)], None, 1, 0.0).to_dict()
+    assert one["reductions"] == [0.25, None] and one["adaptability"] == 0.25
 
 
 def test_anchor_batches_train_on_the_answer_only():

@@ -51,18 +51,41 @@ class DrivingReport:
     episodes: int
     wall_s: float
 
+    def _by_instruction(self) -> dict[str, list[InstructionScore]]:
+        groups: dict[str, list[InstructionScore]] = {}
+        for s in self.scores:
+            groups.setdefault(s.id, []).append(s)
+        return groups
+
+    def instruction_reductions(self) -> list[float | None]:
+        """Each instruction's mean reduction over its scored episodes (None when none could be scored), in
+        instruction order: the unit the adaptability CI resamples, and what paired comparisons pair."""
+        out = []
+        for group in self._by_instruction().values():
+            valid = [s.reduction for s in group if s.reduction is not None]
+            out.append(sum(valid) / len(valid) if valid else None)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        valid = [s.reduction for s in self.scores if s.reduction is not None]
+        """Aggregates over instructions (episodes of one instruction are averaged first, so the CIs resample
+        instructions, not correlated episodes of the same one) and the per-episode records."""
+        reductions = self.instruction_reductions()
+        valid = [r for r in reductions if r is not None]
         n = len(self.scores)
         sat = sum(s.satisfied for s in self.scores)
         mean = sum(valid) / len(valid) if valid else float("nan")
+        if self.episodes == 1:
+            sat_ci = wilson_ci(sat, n)
+        else:
+            sat_ci = bootstrap_mean_ci([sum(s.satisfied for s in g) / len(g) for g in self._by_instruction().values()])
         return {
             "model": self.model,
             "adaptability": mean,
             "ci95": list(bootstrap_mean_ci(valid)),
             "satisfied": sat / n if n else float("nan"),
-            "satisfied_ci95": list(wilson_ci(sat, n)),
-            "instructions": len({s.id for s in self.scores}),
+            "satisfied_ci95": list(sat_ci),
+            "instructions": len(reductions),
+            "reductions": reductions,
             "episodes": n,
             "episodes_per_instruction": self.episodes,
             "collisions": sum(s.collision for s in self.scores),
@@ -72,7 +95,7 @@ class DrivingReport:
             "seed": self.seed,
             "wall_s": self.wall_s,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "per_instruction": [s.to_dict() for s in self.scores],
+            "per_instruction": [s.to_dict() for s in self.scores],  # one record per episode
         }
 
     def markdown(self) -> str:

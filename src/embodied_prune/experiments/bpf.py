@@ -332,7 +332,7 @@ def run_bpf_experiment(
                     "satisfied": d["satisfied"],
                     "collisions": d["collisions"],
                     "parse_failures": d["parse_failures"],
-                    "reductions": [r["reduction"] for r in d["per_instruction"]],
+                    "reductions": d["reductions"],
                     "train_s": builder.train_s - before,
                     "eval_s": d["wall_s"],
                 }

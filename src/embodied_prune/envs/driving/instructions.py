@@ -187,6 +187,12 @@ def _phrase_value_consistent(c: dict[str, Any], template: str) -> dict[str, Any]
     return c
 
 
+def has_held_out_combo(instruction: Instruction) -> bool:
+    """Whether ``instruction`` pairs two constraint types that the train split never pairs (:data:`HELD_OUT_COMBOS`)."""
+    kinds = [c["type"] for c in instruction.constraints]
+    return any(frozenset((a, b)) in HELD_OUT_COMBOS for i, a in enumerate(kinds) for b in kinds[i + 1 :])
+
+
 def generate_split(split: str, n: int) -> list[Instruction]:
     """``n`` instructions of the built-in ``split`` (train, val or test), deterministic."""
     if split not in SPLIT_SEEDS:
