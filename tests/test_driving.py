@@ -424,6 +424,9 @@ def test_eval_cli_rejects_a_malformed_file(smoke_controllers, tmp_path, capsys):
     [
         ("train driving --stage grpo --out {out}", "--init"),
         ("train driving --stage sft --init x --out {out}", "--init is for --stage grpo"),
+        ("train driving --stage sft --anchor 1 --out {out}", "--anchor are for --stage grpo"),
+        ("train driving --stage grpo --init builtin:driving-s-sft --anchor -1 --out {out}", "anchor_coef ≥ 0"),
+        ("train manipulation --demos x --beta 0.1 --out {out}", "--beta and --anchor are for train driving"),
         ("train driving --stage sft --size xl --out {out}", "invalid choice"),
         ("train driving --stage sft --cuts 3 --out {out}", "need --prune-to"),
         ("train driving --stage sft --prune-to 0.5 --cuts 3 --cut-every 40 --max-steps 100 --out {out}", "step 120"),

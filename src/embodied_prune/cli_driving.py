@@ -26,6 +26,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.stage == "sft":
         if a.init:
             raise EmbodiedPruneError("--init is for --stage grpo; SFT trains a fresh controller of --size.")
+        if a.beta is not None or a.anchor is not None:
+            raise EmbodiedPruneError("--beta and --anchor are for --stage grpo.")
         given = {"epochs": a.epochs, "learning_rate": a.learning_rate, "max_steps": a.max_steps}
         s = SFTSettings(size=a.size, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
         from .training.controller import train_tokenizer
@@ -36,7 +38,7 @@ def cmd_train(a: argparse.Namespace) -> None:
             raise EmbodiedPruneError(
                 "--stage grpo needs --init, the SFT controller to start from (e.g. builtin:driving-l-sft)."
             )
-        given = {"learning_rate": a.learning_rate, "steps": a.max_steps}
+        given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "beta": a.beta, "anchor_coef": a.anchor}
         s = GRPOSettings(seed=a.seed, workers=a.workers, **{k: v for k, v in given.items() if v is not None})
         from .models.checkpoint import load_tokenizer
 
@@ -162,6 +164,14 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--epochs", type=float, help="sft: epochs over the 16,000 training instructions (default 1.5)")
     sp.add_argument("--max-steps", type=int, help="optimizer steps (sft: overrides --epochs; grpo default 150)")
     sp.add_argument("--learning-rate", type=float, help="learning rate (sft default 2e-3, grpo default 2e-4)")
+    sp.add_argument("--beta", type=float, help="grpo: KL coefficient to the --init controller (default 0.02)")
+    sp.add_argument(
+        "--anchor",
+        type=float,
+        metavar="COEF",
+        help="grpo: add COEF × the SFT loss on teacher-labelled training instructions to every step "
+        "(InstructGPT's PPO-ptx; keeps what RL does not sample, e.g. unseen constraint combinations; default 0)",
+    )
     sp.add_argument("--workers", type=int, default=2, help="grpo: simulator processes (default 2)")
     sp.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     sp.add_argument("--prune-to", type=float, metavar="SPARSITY", help="prune during training to this sparsity")

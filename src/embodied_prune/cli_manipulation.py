@@ -43,8 +43,10 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError(
             "train manipulation needs --demos DIR (make one with `embodied-prune demos manipulation`)."
         )
-    if a.stage or a.init:
-        raise EmbodiedPruneError("--stage and --init are for train driving; manipulation trains by behaviour cloning.")
+    if a.stage or a.init or a.beta is not None or a.anchor is not None:
+        raise EmbodiedPruneError(
+            "--stage, --init, --beta and --anchor are for train driving; manipulation trains by behaviour cloning."
+        )
     if a.prune_to is not None or a.save_every or a.resume:
         raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")
     given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "batch_size": a.batch_size}
