@@ -92,9 +92,8 @@ def pruned_query(model, pruner, images, input_ids, attention_mask, proprio, bos_
     key_valid = mask[0].bool()
     hidden = x
     position_ids = positions.unsqueeze(0)
-    causal = create_causal_mask(
-        config=bb.config, inputs_embeds=hidden, attention_mask=mask, past_key_values=None, position_ids=position_ids
-    )
+    # positional: the cache argument (none here) was renamed from past_key_values to cache within transformers 5
+    causal = create_causal_mask(bb.config, hidden, mask, None, position_ids=position_ids)
     pe = bb.rotary_emb(hidden, position_ids=position_ids)
     counts = []
     layers = bb.layers[: bb.config.num_hidden_layers]
