@@ -45,7 +45,9 @@ class QueryState:
 
     @property
     def visual(self) -> torch.Tensor:
-        return self.positions[_is_visual(self.positions, self.visual_span)] - self.visual_span[0]
+        """The original visual indices still in the sequence, on the CPU: pruners keep their bookkeeping there
+        (a few hundred numbers per query), whatever device the model runs on."""
+        return (self.positions[_is_visual(self.positions, self.visual_span)] - self.visual_span[0]).cpu()
 
     def _rows(self, which: str) -> torch.Tensor:
         lo, hi = self.instruction_span
@@ -59,13 +61,14 @@ class QueryState:
         return torch.nonzero(sel).flatten()
 
     def scores(self, rows: str = "instruction") -> torch.Tensor:
-        """Mean attention the current visual tokens receive from ``rows`` at this layer: (len(visual),)."""
+        """Mean attention the current visual tokens receive from ``rows`` at this layer: (len(visual),), float32
+        on the CPU (see :attr:`visual`)."""
         if rows not in self._cache:
             vis_idx = torch.nonzero(_is_visual(self.positions, self.visual_span)).flatten()
             probs = row_attention(
                 self.layer_module, self.hidden, self.position_embeddings, self._rows(rows), self.key_valid
             )
-            self._cache[rows] = visual_scores(probs, vis_idx)
+            self._cache[rows] = visual_scores(probs, vis_idx).float().cpu()
         return self._cache[rows]
 
 

@@ -296,24 +296,24 @@ def train_grpo(
         dataloader_num_workers=0,
     )
     t0 = time.time()
-    instructions = generate_split("train", s.n_train)
-    trainer_kwargs: dict[str, Any] = dict(
-        model=model,
-        reward_funcs=rewards.functions(),
-        args=args,
-        train_dataset=grpo_dataset(instructions),
-        processing_class=tok,
-        callbacks=callbacks,
-    )
-    trainer_cls = GRPOTrainer
-    if s.anchor_coef:
-        from .anchor import AnchorBatches, AnchoredGRPOTrainer
-
-        # the same instructions GRPO samples, labelled as SFT labels them (jittered teacher, seeded)
-        anchor = AnchorBatches(sft_dataset(instructions, s.seed), tok, s.anchor_batch, s.seed)
-        trainer_kwargs.update(anchor=anchor, anchor_coef=s.anchor_coef)
-        trainer_cls = AnchoredGRPOTrainer
     try:
+        instructions = generate_split("train", s.n_train)
+        trainer_kwargs: dict[str, Any] = dict(
+            model=model,
+            reward_funcs=rewards.functions(),
+            args=args,
+            train_dataset=grpo_dataset(instructions),
+            processing_class=tok,
+            callbacks=callbacks,
+        )
+        trainer_cls = GRPOTrainer
+        if s.anchor_coef:
+            from .anchor import AnchorBatches, AnchoredGRPOTrainer
+
+            # the same instructions GRPO samples, labelled as SFT labels them (jittered teacher, seeded)
+            anchor = AnchorBatches(sft_dataset(instructions, s.seed), tok, s.anchor_batch, s.seed)
+            trainer_kwargs.update(anchor=anchor, anchor_coef=s.anchor_coef)
+            trainer_cls = AnchoredGRPOTrainer
         trainer = trainer_cls(**trainer_kwargs)
         for cb in callbacks or []:
             if isinstance(cb, PruningCallback):
