@@ -1,9 +1,10 @@
 """Closed-loop driving: the shipped controllers (every size, SFT and GRPO) on the held-out test split.
 
 Reports control adaptability (mean relative task-error reduction vs the default parameters on the same
-traffic, RobotxR1's definition) with bootstrap 95 % CIs, the share of instructions with every constraint
-met (Wilson CI), collisions, parse failures; the paired GRPO − SFT difference per size (bootstrap over
-instructions); and each controller's training wall time, read from its checkpoint's side file.
+traffic, RobotxR1's definition) with bootstrap 95 % CIs, the share of episodes with every constraint met
+(Wilson CI, or a bootstrap over instructions with several episodes each), collisions, parse failures; the
+paired GRPO − SFT difference per size (bootstrap over instructions); and each controller's training wall
+time, read from its checkpoint's side file.
 
 The GRPO − SFT difference is also split into the instructions that pair constraint types never paired in
 training (the held-out combinations) and the rest: RL on training instructions can help one and hurt the other.

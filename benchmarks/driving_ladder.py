@@ -6,7 +6,7 @@ is checked against the defaults), other seeds are trained here (kept under ``--o
 and saved in bfloat16 as shipping does. Every controller answers the same test-split instructions, each
 answer driven in ``--episodes`` traffic scenarios (the instruction's own first). Reported per size: each
 seed's adaptability and the mean over seeds with a 95 % CI (bootstrap over instructions of the seed-averaged
-reductions), and the paired differences between neighbouring sizes.
+reductions), and the paired differences between every two sizes.
 
 python benchmarks/driving_ladder.py [--seeds 0 1 2] [--instructions 200] [--episodes 3]
 """
@@ -94,7 +94,7 @@ def main() -> None:
         row["mean"] = percent_ci(float(mean[size][ok].mean()), bootstrap_mean_ci(mean[size][ok]), unit="")
         rows.append(row)
     diffs = []
-    for small, large in itertools.pairwise(SIZES):
+    for small, large in itertools.combinations(SIZES, 2):
         ok = ~np.isnan(mean[small]) & ~np.isnan(mean[large])
         m, lo, hi = paired_diff_ci(mean[small][ok], mean[large][ok])
         diffs.append({"pair": f"{large} − {small}", "diff": percent_ci(m, (lo, hi), unit=""), "n": int(ok.sum())})
@@ -111,7 +111,9 @@ def main() -> None:
         f"shipped checkpoint; others trained by this script, saved in bfloat16 as shipping does); "
         f"{a.instructions} test-split instructions, one greedy answer each, driven in {a.episodes} 15 s episodes "
         "(the instruction's own traffic first). Adaptability in % per seed; the mean over seeds averages each "
-        "instruction's reductions over seeds first, then bootstraps over instructions (5000 resamples).\n\n"
+        "instruction's reductions over seeds first, then bootstraps over instructions (5000 resamples); the "
+        "paired differences pair those seed means by instruction. These intervals resample instructions, not "
+        "seeds: how far one seed lands from another (the per-seed columns) is not inside them.\n\n"
         f"{table}\n\n{diff_table}\n"
     )
     write_result("driving_ladder", "Driving controllers: the size ladder over SFT seeds", body, data, time.time() - t0)

@@ -18,6 +18,7 @@ SCRIPTS = [
     "unstructured_fidelity",
     "llmcompressor_compare",
     "driving_controllers",
+    "driving_ladder",
     "bpf_study",
     "manipulation_vla",
     "tokens_vla",
