@@ -143,7 +143,8 @@ class LayerwiseRunner:
         def catch(_module, args, kwargs):
             hidden = args[0] if args else kwargs.pop("hidden_states")
             kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            kwargs["past_key_values"] = None
+            # no KV cache while replaying the layers (transformers 5 renamed past_key_values to cache)
+            kwargs["cache" if "cache" in kwargs else "past_key_values"] = None
             kwargs["use_cache"] = False
             captured.append((hidden, kwargs))
             raise _StopForward
