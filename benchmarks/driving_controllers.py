@@ -47,6 +47,8 @@ def main() -> None:
         help="traffic scenarios per instruction, the instruction's own first (default 3: averages traffic noise)",
     )
     a = ap.parse_args()
+    if a.episodes < 1 or a.instructions < 1:
+        ap.error("--episodes and --instructions must be at least 1.")
     t0 = time.time()
     test = generate_split("test", a.instructions)
     held = [has_held_out_combo(x) for x in test]

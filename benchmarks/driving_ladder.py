@@ -61,17 +61,22 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=3, help="traffic scenarios per instruction (default 3)")
     ap.add_argument("--out", type=Path, default=RESULTS.parent.parent / "runs" / "driving_ladder")
     a = ap.parse_args()
+    if a.episodes < 1 or a.instructions < 1:
+        ap.error("--episodes and --instructions must be at least 1.")
     t0 = time.time()
     test = generate_split("test", a.instructions)
     red: dict[str, list[np.ndarray]] = {}
+    params: dict[str, int] = {}
     rows, data = [], {"seeds": a.seeds, "instructions": a.instructions, "episodes": a.episodes, "runs": []}
     with ClosedLoopScorer(workers=2) as scorer:
         for size in SIZES:
             red[size] = []
             for seed in a.seeds:
                 name = controller(size, seed, a.out)
+                model = load_model(name)
+                params[size] = sum(p.numel() for p in model.parameters())  # the same for every seed of a size
                 d = evaluate_driving(
-                    load_model(name), load_tokenizer(name), test, None, a.episodes, scorer=scorer, progress=False
+                    model, load_tokenizer(name), test, None, a.episodes, scorer=scorer, progress=False
                 ).to_dict()
                 r = np.array([np.nan if x is None else x for x in d["reductions"]])
                 red[size].append(r)
@@ -84,7 +89,6 @@ def main() -> None:
                     }
                 )
                 print(f"{size} seed {seed}: {100 * d['adaptability']:.1f} %", flush=True)
-    params = {size: sum(p.numel() for p in load_model(f"builtin:driving-{size}-sft").parameters()) for size in SIZES}
     mean = {size: np.nanmean(np.stack(v), axis=0) for size, v in red.items()}
     for size in SIZES:
         ok = ~np.isnan(mean[size])

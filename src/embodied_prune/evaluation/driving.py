@@ -41,6 +41,12 @@ def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 32,
     return out
 
 
+def _mean_reduction(episodes: list[InstructionScore]) -> float | None:
+    """The mean reduction over an instruction's scored episodes (None when none could be scored)."""
+    valid = [s.reduction for s in episodes if s.reduction is not None]
+    return sum(valid) / len(valid) if valid else None
+
+
 @dataclass
 class DrivingReport:
     """Aggregate and per-instruction results (``to_dict`` is the JSON written by ``eval driving``)."""
@@ -60,16 +66,13 @@ class DrivingReport:
     def instruction_reductions(self) -> list[float | None]:
         """Each instruction's mean reduction over its scored episodes (None when none could be scored), in
         instruction order: the unit the adaptability CI resamples, and what paired comparisons pair."""
-        out = []
-        for group in self._by_instruction().values():
-            valid = [s.reduction for s in group if s.reduction is not None]
-            out.append(sum(valid) / len(valid) if valid else None)
-        return out
+        return [_mean_reduction(group) for group in self._by_instruction().values()]
 
     def to_dict(self) -> dict[str, Any]:
         """Aggregates over instructions (episodes of one instruction are averaged first, so the CIs resample
         instructions, not correlated episodes of the same one) and the per-episode records."""
-        reductions = self.instruction_reductions()
+        groups = self._by_instruction().values()
+        reductions = [_mean_reduction(g) for g in groups]
         valid = [r for r in reductions if r is not None]
         n = len(self.scores)
         sat = sum(s.satisfied for s in self.scores)
@@ -77,7 +80,7 @@ class DrivingReport:
         if self.episodes == 1:
             sat_ci = wilson_ci(sat, n)
         else:
-            sat_ci = bootstrap_mean_ci([sum(s.satisfied for s in g) / len(g) for g in self._by_instruction().values()])
+            sat_ci = bootstrap_mean_ci([sum(s.satisfied for s in g) / len(g) for g in groups])
         return {
             "model": self.model,
             "adaptability": mean,

@@ -187,10 +187,14 @@ def _phrase_value_consistent(c: dict[str, Any], template: str) -> dict[str, Any]
     return c
 
 
+def _type_pairs(kinds: list[str]) -> set[frozenset]:
+    """Every unordered pair of the constraint types ``kinds``."""
+    return {frozenset((a, b)) for i, a in enumerate(kinds) for b in kinds[i + 1 :]}
+
+
 def has_held_out_combo(instruction: Instruction) -> bool:
     """Whether ``instruction`` pairs two constraint types that the train split never pairs (:data:`HELD_OUT_COMBOS`)."""
-    kinds = [c["type"] for c in instruction.constraints]
-    return any(frozenset((a, b)) in HELD_OUT_COMBOS for i, a in enumerate(kinds) for b in kinds[i + 1 :])
+    return bool(_type_pairs([c["type"] for c in instruction.constraints]) & HELD_OUT_COMBOS)
 
 
 def generate_split(split: str, n: int) -> list[Instruction]:
@@ -209,7 +213,7 @@ def generate_split(split: str, n: int) -> list[Instruction]:
         else:
             k = rng.choices([1, 2, 3], weights=[4, 4, 2])[0]
             chosen = rng.sample(kinds, k)
-        pairs = {frozenset((a, b)) for i, a in enumerate(chosen) for b in chosen[i + 1 :]}
+        pairs = _type_pairs(chosen)
         if pairs & CONFLICTS or (not test and pairs & HELD_OUT_COMBOS):
             continue
         parts, constraints = [], []
