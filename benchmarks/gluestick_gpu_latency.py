@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from _common import write_result
+from _common import OPENVLA_BACKBONE, write_result
 from embodied_prune.errors import EmbodiedPruneError
 
 
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=64, help="GLUESTICK rank of every pruned layer")
     ap.add_argument("--repeats", type=int, default=50)
     a = ap.parse_args()
+    if min(a.layers, a.tokens, a.rank, a.repeats) < 1:
+        ap.error("--layers, --tokens, --rank and --repeats must be at least 1.")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from embodied_prune.pruning import prune_unstructured
@@ -63,10 +65,7 @@ def main() -> None:
     t0 = time.time()
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_attention_heads=32,
-        num_key_value_heads=32,
+        **OPENVLA_BACKBONE,
         num_hidden_layers=a.layers,
         vocab_size=32,  # a query's output is its action head's business: no real vocabulary
     )

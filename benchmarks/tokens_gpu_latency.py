@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from _common import write_result
+from _common import OPENVLA_BACKBONE, write_result
 from embodied_prune.errors import EmbodiedPruneError
 
 CAMERAS = [["front", 256, 16], ["wrist", 256, 16]]
@@ -61,17 +61,15 @@ def synthetic_episode(steps: int, size: int, seed: int = 0) -> list[dict[str, np
     return out
 
 
-def build_model(layers: int, hidden: int, mlp: int, heads: int, device: str, dtype: torch.dtype):
-    """The TinyVLA at the given backbone widths: vision side and heads in fp32, the backbone in ``dtype``."""
+def build_model(layers: int, widths: dict, device: str, dtype: torch.dtype):
+    """The TinyVLA with a backbone of ``widths`` (LlamaConfig fields): vision side and heads in fp32, the
+    backbone in ``dtype``."""
     from transformers import LlamaConfig
 
     from embodied_prune.models.vla import TinyVLA, TinyVLAConfig
 
     backbone = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=mlp,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
+        **widths,
         num_hidden_layers=layers,
         vocab_size=64,
         max_position_embeddings=1024,
@@ -133,14 +131,17 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.3, help="kept fraction of the visual tokens (default 0.3)")
     ap.add_argument("--smoke", action="store_true", help="narrow widths on the CPU, nothing written")
     a = ap.parse_args()
+    if min(a.layers, a.queries) < 1 or a.warmup < 0 or not 0.0 < a.alpha <= 1.0:
+        ap.error("--layers and --queries must be at least 1, --warmup at least 0, --alpha in (0, 1].")
     t0 = time.time()
     if a.smoke:
-        device, dtype, widths = "cpu", torch.float32, dict(hidden=128, mlp=256, heads=4)
+        narrow = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4}
+        device, dtype, widths = "cpu", torch.float32, narrow
     else:
         if not torch.cuda.is_available():
             raise EmbodiedPruneError("no CUDA device here; run this script where a GPU is lent (or pass --smoke).")
-        device, dtype, widths = "cuda", torch.float16, dict(hidden=4096, mlp=11008, heads=32)
-    model = build_model(a.layers, **widths, device=device, dtype=dtype)
+        device, dtype, widths = "cuda", torch.float16, OPENVLA_BACKBONE
+    model = build_model(a.layers, widths, device=device, dtype=dtype)
     episode = synthetic_episode(a.warmup + a.queries, CAMERAS[0][1])
     res = timed_queries(model, episode, a.alpha, device, a.warmup)
     dense = res["dense"]["ms"]
@@ -151,8 +152,9 @@ def main() -> None:
     )
     device_name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke)"
     body = (
-        f"TinyVLA with a Llama backbone at OpenVLA-OFT's widths (hidden {widths['hidden']}, MLP {widths['mlp']}, "
-        f"{widths['heads']} heads), {a.layers} layers, random weights, backbone in {str(dtype).split('.')[-1]} on "
+        f"TinyVLA with a Llama backbone at OpenVLA-OFT's widths (hidden {widths['hidden_size']}, MLP "
+        f"{widths['intermediate_size']}, {widths['num_attention_heads']} heads), {a.layers} layers, random weights, "
+        f"backbone in {str(dtype).split('.')[-1]} on "
         f"{device_name}; two 256-px cameras = 512 visual tokens, 569 positions per query; a synthetic episode "
         f"(moving object, hand alternating 8 fast and 8 fine steps). Median of {a.queries} interleaved queries "
         f"after {a.warmup} warm-up ones, observation to action chunk on the host. Budget: {a.alpha:g} of the "

@@ -32,11 +32,9 @@ def _sparse_class():
     """The SparseSemiStructuredTensor subclass ``to_sparse_semi_structured`` would build (CUTLASS or cuSPARSELt)."""
     from torch.sparse import semi_structured as ss
 
-    return (
-        ss.SparseSemiStructuredTensorCUTLASS
-        if ss.SparseSemiStructuredTensor._FORCE_CUTLASS
-        else (ss.SparseSemiStructuredTensorCUSPARSELT)
-    )
+    if ss.SparseSemiStructuredTensor._FORCE_CUTLASS:
+        return ss.SparseSemiStructuredTensorCUTLASS
+    return ss.SparseSemiStructuredTensorCUSPARSELT
 
 
 def shape_dtype_problem(weight: torch.Tensor) -> str | None:
