@@ -11,8 +11,11 @@ import pytest
 from embodied_prune.envs.manipulation.demos import (
     DEMO_STREAM,
     EVAL_STREAM,
+    NOISE_RHO,
     generate_demos,
     load_demos,
+    motion_noise,
+    record_episode,
     scene_seed,
 )
 from embodied_prune.envs.manipulation.env import ManipulationEnv
@@ -145,6 +148,34 @@ def test_demonstrations_round_trip(tmp_path):
     assert json.loads((out / "meta.json").read_text())["tasks"]["reach"] == TASKS.get("reach").instruction
     with pytest.raises(EmbodiedPruneError, match="not empty"):
         generate_demos(out, tasks="reach", episodes=1, progress=False)
+
+
+def test_motion_noise_is_a_correlated_drift_of_the_stated_scale():
+    assert not motion_noise(np.random.default_rng(0), 50, 0.0).any()
+    n = motion_noise(np.random.default_rng(0), 20000, 0.1)
+    assert n.shape == (20000, 4) and not n[:, 3].any()  # the gripper is never perturbed
+    lag1 = np.mean([np.corrcoef(n[1:, k], n[:-1, k])[0, 1] for k in range(3)])
+    assert abs(lag1 - NOISE_RHO) < 0.03
+    assert np.allclose(n[:, :3].std(0), 0.1 / np.sqrt(1 - NOISE_RHO**2), rtol=0.1)
+
+
+def test_noisy_demonstrations_keep_the_experts_clean_labels():
+    env = ManipulationEnv("reach", cameras=())
+    seed = scene_seed(0, "reach", 0, DEMO_STREAM)
+    clean, _ = record_episode(env, seed)
+    noisy, _ = record_episode(env, seed, noise=0.1)
+    assert np.allclose(clean["proprio"][0], noisy["proprio"][0])
+    assert not np.allclose(clean["proprio"][5], noisy["proprio"][5])  # the arm strayed from the clean path
+    # replaying label + the episode's noise visits the same states, and at each the label is the expert's
+    perturb = motion_noise(np.random.default_rng(seed), env.max_steps, 0.1)
+    env.reset(seed=seed)
+    for t, label in enumerate(noisy["action"]):
+        assert np.allclose(env.expert_action(), label)
+        assert np.allclose(env.privileged(), noisy["privileged"][t])
+        env.step(label + perturb[t])
+    env.close()
+    with pytest.raises(EmbodiedPruneError, match=r"noise .* must lie in \[0, 1\]"):
+        generate_demos("/nonexistent/never-written", tasks="reach", episodes=1, noise=2.0, progress=False)
 
 
 def test_demo_and_evaluation_scenes_never_coincide():

@@ -28,7 +28,14 @@ def cmd_demos(a: argparse.Namespace) -> None:
     from .envs.manipulation.demos import generate_demos
 
     out = generate_demos(
-        a.out, a.tasks, a.episodes, a.seed, overwrite=a.overwrite, progress=not a.quiet, workers=a.workers
+        a.out,
+        a.tasks,
+        a.episodes,
+        a.seed,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        workers=a.workers,
+        noise=a.noise,
     )
     meta = json.loads((out / "meta.json").read_text())
     steps = sum(e["length"] for e in meta["episodes"])
@@ -168,4 +175,11 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     )
     sp.add_argument("--seed", type=int, default=0, help="seed of the object positions (default 0)")
     sp.add_argument("--workers", type=int, default=2, help="processes recording tasks in parallel (default 2)")
+    sp.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="DART: add correlated noise of this scale to the executed motion (labels stay the expert's clean "
+        "actions) so the policy sees states off the expert's path; 0.05 is mild (default 0: none)",
+    )
     add_output_args(sp)

@@ -43,6 +43,7 @@ DEMO_STREAM, EVAL_STREAM = 1, 2
 PROPRIO_NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
 PRIVILEGED_NAMES = ["obj_x", "obj_y", "obj_z", "goal_x", "goal_y", "goal_z"]
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
+NOISE_RHO = 0.8  # step-to-step correlation of the DART motion noise (a drift, not a jitter the expert undoes)
 
 
 def scene_seed(seed: int, task: str, episode: int, stream: int) -> int:
@@ -51,24 +52,44 @@ def scene_seed(seed: int, task: str, episode: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, task_index, episode, stream]).generate_state(1)[0])
 
 
-def record_episode(env: ManipulationEnv, seed: int) -> tuple[dict[str, np.ndarray], bool]:
-    """Run the expert for one episode; the arrays of observations and actions, and whether it succeeded."""
+def motion_noise(rng: np.random.Generator, steps: int, sigma: float, rho: float = NOISE_RHO) -> np.ndarray:
+    """Temporally correlated (AR(1)) noise for the three motion dimensions of ``steps`` actions, the
+    gripper's column zero: ``n_t = rho * n_{t-1} + sigma * e_t``; zeros when ``sigma`` is 0."""
+    out = np.zeros((steps, len(ACTION_NAMES)), dtype=np.float32)
+    if sigma <= 0:
+        return out
+    e = rng.standard_normal((steps, 3)) * sigma
+    for t in range(steps):
+        out[t, :3] = e[t] + (rho * out[t - 1, :3] if t else 0.0)
+    return out
+
+
+def record_episode(env: ManipulationEnv, seed: int, noise: float = 0.0) -> tuple[dict[str, np.ndarray], bool]:
+    """Run the expert for one episode; the arrays of observations and actions, and whether it succeeded.
+
+    With ``noise`` > 0 the executed action is the expert's plus :func:`motion_noise` of that scale
+    (DART, Laskey et al. 2017): the arm strays from the expert's path and the recorded label is still
+    the expert's clean action at each visited state, so the policy learns to recover from its own drift.
+    """
     obs, _ = env.reset(seed=seed)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in [*obs, "action", "privileged"]}
+    perturb = motion_noise(np.random.default_rng(seed), env.max_steps, noise)
     success = False
-    for _ in range(env.max_steps):
+    for t in range(env.max_steps):
         action = env.expert_action()
         for k, v in obs.items():
             rows[k].append(v)
         rows["action"].append(action)
         rows["privileged"].append(env.privileged())
-        obs, _, success, truncated, _ = env.step(action)
+        obs, _, success, truncated, _ = env.step(action + perturb[t])
         if success or truncated:
             break
     return {k: np.stack(v) for k, v in rows.items()}, success
 
 
-def _record_task(task: str, episodes: int, seed: int, folder: str, cameras: tuple[CameraSpec, ...]) -> list[dict]:
+def _record_task(
+    task: str, episodes: int, seed: int, folder: str, cameras: tuple[CameraSpec, ...], noise: float = 0.0
+) -> list[dict]:
     """Record ``episodes`` successful expert episodes of ``task`` into ``folder``; their meta entries."""
     env = ManipulationEnv(task, cameras=cameras)
     entries: list[dict] = []
@@ -76,10 +97,11 @@ def _record_task(task: str, episodes: int, seed: int, folder: str, cameras: tupl
         tried = 0
         while len(entries) < episodes:
             if tried >= 2 * episodes + 10:
-                raise EmbodiedPruneError(f"the {task} expert failed {tried - len(entries)} of {tried} episodes.")
+                hint = f" under noise {noise}; lower --noise" if noise > 0 else ""
+                raise EmbodiedPruneError(f"the {task} expert failed {tried - len(entries)} of {tried} episodes{hint}.")
             s = scene_seed(seed, task, tried, DEMO_STREAM)
             tried += 1
-            arrays, success = record_episode(env, s)
+            arrays, success = record_episode(env, s, noise)
             if not success:
                 continue
             name = f"{task}_{len(entries):04d}.npz"
@@ -99,14 +121,18 @@ def generate_demos(
     progress: bool = True,
     workers: int = 2,
     cameras: tuple[CameraSpec, ...] = DEFAULT_CAMERAS,
+    noise: float = 0.0,
 ) -> Path:
     """Record ``episodes`` successful expert episodes per task into the folder ``out`` (format above),
-    seen through ``cameras`` (for a given policy: ``render.cameras_for(policy.config.cameras)``).
+    seen through ``cameras`` (for a given policy: ``render.cameras_for(policy.config.cameras)``);
+    ``noise`` > 0 perturbs the executed actions as :func:`record_episode` describes (labels stay clean).
 
     Tasks are recorded in parallel by ``workers`` processes; the result does not depend on their number.
     """
     if episodes < 1:
         raise EmbodiedPruneError(f"episodes must be at least 1, got {episodes}.")
+    if not 0.0 <= noise <= 1.0:
+        raise EmbodiedPruneError(f"noise is a scale of the [-1, 1] actions and must lie in [0, 1], got {noise}.")
     specs = resolve_tasks(tasks)
     with atomic_dir(out, overwrite) as tmp:
         (tmp / "episodes").mkdir()
@@ -116,13 +142,15 @@ def generate_demos(
         if workers > 1 and len(specs) > 1:
             ctx = mp.get_context("forkserver")
             with ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx) as pool:
-                futures = {pool.submit(_record_task, s.name, episodes, seed, folder, cameras): s.name for s in specs}
+                futures = {
+                    pool.submit(_record_task, s.name, episodes, seed, folder, cameras, noise): s.name for s in specs
+                }
                 for f in as_completed(futures):
                     by_task[futures[f]] = f.result()
                     bar.update()
         else:
             for s in specs:
-                by_task[s.name] = _record_task(s.name, episodes, seed, folder, cameras)
+                by_task[s.name] = _record_task(s.name, episodes, seed, folder, cameras, noise)
                 bar.update()
         bar.close()
         meta = {
@@ -132,7 +160,7 @@ def generate_demos(
             "proprio": PROPRIO_NAMES,
             "action": ACTION_NAMES,
             "privileged": PRIVILEGED_NAMES,
-            "generator": {"seed": seed, "episodes_per_task": episodes},
+            "generator": {"seed": seed, "episodes_per_task": episodes, "noise": noise, "noise_rho": NOISE_RHO},
             "episodes": [e for s in specs for e in by_task[s.name]],
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
