@@ -307,3 +307,46 @@ def test_demonstrations_must_match_the_policy_cameras(tmp_path, demos):
     model.config.cameras = [["front", 128, 8], ["wrist", 64, 8]]
     with pytest.raises(EmbodiedPruneError, match="recorded through cameras"):
         policy_calibration(model, tok, demos)
+
+
+def test_dagger_rollouts_are_labelled_by_the_expert_and_fine_tune_the_policy(tmp_path, demos):
+    import shutil
+
+    from embodied_prune.envs.manipulation.demos import CORRECTION_STREAM, generate_demos, load_demo_folders, scene_seed
+    from embodied_prune.envs.manipulation.env import ManipulationEnv
+    from embodied_prune.evaluation.manipulation import VLAPolicy
+
+    model, tok = tiny_policy()
+    path = save_vla(model, tok, tmp_path / "vla")
+    corr = generate_demos(tmp_path / "corr", tasks="reach", episodes=1, policy=path, workers=1, progress=False)
+    meta = json.loads((corr / "meta.json").read_text())
+    assert meta["generator"]["policy"] == str(path)
+    [entry] = meta["episodes"]
+    assert entry["seed"] == scene_seed(0, "reach", 0, CORRECTION_STREAM) and isinstance(entry["success"], bool)
+    ep = load_demos(corr).episodes[0]
+    # replaying the policy visits the recorded states, and each label is the expert's answer there
+    policy, env = VLAPolicy(*load_vla(path)), ManipulationEnv("reach")
+    obs, _ = env.reset(seed=entry["seed"])
+    policy.reset(entry["seed"])
+    for t in range(12):
+        assert np.array_equal(obs["front"], ep["front"][t]) and np.allclose(env.expert_action(), ep["action"][t])
+        obs, *_ = env.step(policy.act(obs, env.instruction))
+    env.close()
+    # fine-tuning on demonstrations + corrections starts from the policy and keeps its shape
+    settings = BCSettings(steps=2, batch_size=4, learning_rate=1e-3)
+    tuned = train_bc([demos, corr], tmp_path / "tuned", settings, progress=False, init=path)
+    after, _ = load_vla(tuned)
+    shape = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_key_value_heads")
+    assert all(getattr(after.config.backbone_config, k) == getattr(model.config.backbone_config, k) for k in shape)
+    assert after.config.cameras == model.config.cameras and after.config.proprio_mean == model.config.proprio_mean
+    assert not torch.equal(after.action_queries, model.action_queries)
+    record = json.loads((tuned / "embodied_prune.json").read_text())["history"][-1]
+    assert record["init"] == str(path) and record["demos"] == [str(demos), str(corr)] and record["samples"] > 150
+    # folders seen through other cameras are refused, naming the folder
+    other = tmp_path / "other"
+    shutil.copytree(corr, other)
+    m = json.loads((other / "meta.json").read_text())
+    m["cameras"] = m["cameras"][:1]
+    (other / "meta.json").write_text(json.dumps(m))
+    with pytest.raises(EmbodiedPruneError, match=f"{other} was recorded through cameras"):
+        load_demo_folders(f"{corr},{other}")

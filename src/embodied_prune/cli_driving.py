@@ -160,7 +160,11 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("task", choices=["driving", "manipulation"], help="the task (driving or manipulation)")
     sp.add_argument("--stage", choices=STAGES, help="driving: sft or grpo")
     sp.add_argument("--size", default="l", choices=list(SIZES), help="sft: controller size (default l)")
-    sp.add_argument("--init", help="grpo: the controller to start from (an SFT checkpoint or builtin:driving-*-sft)")
+    sp.add_argument(
+        "--init",
+        help="grpo: the controller to start from (an SFT checkpoint or builtin:driving-*-sft); "
+        "manipulation: the VLA policy to fine-tune",
+    )
     sp.add_argument("--epochs", type=float, help="sft: epochs over the 16,000 training instructions (default 1.5)")
     sp.add_argument("--max-steps", type=int, help="optimizer steps (sft: overrides --epochs; grpo default 150)")
     sp.add_argument("--learning-rate", type=float, help="learning rate (sft default 2e-3, grpo default 2e-4)")

@@ -36,9 +36,19 @@ def cmd_demos(a: argparse.Namespace) -> None:
         progress=not a.quiet,
         workers=a.workers,
         noise=a.noise,
+        policy=a.policy,
     )
     meta = json.loads((out / "meta.json").read_text())
     steps = sum(e["length"] for e in meta["episodes"])
+    if a.policy:
+        won = sum(e["success"] for e in meta["episodes"])
+        print(f"wrote {len(meta['episodes'])} rollouts of {a.policy} ({won} successful; {steps} steps, every one")
+        print(f"labelled by the expert) → {out}")
+        print(
+            f"fine-tune on them with the demonstrations: embodied-prune train manipulation --init {a.policy} "
+            f"--demos DEMOS,{out} --learning-rate 1e-4 --max-steps 1500 --out runs/vla-dagger"
+        )
+        return
     print(f"wrote {len(meta['episodes'])} expert episodes ({steps} steps) → {out}")
     print(f"train on them: embodied-prune train manipulation --demos {out} --out runs/vla")
 
@@ -50,15 +60,15 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError(
             "train manipulation needs --demos DIR (make one with `embodied-prune demos manipulation`)."
         )
-    if a.stage or a.init or a.beta is not None or a.anchor is not None:
+    if a.stage or a.beta is not None or a.anchor is not None:
         raise EmbodiedPruneError(
-            "--stage, --init, --beta and --anchor are for train driving; manipulation trains by behaviour cloning."
+            "--stage, --beta and --anchor are for train driving; manipulation trains by behaviour cloning."
         )
     if a.prune_to is not None or a.save_every or a.resume:
         raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")
     given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "batch_size": a.batch_size}
     s = BCSettings(seed=a.seed, **{k: v for k, v in given.items() if v is not None})
-    path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet)
+    path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained the VLA policy in {record['wall_s']:.0f} s → {path}")
     print(f"evaluate it: embodied-prune eval manipulation --model {path}")
@@ -119,7 +129,13 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def add_train_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--demos", metavar="DIR", help="manipulation: the demonstration folder to clone")
+    sp.add_argument(
+        "--demos",
+        metavar="DIR[,DIR...]",
+        help="manipulation: the demonstration folder(s) to clone (several: comma-separated, e.g. demos plus a "
+        "policy's labelled rollouts from `demos manipulation --policy`); with --init POLICY that policy is "
+        "fine-tuned instead of a fresh one trained",
+    )
     sp.add_argument("--batch-size", type=int, help="manipulation: samples per step (default 16)")
 
 
@@ -166,7 +182,12 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "documented in docs/manipulation.md.\n\n"
         f"Tasks: {', '.join(TASKS.names())}.\n\n"
         "Example:\n"
-        "  embodied-prune demos manipulation --episodes 60 --out runs/demos",
+        "  embodied-prune demos manipulation --episodes 60 --out runs/demos\n\n"
+        "DAgger: with --policy DIR the episodes are that policy's own rollouts (every step labelled with\n"
+        "the expert's action, failures kept), to fine-tune it on together with the demonstrations:\n"
+        "  embodied-prune demos manipulation --policy runs/vla --episodes 50 --out runs/corrections\n"
+        "  embodied-prune train manipulation --init runs/vla --demos runs/demos,runs/corrections \\\n"
+        "      --learning-rate 1e-4 --max-steps 1500 --out runs/vla-dagger",
     )
     sp.add_argument("task", choices=["manipulation"], help="the task family (manipulation)")
     sp.add_argument("--tasks", help="comma-separated tasks (default all six)")
@@ -175,6 +196,11 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     )
     sp.add_argument("--seed", type=int, default=0, help="seed of the object positions (default 0)")
     sp.add_argument("--workers", type=int, default=2, help="processes recording tasks in parallel (default 2)")
+    sp.add_argument(
+        "--policy",
+        metavar="DIR",
+        help="DAgger: record this VLA policy's rollouts, labelled by the expert, instead of the expert's own",
+    )
     sp.add_argument(
         "--noise",
         type=float,

@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import Dataset
 from transformers import LlamaConfig, Trainer, TrainingArguments
 
-from ..envs.manipulation.demos import DemoSet, check_cameras, load_demos
+from ..envs.manipulation.demos import DemoSet, check_cameras, load_demo_folders, load_demos
 from ..envs.manipulation.tasks import TASKS
-from ..models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, save_vla
+from ..models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, load_vla, save_vla
 from .runs import prepare_run, use_compact_progress
 
 
@@ -138,26 +138,36 @@ def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
 
 
 def train_bc(
-    demos: str | os.PathLike,
+    demos: str | os.PathLike | list,
     out: str | os.PathLike,
     settings: BCSettings | None = None,
     overwrite: bool = False,
     progress: bool = True,
     save_dtype: torch.dtype = torch.float32,
     extra_record: dict | None = None,
+    init: str | os.PathLike | None = None,
 ) -> Path:
-    """Train a policy on the demonstration folder ``demos``; save it to ``out`` (weights in ``save_dtype``)."""
+    """Train a policy on the demonstration folder ``demos`` (or several: a list or a comma-separated
+    string, e.g. demonstrations plus a policy's labelled rollouts); save it to ``out`` (weights in
+    ``save_dtype``). With ``init`` (a policy folder) that policy is fine-tuned instead of a fresh one
+    built, and the settings' shape fields are ignored."""
     s = settings or BCSettings()
+    demo_set = load_demo_folders(demos)
+    if init is not None:
+        model, tokenizer = load_vla(init)
+        model = model.float()
+        check_cameras(demo_set, model.config.cameras, f"the demonstrations {demos}")
     scratch = prepare_run(out, overwrite, s.seed)
-    demo_set = load_demos(demos)
-    model, tokenizer = build_policy(demo_set, s)
-    data = DemoSteps(demo_set, tokenizer, s.chunk, model.config.instruction_len, s.shift, s.seed)
+    if init is None:
+        model, tokenizer = build_policy(demo_set, s)
+    data = DemoSteps(demo_set, tokenizer, model.config.chunk, model.config.instruction_len, s.shift, s.seed)
     t0 = time.time()
     model = fit(model, data, s.steps, s.batch_size, s.learning_rate, s.seed, scratch, progress)
     record = {
         "op": "train",
         "stage": "bc",
-        "demos": str(demos),
+        "demos": [str(d) for d in demos] if isinstance(demos, list | tuple) else str(demos),
+        "init": None if init is None else str(init),
         "samples": len(data),
         "aux_loss": data.aux is not None and model.aux_head is not None,
         **asdict(s),

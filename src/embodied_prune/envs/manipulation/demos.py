@@ -12,7 +12,9 @@ Step t's images and proprioception are what the policy sees before acting; ``act
 expert's answer. ``privileged[t]`` holds the object's and the goal's positions (Meta-World's private
 state, see ``meta.json``'s ``"privileged"`` names): never a policy input, only an auxiliary training
 target (folders recorded before it existed simply lack it). Only successful expert episodes are kept
-(the experts succeed on every seed tried here; a failure would be skipped and the next seed drawn).
+(a failure is skipped and the next seed drawn), except in a policy's labelled rollouts (DAgger, see
+:func:`generate_demos`), where ``action[t]`` is the expert's answer in the state the policy reached and
+``"success"`` is the policy's.
 A simple format instead of LeRobot's: that needs the ``lerobot`` package with its video codecs, and
 our episodes are tiny arrays.
 
@@ -25,9 +27,11 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,7 +43,7 @@ from .render import DEFAULT_CAMERAS, CameraSpec
 from .tasks import TASKS, TaskSpec, resolve_tasks
 
 FORMAT_VERSION = 1
-DEMO_STREAM, EVAL_STREAM = 1, 2
+DEMO_STREAM, EVAL_STREAM, CORRECTION_STREAM = 1, 2, 3  # the last: scenes of a policy's labelled rollouts
 PROPRIO_NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
 PRIVILEGED_NAMES = ["obj_x", "obj_y", "obj_z", "goal_x", "goal_y", "goal_z"]
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
@@ -64,12 +68,16 @@ def motion_noise(rng: np.random.Generator, steps: int, sigma: float, rho: float 
     return out
 
 
-def record_episode(env: ManipulationEnv, seed: int, noise: float = 0.0) -> tuple[dict[str, np.ndarray], bool]:
+def record_episode(
+    env: ManipulationEnv, seed: int, noise: float = 0.0, act: Callable[[dict], np.ndarray] | None = None
+) -> tuple[dict[str, np.ndarray], bool]:
     """Run the expert for one episode; the arrays of observations and actions, and whether it succeeded.
 
     With ``noise`` > 0 the executed action is the expert's plus :func:`motion_noise` of that scale
     (DART, Laskey et al. 2017): the arm strays from the expert's path and the recorded label is still
     the expert's clean action at each visited state, so the policy learns to recover from its own drift.
+    With ``act`` (observation → action, e.g. a policy's) that is what runs instead (DAgger, Ross et al.
+    2011): the labels are the expert's answers in the states the policy itself reaches.
     """
     obs, _ = env.reset(seed=seed)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in [*obs, "action", "privileged"]}
@@ -81,17 +89,39 @@ def record_episode(env: ManipulationEnv, seed: int, noise: float = 0.0) -> tuple
             rows[k].append(v)
         rows["action"].append(action)
         rows["privileged"].append(env.privileged())
-        obs, _, success, truncated, _ = env.step(action + perturb[t])
+        obs, _, success, truncated, _ = env.step(action + perturb[t] if act is None else act(obs))
         if success or truncated:
             break
     return {k: np.stack(v) for k, v in rows.items()}, success
 
 
+def _policy_actor(policy: str, env: ManipulationEnv, one_thread: bool) -> tuple[Callable[[dict], np.ndarray], Any]:
+    """``obs → action`` of the VLA policy folder ``policy`` on ``env``'s task, and the policy (to reset)."""
+    import torch
+
+    from ...evaluation.manipulation import VLAPolicy
+    from ...models.vla import load_vla
+
+    if one_thread:  # pool workers share the cores
+        torch.set_num_threads(1)
+    vla = VLAPolicy(*load_vla(policy))
+    return (lambda obs: vla.act(obs, env.instruction)), vla
+
+
 def _record_task(
-    task: str, episodes: int, seed: int, folder: str, cameras: tuple[CameraSpec, ...], noise: float = 0.0
+    task: str,
+    episodes: int,
+    seed: int,
+    folder: str,
+    cameras: tuple[CameraSpec, ...],
+    noise: float = 0.0,
+    policy: str | None = None,
+    one_thread: bool = False,
 ) -> list[dict]:
-    """Record ``episodes`` successful expert episodes of ``task`` into ``folder``; their meta entries."""
+    """Record ``episodes`` successful expert episodes of ``task`` into ``folder`` (with ``policy``: that
+    many of its rollouts, labelled by the expert, successful or not); their meta entries."""
     env = ManipulationEnv(task, cameras=cameras)
+    act, vla = _policy_actor(policy, env, one_thread) if policy else (None, None)
     entries: list[dict] = []
     try:
         tried = 0
@@ -99,14 +129,16 @@ def _record_task(
             if tried >= 2 * episodes + 10:
                 hint = f" under noise {noise}; lower --noise" if noise > 0 else ""
                 raise EmbodiedPruneError(f"the {task} expert failed {tried - len(entries)} of {tried} episodes{hint}.")
-            s = scene_seed(seed, task, tried, DEMO_STREAM)
+            s = scene_seed(seed, task, tried, DEMO_STREAM if vla is None else CORRECTION_STREAM)
             tried += 1
-            arrays, success = record_episode(env, s, noise)
-            if not success:
+            if vla is not None:
+                vla.reset(s)
+            arrays, success = record_episode(env, s, noise, act)
+            if not success and vla is None:
                 continue
             name = f"{task}_{len(entries):04d}.npz"
             np.savez_compressed(Path(folder) / name, **arrays)
-            entries.append({"file": name, "task": task, "seed": s, "length": len(arrays["action"]), "success": True})
+            entries.append({"file": name, "task": task, "seed": s, "length": len(arrays["action"]), "success": success})
     finally:
         env.close()
     return entries
@@ -120,12 +152,18 @@ def generate_demos(
     overwrite: bool = False,
     progress: bool = True,
     workers: int = 2,
-    cameras: tuple[CameraSpec, ...] = DEFAULT_CAMERAS,
+    cameras: tuple[CameraSpec, ...] | None = None,
     noise: float = 0.0,
+    policy: str | os.PathLike | None = None,
 ) -> Path:
     """Record ``episodes`` successful expert episodes per task into the folder ``out`` (format above),
-    seen through ``cameras`` (for a given policy: ``render.cameras_for(policy.config.cameras)``);
+    seen through ``cameras`` (default: all three; for a given policy, ``render.cameras_for(policy.config.cameras)``);
     ``noise`` > 0 perturbs the executed actions as :func:`record_episode` describes (labels stay clean).
+
+    With ``policy`` (a VLA policy folder) the episodes are that policy's own rollouts, every step labelled
+    with the expert's action and every episode kept (``"success"`` is the policy's): one DAgger round's
+    data, seen through the policy's cameras, on scenes of their own stream (never a demonstration's or an
+    evaluation's). Train on them together with the demonstrations (``train_bc`` takes several folders).
 
     Tasks are recorded in parallel by ``workers`` processes; the result does not depend on their number.
     """
@@ -134,6 +172,16 @@ def generate_demos(
     if not 0.0 <= noise <= 1.0:
         raise EmbodiedPruneError(f"noise is a scale of the [-1, 1] actions and must lie in [0, 1], got {noise}.")
     specs = resolve_tasks(tasks)
+    if policy is not None:
+        from ...models.vla import load_vla
+        from .render import cameras_for
+
+        policy = str(policy)
+        want = cameras_for(load_vla(policy)[0].config.cameras)  # also refuses a folder that is not a VLA policy
+        if cameras is not None and tuple(cameras) != tuple(want):
+            raise EmbodiedPruneError(f"the policy {policy} sees {[c.name for c in want]}: record through its cameras.")
+        cameras = want
+    cameras = DEFAULT_CAMERAS if cameras is None else tuple(cameras)
     with atomic_dir(out, overwrite) as tmp:
         (tmp / "episodes").mkdir()
         folder = str(tmp / "episodes")
@@ -143,14 +191,15 @@ def generate_demos(
             ctx = mp.get_context("forkserver")
             with ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx) as pool:
                 futures = {
-                    pool.submit(_record_task, s.name, episodes, seed, folder, cameras, noise): s.name for s in specs
+                    pool.submit(_record_task, s.name, episodes, seed, folder, cameras, noise, policy, True): s.name
+                    for s in specs
                 }
                 for f in as_completed(futures):
                     by_task[futures[f]] = f.result()
                     bar.update()
         else:
             for s in specs:
-                by_task[s.name] = _record_task(s.name, episodes, seed, folder, cameras, noise)
+                by_task[s.name] = _record_task(s.name, episodes, seed, folder, cameras, noise, policy)
                 bar.update()
         bar.close()
         meta = {
@@ -160,7 +209,13 @@ def generate_demos(
             "proprio": PROPRIO_NAMES,
             "action": ACTION_NAMES,
             "privileged": PRIVILEGED_NAMES,
-            "generator": {"seed": seed, "episodes_per_task": episodes, "noise": noise, "noise_rho": NOISE_RHO},
+            "generator": {
+                "seed": seed,
+                "episodes_per_task": episodes,
+                "noise": noise,
+                "noise_rho": NOISE_RHO,
+                "policy": policy,
+            },
             "episodes": [e for s in specs for e in by_task[s.name]],
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -193,6 +248,30 @@ def load_demos(path: str | os.PathLike) -> DemoSet:
         with np.load(path / "episodes" / e["file"]) as z:
             episodes.append({k: z[k] for k in z.files} | {"task": e["task"]})
     return DemoSet(meta, episodes)
+
+
+def load_demo_folders(paths: str | os.PathLike | list) -> DemoSet:
+    """One folder (:func:`load_demos`) or several (a list, or a comma-separated string) as one set: their
+    episodes in order, their tasks joined; the folders must share cameras."""
+    if isinstance(paths, str) and "," in paths:
+        paths = [p.strip() for p in paths.split(",") if p.strip()]
+    if not isinstance(paths, list | tuple):
+        return load_demos(paths)
+    sets = [load_demos(p) for p in paths]
+    first = sets[0].meta
+    for p, d in zip(paths[1:], sets[1:], strict=True):
+        if d.meta["cameras"] != first["cameras"]:
+            raise EmbodiedPruneError(
+                f"{p} was recorded through cameras {d.meta['cameras']}, {paths[0]} through {first['cameras']}: "
+                "train on folders recorded through the same cameras."
+            )
+    meta = {
+        **first,
+        "tasks": {k: v for d in sets for k, v in d.meta["tasks"].items()},
+        "folders": [str(p) for p in paths],
+    }
+    meta["episodes"] = [e for d in sets for e in d.meta["episodes"]]
+    return DemoSet(meta, [e for d in sets for e in d.episodes])
 
 
 def check_cameras(demos: DemoSet, config_cameras: list[list], where: str) -> None:
