@@ -239,11 +239,16 @@ def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     from embodied_prune.training.ship_vla import NAME, ship
 
     tiny = BCSettings(steps=1, batch_size=2, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
-    path = ship(tmp_path, episodes=1, progress=False, settings=tiny)
+    path = ship(tmp_path, episodes=1, progress=False, settings=tiny, dagger_rounds=1, dagger_episodes=1, dagger_steps=2)
     model, _ = load_vla(path)
     assert path.name == NAME and next(model.parameters()).dtype == torch.float32  # bf16 on disk, fp32 loaded
     record = json.loads((path / "embodied_prune.json").read_text())["history"][0]
-    assert record["demo_episodes_per_task"] == 1 and record["demos_wall_s"] > 0 and record["steps"] == 1
+    assert record["demo_episodes_per_task"] == 1 and record["demos_wall_s"] > 0
+    # the saved policy is the DAgger round's: fine-tuned from the BC policy on demos + one rollout per task
+    assert record["steps"] == 2 and record["init"] and len(record["demos"]) == 2 and record["learning_rate"] == 1e-4
+    [round_] = record["dagger"]
+    assert round_["collect_s"] > 0 and 0.0 <= round_["policy_success"] <= 1.0
+    assert sorted(tmp_path.iterdir()) == [path]  # nothing else left behind
 
 
 def test_lora_adapters_become_factors_that_reproduce_them(tmp_path):

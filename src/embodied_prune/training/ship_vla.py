@@ -4,15 +4,19 @@
 
 Demonstrations (60 per task, seed 0) are recorded into a temporary folder and deleted afterwards;
 the policy is trained with the default :class:`~.manipulation.BCSettings` and saved in bfloat16
-(a few MB), recording its settings and wall times in ``embodied_prune.json``.
+(a few MB), recording its settings and wall times in ``embodied_prune.json``. ``--noise`` (DART
+demonstrations), ``--steps`` and ``--dagger-rounds`` (DAgger fine-tuning rounds) try other recipes;
+the defaults regenerate the shipped policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,22 +35,55 @@ def ship(
     settings: BCSettings | None = None,
     noise: float = 0.0,
     name: str = NAME,
+    dagger_rounds: int = 0,
+    dagger_episodes: int = 50,
+    dagger_steps: int = 1500,
 ) -> Path:
-    """Record the demonstrations, train the policy, save it as ``out/name``; the policy folder."""
+    """Record the demonstrations, train the policy, save it as ``out/name``; the policy folder.
+
+    With ``dagger_rounds`` > 0, each round records ``dagger_episodes`` rollouts per task of the current
+    policy labelled by the expert and fine-tunes it for ``dagger_steps`` steps (learning rate 1e-4) on the
+    demonstrations plus every round's rollouts so far.
+    """
+    s = settings or BCSettings()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         demos = generate_demos(Path(tmp) / "demos", episodes=episodes, progress=progress, noise=noise)
-        demo_s = time.time() - t0
-        print(f"demonstrations: {demo_s:.0f} s", flush=True)
-        return train_bc(
+        record = {"demos_wall_s": time.time() - t0, "demo_episodes_per_task": episodes, "demo_noise": noise}
+        print(f"demonstrations: {record['demos_wall_s']:.0f} s", flush=True)
+        final = out / name
+        policy = train_bc(
             demos,
-            out / name,
-            settings or BCSettings(),
+            Path(tmp) / "bc" if dagger_rounds else final,
+            s,
             overwrite=True,
             progress=progress,
-            save_dtype=torch.bfloat16,
-            extra_record={"demos_wall_s": demo_s, "demo_episodes_per_task": episodes, "demo_noise": noise},
+            save_dtype=torch.float32 if dagger_rounds else torch.bfloat16,
+            extra_record=record,
         )
+        folders, rounds = [demos], []
+        for r in range(dagger_rounds):
+            t0 = time.time()
+            corr = generate_demos(
+                Path(tmp) / f"corrections{r}", episodes=dagger_episodes, seed=r, progress=progress, policy=policy
+            )
+            meta = json.loads((corr / "meta.json").read_text())["episodes"]
+            rounds.append(
+                {"collect_s": time.time() - t0, "policy_success": sum(e["success"] for e in meta) / len(meta)}
+            )
+            folders.append(corr)
+            last = r == dagger_rounds - 1
+            policy = train_bc(
+                folders,
+                final if last else Path(tmp) / f"round{r}",
+                replace(s, steps=dagger_steps, learning_rate=1e-4),
+                overwrite=True,
+                progress=progress,
+                save_dtype=torch.bfloat16 if last else torch.float32,
+                extra_record={**record, "dagger": rounds} if last else None,
+                init=policy,
+            )
+        return policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=60, help="demonstrations per task (default 60)")
     p.add_argument("--noise", type=float, default=0.0, help="DART noise of the demonstrations (default 0)")
     p.add_argument("--steps", type=int, default=BCSettings.steps, help=f"BC steps (default {BCSettings.steps})")
+    p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    ship(a.out, a.episodes, progress=not a.quiet, settings=BCSettings(steps=a.steps), noise=a.noise)
+    settings = BCSettings(steps=a.steps)
+    ship(a.out, a.episodes, not a.quiet, settings, a.noise, dagger_rounds=a.dagger_rounds)
     return 0
 
 
