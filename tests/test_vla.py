@@ -324,6 +324,9 @@ def test_dagger_rollouts_are_labelled_by_the_expert_and_fine_tune_the_policy(tmp
     model, tok = tiny_policy()
     path = save_vla(model, tok, tmp_path / "vla")
     corr = generate_demos(tmp_path / "corr", tasks="reach", episodes=1, policy=path, workers=1, progress=False)
+    with pytest.raises(EmbodiedPruneError, match="take none"):
+        generate_demos(tmp_path / "noisy", tasks="reach", episodes=1, policy=path, noise=0.1, progress=False)
+    assert not (tmp_path / "noisy").exists()
     meta = json.loads((corr / "meta.json").read_text())
     assert meta["generator"]["policy"] == str(path)
     [entry] = meta["episodes"]

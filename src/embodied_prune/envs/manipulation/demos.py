@@ -172,6 +172,10 @@ def generate_demos(
     if not 0.0 <= noise <= 1.0:
         raise EmbodiedPruneError(f"noise is a scale of the [-1, 1] actions and must lie in [0, 1], got {noise}.")
     specs = resolve_tasks(tasks)
+    if policy is not None and noise > 0:
+        raise EmbodiedPruneError(
+            "noise perturbs the expert's demonstrations; a policy's rollouts (--policy) take none."
+        )
     if policy is not None:
         from ...models.vla import load_vla
         from .render import cameras_for
