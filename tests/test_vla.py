@@ -246,9 +246,13 @@ def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     assert record["demo_episodes_per_task"] == 1 and record["demos_wall_s"] > 0
     # the saved policy is the DAgger round's: fine-tuned from the BC policy on demos + one rollout per task
     assert record["steps"] == 2 and record["init"] and len(record["demos"]) == 2 and record["learning_rate"] == 1e-4
+    assert record["bc"]["steps"] == 1 and record["bc"]["wall_s"] > 0
     [round_] = record["dagger"]
     assert round_["collect_s"] > 0 and 0.0 <= round_["policy_success"] <= 1.0
     assert sorted(tmp_path.iterdir()) == [path]  # nothing else left behind
+    with pytest.raises(EmbodiedPruneError, match="dagger_rounds must be 0 or more"):
+        ship(tmp_path / "neg", episodes=1, progress=False, settings=tiny, dagger_rounds=-1)
+    assert not (tmp_path / "neg").exists()
 
 
 def test_lora_adapters_become_factors_that_reproduce_them(tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..envs.manipulation.demos import generate_demos
+from ..errors import EmbodiedPruneError
 from ..models.builtin import ASSETS
 from .manipulation import BCSettings, train_bc
 
@@ -45,6 +46,8 @@ def ship(
     policy labelled by the expert and fine-tunes it for ``dagger_steps`` steps (learning rate 1e-4) on the
     demonstrations plus every round's rollouts so far.
     """
+    if dagger_rounds < 0:
+        raise EmbodiedPruneError(f"dagger_rounds must be 0 or more, got {dagger_rounds}.")
     s = settings or BCSettings()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
@@ -61,6 +64,9 @@ def ship(
             save_dtype=torch.float32 if dagger_rounds else torch.bfloat16,
             extra_record=record,
         )
+        # the saved record is the last fine-tune's: keep the behaviour-cloning stage's steps and time in it
+        bc = json.loads((policy / "embodied_prune.json").read_text())["history"][-1]
+        record["bc"] = {"steps": bc["steps"], "wall_s": bc["wall_s"]}
         folders, rounds = [demos], []
         for r in range(dagger_rounds):
             t0 = time.time()
@@ -95,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    if a.dagger_rounds < 0:
+        p.error(f"--dagger-rounds must be 0 or more, got {a.dagger_rounds}")
     settings = BCSettings(steps=a.steps)
     ship(a.out, a.episodes, not a.quiet, settings, a.noise, dagger_rounds=a.dagger_rounds)
     return 0
