@@ -50,7 +50,7 @@ def ship(
         raise EmbodiedPruneError(f"dagger_rounds must be 0 or more, got {dagger_rounds}.")
     s = settings or BCSettings()
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.time()
+        t_start = t0 = time.time()
         demos = generate_demos(Path(tmp) / "demos", episodes=episodes, progress=progress, noise=noise)
         record = {"demos_wall_s": time.time() - t0, "demo_episodes_per_task": episodes, "demo_noise": noise}
         print(f"demonstrations: {record['demos_wall_s']:.0f} s", flush=True)
@@ -77,6 +77,7 @@ def ship(
             rounds.append(
                 {"collect_s": time.time() - t0, "policy_success": sum(e["success"] for e in meta) / len(meta)}
             )
+            t1 = time.time()
             folders.append(corr)
             last = r == dagger_rounds - 1
             policy = train_bc(
@@ -89,6 +90,13 @@ def ship(
                 extra_record={**record, "dagger": rounds} if last else None,
                 init=policy,
             )
+            rounds[-1]["train_s"] = time.time() - t1
+        if rounds:  # the last round's record was written before its training time was known: complete it
+            meta_file = policy / "embodied_prune.json"
+            saved = json.loads(meta_file.read_text())
+            saved["history"][-1]["dagger"] = rounds
+            saved["history"][-1]["recipe_wall_s"] = time.time() - t_start
+            meta_file.write_text(json.dumps(saved, indent=2))
         return policy
 
 
@@ -99,12 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.0, help="DART noise of the demonstrations (default 0)")
     p.add_argument("--steps", type=int, default=BCSettings.steps, help=f"BC steps (default {BCSettings.steps})")
     p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning (default 0)")
+    p.add_argument(
+        "--dagger-episodes", type=int, default=50, help="policy rollouts per task in each DAgger round (default 50)"
+    )
+    p.add_argument("--dagger-steps", type=int, default=1500, help="fine-tuning steps per DAgger round (default 1500)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     if a.dagger_rounds < 0:
         p.error(f"--dagger-rounds must be 0 or more, got {a.dagger_rounds}")
+    if a.dagger_episodes < 1 or a.dagger_steps < 1:
+        p.error("--dagger-episodes and --dagger-steps must be 1 or more")
     settings = BCSettings(steps=a.steps)
-    ship(a.out, a.episodes, not a.quiet, settings, a.noise, dagger_rounds=a.dagger_rounds)
+    ship(
+        a.out,
+        a.episodes,
+        not a.quiet,
+        settings,
+        a.noise,
+        dagger_rounds=a.dagger_rounds,
+        dagger_episodes=a.dagger_episodes,
+        dagger_steps=a.dagger_steps,
+    )
     return 0
 
 
