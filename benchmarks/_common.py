@@ -71,9 +71,19 @@ def command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], Path.cwd()), *sys.argv[1:]])
 
 
-def write_result(name: str, title: str, body: str, data: object, wall_s: float) -> None:
-    """Write ``results/<name>.json`` and the markdown section ``results/<name>.md``."""
+def write_result(
+    name: str, title: str, body: str, data: object, wall_s: float, models: list[str] | tuple[str, ...] = ()
+) -> None:
+    """Write ``results/<name>.json`` and the markdown section ``results/<name>.md``.
+
+    ``models``: the model specs the section measured (e.g. ``builtin:vla-metaworld``); their fingerprints are
+    kept in the JSON (``model_fingerprints``, ``data`` must then be a dict) so that ``run_all.py --report`` can
+    mark the section stale once a model of that name is retrained."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if models:
+        from embodied_prune.experiments.common import model_fingerprint
+
+        data = {**data, "model_fingerprints": {m: model_fingerprint(m) for m in models}}
     header = f"## {title}\n\n- command: `{command()}` ({wall_s:.0f} s)\n- machine: {machine()}\n- date: {today()}\n\n"
     (RESULTS / f"{name}.md").write_text(header + body.strip() + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -154,3 +164,15 @@ class CellStore:
 
     def _cells(self, folder: Path) -> list[Path]:
         return sorted(p for p in folder.glob(self.pattern) if p.name != "config.json")
+
+
+def stale_models(data: dict) -> list[str]:
+    """The built-in models a result's ``model_fingerprints`` names whose weights have changed since (retrained
+    under the same name): the result no longer describes them. Paths outside the package are not checked."""
+    from embodied_prune.experiments.common import model_fingerprint
+
+    return [
+        spec
+        for spec, fp in (data.get("model_fingerprints") or {}).items()
+        if spec.startswith("builtin:") and model_fingerprint(spec) != fp
+    ]

@@ -116,6 +116,7 @@ def main() -> None:
         body,
         summary,
         time.time() - t0,
+        models=(cfg["model"],),
     )
 
 

@@ -77,7 +77,12 @@ def main() -> None:
         "evaluation stream, never a demonstration's.\n"
     )
     write_result(
-        "manipulation_vla", "Closed-loop manipulation: the shipped VLA on Meta-World", body, data, time.time() - t0
+        "manipulation_vla",
+        "Closed-loop manipulation: the shipped VLA on Meta-World",
+        body,
+        data,
+        time.time() - t0,
+        models=(a.model,),
     )
 
 

@@ -7,11 +7,16 @@ python benchmarks/run_all.py --report   # only rebuild BENCHMARKS.md from benchm
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import stale_models  # noqa: E402
+
 # Order of the sections in BENCHMARKS.md.
 SCRIPTS = [
     "structured_decode",
@@ -35,9 +40,29 @@ machine and the date. `python benchmarks/run_all.py` reruns them all and rebuild
 """
 
 
+def section(name: str) -> str | None:
+    """The markdown section of one script, with a warning under its title when a built-in model it measured has
+    been retrained since (its numbers then describe the earlier weights until the script is rerun)."""
+    md, js = HERE / "results" / f"{name}.md", HERE / "results" / f"{name}.json"
+    if not md.exists():
+        return None
+    text = md.read_text()
+    data = json.loads(js.read_text()) if js.exists() else {}
+    stale = stale_models(data) if isinstance(data, dict) else []
+    if stale:
+        title, _, rest = text.partition("\n")
+        names = ", ".join(f"`{m}`" for m in stale)
+        warning = (
+            f"> **Stale:** measured on an earlier {names} than the one shipped now (retrained since, same name); "
+            f"rerun `python benchmarks/{name}.py` to refresh these numbers.\n"
+        )
+        text = f"{title}\n\n{warning}{rest}"
+    return text
+
+
 def build_report() -> None:
-    sections = [(HERE / "results" / f"{name}.md") for name in SCRIPTS]
-    body = "\n".join(p.read_text() for p in sections if p.exists())
+    sections = [section(name) for name in SCRIPTS]
+    body = "\n".join(t for t in sections if t is not None)
     (HERE.parent / "BENCHMARKS.md").write_text(HEADER + body)
     print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")
 

@@ -82,6 +82,7 @@ def main() -> None:
         body,
         summary,
         time.time() - t0,
+        models=(cfg["model"],),
     )
 
 

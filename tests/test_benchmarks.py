@@ -1,0 +1,45 @@
+"""The benchmark report marks a section stale once a built-in model it measured has been retrained."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def run_all(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+
+    yield run_all
+    sys.modules.pop("run_all", None)
+
+
+def test_report_warns_only_when_a_measured_builtin_model_changed(run_all, tmp_path, monkeypatch):
+    from embodied_prune.experiments.common import model_fingerprint
+
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    current = model_fingerprint("builtin:vla-metaworld")
+    cases = {"fresh": current, "old": "0123456789abcdef"}
+    for name, fp in cases.items():
+        (results / f"{name}.md").write_text(f"## {name} title\n\n- command: `x`\n\n| a |\n")
+        data = {"rows": [], "model_fingerprints": {"builtin:vla-metaworld": fp, "/no/such/folder": "ffff"}}
+        (results / f"{name}.json").write_text(json.dumps(data))
+    fresh, old = run_all.section("fresh"), run_all.section("old")
+    assert fresh == (results / "fresh.md").read_text()  # unchanged: same weights, paths outside the package skipped
+    assert old.startswith("## old title\n\n> **Stale:**") and "`builtin:vla-metaworld`" in old
+    assert "python benchmarks/old.py" in old and old.endswith("- command: `x`\n\n| a |\n")
+    assert run_all.section("missing") is None
+
+
+def test_committed_vla_results_name_the_policy_they_measured():
+    for name in ("manipulation_vla", "tokens_vla", "gluestick_vla"):
+        data = json.loads((BENCH / "results" / f"{name}.json").read_text())
+        assert set(data["model_fingerprints"]) == {"builtin:vla-metaworld"}, name
