@@ -66,14 +66,28 @@ def main() -> None:
         ],
     )
     demo_min = train.get("demos_wall_s", float("nan")) / 60
+    if "dagger" in train:  # behaviour cloning, then DAgger rounds (the record is the last round's fine-tune)
+        rounds = train["dagger"]
+        recipe = (
+            f"behaviour cloning {train['bc']['wall_s'] / 60:.1f} min ({train['bc']['steps']} steps of "
+            f"{train['batch_size']}), then {len(rounds)} DAgger round(s) of {train['steps']} steps, each on the "
+            "demonstrations plus the expert-labelled rollouts of every round so far ("
+            + "; ".join(
+                f"round {i + 1}: rollouts {r['collect_s'] / 60:.1f} min at {100 * r['policy_success']:.0f} % "
+                f"success, fine-tuning {r['train_s'] / 60:.1f} min"
+                for i, r in enumerate(rounds)
+            )
+            + f"); {train['recipe_wall_s'] / 60:.1f} min in all"
+        )
+    else:
+        recipe = f"behaviour cloning {train['wall_s'] / 60:.1f} min ({train['steps']} steps of {train['batch_size']})"
     body = (
         f"{table}\n\n"
         f"Policy `{a.model}`: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; one query is "
         f"{split['total_gflops']:.2f} GFLOPs, of which the backbone {100 * split['backbone']:.0f} %, vision encoder "
         f"and projector {100 * split['vision']:.0f} %, action head {100 * split['action_head']:.1f} %. "
         f"Its training record (regenerate with `python -m embodied_prune.training.ship_vla`): demonstrations "
-        f"{demo_min:.1f} min, behaviour cloning {train['wall_s'] / 60:.1f} min ({train['steps']} steps of "
-        f"{train['batch_size']}) on the machine that trained it. Episodes: per task, scenes from `--seed`'s "
+        f"{demo_min:.1f} min, {recipe}, on the machine that trained it. Episodes: per task, scenes from `--seed`'s "
         "evaluation stream, never a demonstration's.\n"
     )
     write_result(
