@@ -25,6 +25,23 @@ from embodied_prune.models.checkpoint import resolve_model_path
 from embodied_prune.models.vla import compute_split, load_vla
 
 
+def ship_command(train: dict) -> str:
+    """The ``ship_vla`` command that regenerates a policy, from its training record."""
+    cmd = "python -m embodied_prune.training.ship_vla"
+    if "demo_episodes_per_task" not in train:  # trained some other way
+        return cmd
+    args = [f"--episodes {train['demo_episodes_per_task']}"]
+    if train.get("demo_noise"):
+        args.append(f"--noise {train['demo_noise']}")
+    rounds = train.get("dagger") or []
+    args.append(f"--steps {train['bc']['steps'] if rounds else train['steps']}")
+    if rounds:
+        args.append(f"--dagger-rounds {len(rounds)} --dagger-steps {train['steps']}")
+        if "episodes_per_task" in rounds[0]:
+            args.append(f"--dagger-episodes {rounds[0]['episodes_per_task']}")
+    return f"{cmd} {' '.join(args)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin:vla-metaworld", help="policy to evaluate")
@@ -66,6 +83,7 @@ def main() -> None:
         ],
     )
     demo_min = train.get("demos_wall_s", float("nan")) / 60
+    regen = ship_command(train)
     if "dagger" in train:  # behaviour cloning, then DAgger rounds (the record is the last round's fine-tune)
         rounds = train["dagger"]
         recipe = (
@@ -86,7 +104,7 @@ def main() -> None:
         f"Policy `{a.model}`: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; one query is "
         f"{split['total_gflops']:.2f} GFLOPs, of which the backbone {100 * split['backbone']:.0f} %, vision encoder "
         f"and projector {100 * split['vision']:.0f} %, action head {100 * split['action_head']:.1f} %. "
-        f"Its training record (regenerate with `python -m embodied_prune.training.ship_vla`): demonstrations "
+        f"Its training record (regenerate with `{regen}`): demonstrations "
         f"{demo_min:.1f} min, {recipe}, on the machine that trained it. Episodes: per task, scenes from `--seed`'s "
         "evaluation stream, never a demonstration's.\n"
     )

@@ -248,7 +248,12 @@ def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     assert record["steps"] == 2 and record["init"] and len(record["demos"]) == 2 and record["learning_rate"] == 1e-4
     assert record["bc"]["steps"] == 1 and record["bc"]["wall_s"] > 0
     [round_] = record["dagger"]
-    assert round_["collect_s"] > 0 and round_["train_s"] > 0 and 0.0 <= round_["policy_success"] <= 1.0
+    assert (
+        round_["episodes_per_task"] == 1
+        and round_["collect_s"] > 0
+        and round_["train_s"] > 0
+        and 0.0 <= round_["policy_success"] <= 1.0
+    )
     assert record["recipe_wall_s"] >= record["demos_wall_s"] + record["bc"]["wall_s"] + round_["train_s"]
     assert sorted(tmp_path.iterdir()) == [path]  # nothing else left behind
     with pytest.raises(EmbodiedPruneError, match="dagger_rounds must be 0 or more"):

@@ -75,7 +75,11 @@ def ship(
             )
             meta = json.loads((corr / "meta.json").read_text())["episodes"]
             rounds.append(
-                {"collect_s": time.time() - t0, "policy_success": sum(e["success"] for e in meta) / len(meta)}
+                {
+                    "episodes_per_task": dagger_episodes,
+                    "collect_s": time.time() - t0,
+                    "policy_success": sum(e["success"] for e in meta) / len(meta),
+                }
             )
             t1 = time.time()
             folders.append(corr)
