@@ -36,6 +36,8 @@ HEADER = """# Benchmarks
 Every number below was produced by a script in `benchmarks/`; each section names its command, the
 machine and the date. `python benchmarks/run_all.py` reruns them all and rebuilds this file
 (`--report` only rebuilds it from `benchmarks/results/`). Ratios are measured side by side in one run.
+A section measured on a built-in model that has since been retrained under the same name says so under
+its title (the results keep the fingerprints of the models they measured).
 
 """
 
