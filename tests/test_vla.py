@@ -261,6 +261,16 @@ def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     assert not (tmp_path / "neg").exists()
 
 
+def test_ship_script_refuses_empty_dagger_rounds(tmp_path, capsys):
+    from embodied_prune.training.ship_vla import main as ship_main
+
+    for flag in ("--dagger-episodes", "--dagger-steps"):
+        with pytest.raises(SystemExit) as e:
+            ship_main(["--out", str(tmp_path / "x"), "--dagger-rounds", "1", flag, "0"])
+        assert e.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_lora_adapters_become_factors_that_reproduce_them(tmp_path):
     from peft import LoraConfig, get_peft_model
 

@@ -23,6 +23,7 @@ import torch
 
 from ..envs.manipulation.demos import generate_demos
 from ..errors import EmbodiedPruneError
+from ..io import atomic_write_text
 from ..models.builtin import ASSETS
 from .manipulation import BCSettings, train_bc
 
@@ -100,7 +101,7 @@ def ship(
             saved = json.loads(meta_file.read_text())
             saved["history"][-1]["dagger"] = rounds
             saved["history"][-1]["recipe_wall_s"] = time.time() - t_start
-            meta_file.write_text(json.dumps(saved, indent=2))
+            atomic_write_text(meta_file, json.dumps(saved, indent=2))
         return policy
 
 
