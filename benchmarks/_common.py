@@ -168,11 +168,19 @@ class CellStore:
 
 def stale_models(data: dict) -> list[str]:
     """The built-in models a result's ``model_fingerprints`` names whose weights have changed since (retrained
-    under the same name): the result no longer describes them. Paths outside the package are not checked."""
+    under the same name) or that no longer exist: the result no longer describes them. Paths outside the
+    package are not checked."""
+    from embodied_prune.errors import EmbodiedPruneError
     from embodied_prune.experiments.common import model_fingerprint
+
+    def changed(spec: str, fp: str) -> bool:
+        try:
+            return model_fingerprint(spec) != fp
+        except EmbodiedPruneError:  # a built-in model since removed
+            return True
 
     return [
         spec
         for spec, fp in (data.get("model_fingerprints") or {}).items()
-        if spec.startswith("builtin:") and model_fingerprint(spec) != fp
+        if spec.startswith("builtin:") and changed(spec, fp)
     ]

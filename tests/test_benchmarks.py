@@ -37,6 +37,9 @@ def test_report_warns_only_when_a_measured_builtin_model_changed(run_all, tmp_pa
     assert old.startswith("## old title\n\n> **Stale:**") and "`builtin:vla-metaworld`" in old
     assert "python benchmarks/old.py" in old and old.endswith("- command: `x`\n\n| a |\n")
     assert run_all.section("missing") is None
+    (results / "gone.md").write_text("## gone\n")
+    (results / "gone.json").write_text(json.dumps({"model_fingerprints": {"builtin:no-such-model": "ffff"}}))
+    assert "> **Stale:**" in run_all.section("gone")  # a built-in model since removed: stale, not a crash
 
 
 def test_committed_vla_results_name_the_policy_they_measured():

@@ -48,7 +48,12 @@ def ship(
     demonstrations plus every round's rollouts so far.
     """
     if dagger_rounds < 0:
-        raise EmbodiedPruneError(f"dagger_rounds must be 0 or more, got {dagger_rounds}.")
+        raise EmbodiedPruneError(f"dagger_rounds must be 0 or more (--dagger-rounds), got {dagger_rounds}.")
+    if dagger_episodes < 1 or dagger_steps < 1:
+        raise EmbodiedPruneError(
+            "dagger_episodes and dagger_steps must be 1 or more (--dagger-episodes, --dagger-steps), "
+            f"got {dagger_episodes} and {dagger_steps}."
+        )
     s = settings or BCSettings()
     with tempfile.TemporaryDirectory() as tmp:
         t_start = t0 = time.time()
@@ -92,7 +97,7 @@ def ship(
                 overwrite=True,
                 progress=progress,
                 save_dtype=torch.bfloat16 if last else torch.float32,
-                extra_record={**record, "dagger": rounds} if last else None,
+                extra_record=record if last else None,  # completed with the rounds below
                 init=policy,
             )
             rounds[-1]["train_s"] = time.time() - t1
@@ -118,21 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dagger-steps", type=int, default=1500, help="fine-tuning steps per DAgger round (default 1500)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    if a.dagger_rounds < 0:
-        p.error(f"--dagger-rounds must be 0 or more, got {a.dagger_rounds}")
-    if a.dagger_episodes < 1 or a.dagger_steps < 1:
-        p.error("--dagger-episodes and --dagger-steps must be 1 or more")
     settings = BCSettings(steps=a.steps)
-    ship(
-        a.out,
-        a.episodes,
-        not a.quiet,
-        settings,
-        a.noise,
-        dagger_rounds=a.dagger_rounds,
-        dagger_episodes=a.dagger_episodes,
-        dagger_steps=a.dagger_steps,
-    )
+    try:
+        ship(
+            a.out,
+            a.episodes,
+            not a.quiet,
+            settings,
+            a.noise,
+            dagger_rounds=a.dagger_rounds,
+            dagger_episodes=a.dagger_episodes,
+            dagger_steps=a.dagger_steps,
+        )
+    except EmbodiedPruneError as e:
+        p.error(str(e))
     return 0
 
 
