@@ -209,6 +209,35 @@ def test_behaviour_cloning_and_closed_loop_smoke(tmp_path, demos):
     assert len(set(seeds)) == 2
 
 
+def test_bf16_training_runs_under_autocast_and_keeps_fp32_weights(tmp_path, demos, capsys):
+    from embodied_prune.cli import main
+    from embodied_prune.models.vla import TinyVLA
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    original = TinyVLA.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return original(self, *args, **kwargs)
+
+    args = ["train", "manipulation", "--demos", str(demos), "--max-steps", "2", "--batch-size", "2", "-q"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TinyVLA, "forward", spy)
+        assert main([*args, "--out", str(tmp_path / "bf16"), "--bf16"]) == 0
+        assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+        seen.clear()
+        assert main([*args, "--out", str(tmp_path / "fp32")]) == 0
+        assert seen and not any(on for on, _ in seen)
+    record = json.loads((tmp_path / "bf16" / "embodied_prune.json").read_text())["history"][0]
+    assert record["bf16"] is True and record["steps"] == 2
+    model, _ = load_vla(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    capsys.readouterr()
+    assert main(["train", "driving", "--stage", "sft", "--bf16", "--out", str(tmp_path / "d")]) == 2
+    assert "--bf16 are for train manipulation" in capsys.readouterr().err
+
+
 def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):
     from embodied_prune.cli import main
 

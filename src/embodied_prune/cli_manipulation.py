@@ -67,7 +67,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.prune_to is not None or a.save_every or a.resume:
         raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")
     given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "batch_size": a.batch_size}
-    s = BCSettings(seed=a.seed, **{k: v for k, v in given.items() if v is not None})
+    s = BCSettings(seed=a.seed, bf16=a.bf16, **{k: v for k, v in given.items() if v is not None})
     path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained the VLA policy in {record['wall_s']:.0f} s → {path}")
@@ -137,6 +137,12 @@ def add_train_arguments(sp: argparse.ArgumentParser) -> None:
         "fine-tuned instead of a fresh one trained",
     )
     sp.add_argument("--batch-size", type=int, help="manipulation: samples per step (default 16)")
+    sp.add_argument(
+        "--bf16",
+        action="store_true",
+        help="manipulation: bfloat16 autocast while training (about 1.3x faster on CPUs with AVX512-BF16; "
+        "weights stay fp32)",
+    )
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@
 Demonstrations (60 per task, seed 0) are recorded into a temporary folder and deleted afterwards;
 the policy is trained with the default :class:`~.manipulation.BCSettings` and saved in bfloat16
 (a few MB), recording its settings and wall times in ``embodied_prune.json``. ``--noise`` (DART
-demonstrations), ``--steps`` and ``--dagger-rounds`` (DAgger fine-tuning rounds) try other recipes;
+demonstrations), ``--steps``, ``--bf16`` and ``--dagger-rounds`` (DAgger fine-tuning rounds) try other recipes;
 the defaults regenerate the shipped policy.
 """
 
@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         "--dagger-episodes", type=int, default=50, help="policy rollouts per task in each DAgger round (default 50)"
     )
     p.add_argument("--dagger-steps", type=int, default=1500, help="fine-tuning steps per DAgger round (default 1500)")
+    p.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (see `train --bf16`)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    settings = BCSettings(steps=a.steps)
+    settings = BCSettings(steps=a.steps, bf16=a.bf16)
     try:
         ship(
             a.out,
