@@ -140,7 +140,7 @@ def add_train_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--bf16",
         action="store_true",
-        help="manipulation: bfloat16 autocast while training (about 1.3x faster on CPUs with AVX512-BF16; "
+        help="manipulation: bfloat16 autocast while training (1.1-1.3x faster on CPUs with AVX512-BF16; "
         "weights stay fp32)",
     )
 
