@@ -26,17 +26,21 @@ from embodied_prune.models.vla import compute_split, load_vla
 
 
 def ship_command(train: dict) -> str:
-    """The ``ship_vla`` command that regenerates a policy, from its training record."""
+    """The ``ship_vla`` command that regenerates a policy, from its training record; every recipe flag is
+    spelled out, so that the command stays right when ``ship_vla``'s defaults change."""
     cmd = "python -m embodied_prune.training.ship_vla"
     if "demo_episodes_per_task" not in train:  # trained some other way
         return cmd
-    args = [f"--episodes {train['demo_episodes_per_task']}"]
-    if train.get("demo_noise"):
-        args.append(f"--noise {train['demo_noise']}")
     rounds = train.get("dagger") or []
-    args.append(f"--steps {train['bc']['steps'] if rounds else train['steps']}")
+    args = [
+        f"--episodes {train['demo_episodes_per_task']}",
+        f"--noise {train.get('demo_noise', 0.0)}",
+        f"--steps {train['bc']['steps'] if rounds else train['steps']}",
+        "--bf16" if train.get("bf16") else "--no-bf16",  # records from before the switch trained in fp32
+        f"--dagger-rounds {len(rounds)}",
+    ]
     if rounds:
-        args.append(f"--dagger-rounds {len(rounds)} --dagger-steps {train['steps']}")
+        args.append(f"--dagger-steps {train['steps']}")
         if "episodes_per_task" in rounds[0]:
             args.append(f"--dagger-episodes {rounds[0]['episodes_per_task']}")
     return f"{cmd} {' '.join(args)}"

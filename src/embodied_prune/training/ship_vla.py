@@ -121,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dagger-episodes", type=int, default=50, help="policy rollouts per task in each DAgger round (default 50)"
     )
     p.add_argument("--dagger-steps", type=int, default=1500, help="fine-tuning steps per DAgger round (default 1500)")
-    p.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (see `train --bf16`)")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train under bfloat16 autocast (see `train manipulation --bf16`; default: off)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     settings = BCSettings(steps=a.steps, bf16=a.bf16)
