@@ -141,7 +141,7 @@ def add_train_arguments(sp: argparse.ArgumentParser) -> None:
         "--bf16",
         action="store_true",
         help="manipulation: bfloat16 autocast while training (1.1-1.3x faster on CPUs with AVX512-BF16; "
-        "weights stay fp32)",
+        "weights stay fp32; effect on closed-loop success not established, see docs/manipulation.md)",
     )
 
 

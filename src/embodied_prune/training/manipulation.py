@@ -194,8 +194,9 @@ def fit(
 
     ``bf16`` runs the passes under bfloat16 autocast (Trainer's mixed precision, also on CPU), the
     master weights and AdamW state staying fp32: on a CPU with AVX512-BF16 a step of the default policy
-    is 1.1–1.3× faster, to the same held-out error after 600 steps (docs/manipulation.md). Without
-    bfloat16 support in the hardware it is slower, not faster."""
+    is 1.1–1.3× faster, to the same held-out error after 600 steps; its effect on closed-loop success is
+    not established (a bf16-trained candidate did worse, with other changes; docs/manipulation.md).
+    Without bfloat16 support in the hardware it is slower, not faster."""
     args = TrainingArguments(
         output_dir=scratch,
         max_steps=steps,
