@@ -46,3 +46,48 @@ def test_committed_vla_results_name_the_policy_they_measured():
     for name in ("manipulation_vla", "tokens_vla", "gluestick_vla"):
         data = json.loads((BENCH / "results" / f"{name}.json").read_text())
         assert set(data["model_fingerprints"]) == {"builtin:vla-metaworld"}, name
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"demo_episodes_per_task": 60, "demo_noise": 0.0, "steps": 4500},  # behaviour cloning only, fp32
+        {
+            "demo_episodes_per_task": 150,
+            "demo_noise": 0.05,
+            "steps": 1200,
+            "bf16": True,
+            "bc": {"steps": 4500},
+            "dagger": [{"episodes_per_task": 40}, {"episodes_per_task": 40}],
+        },
+    ],
+)
+def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
+    """``manipulation_vla.ship_command`` names every recipe setting: ``ship_vla`` run with it trains with
+    the recorded values (bf16 included, ``--bf16`` or ``--no-bf16``)."""
+    import shlex
+
+    from embodied_prune.training import ship_vla
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    from manipulation_vla import ship_command
+
+    got: dict = {}
+    monkeypatch.setattr(
+        ship_vla,
+        "ship",
+        lambda out, episodes, progress, settings, noise, **kw: got.update(
+            episodes=episodes, noise=noise, steps=settings.steps, bf16=settings.bf16, **kw
+        ),
+    )
+    words = shlex.split(ship_command(record))
+    assert words[:3] == ["python", "-m", "embodied_prune.training.ship_vla"]
+    assert ship_vla.main(words[3:]) == 0
+    sys.modules.pop("manipulation_vla", None)
+    rounds = record.get("dagger", [])
+    assert got["episodes"] == record["demo_episodes_per_task"] and got["noise"] == record["demo_noise"]
+    assert got["steps"] == (record["bc"]["steps"] if rounds else record["steps"])
+    assert got["bf16"] is record.get("bf16", False) and got["dagger_rounds"] == len(rounds)
+    if rounds:
+        assert got["dagger_steps"] == record["steps"]
+        assert got["dagger_episodes"] == rounds[0]["episodes_per_task"]
