@@ -37,6 +37,7 @@ def ship_command(train: dict) -> str:
         f"--noise {train.get('demo_noise', 0.0)}",
         f"--steps {train['bc']['steps'] if rounds else train['steps']}",
         "--bf16" if train.get("bf16") else "--no-bf16",  # records from before the switch trained in fp32
+        f"--visual-keep {train.get('visual_keep', 1.0)}",  # records from before the switch kept every token
         f"--dagger-rounds {len(rounds)}",
     ]
     if rounds:

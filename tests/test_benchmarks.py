@@ -57,6 +57,7 @@ def test_committed_vla_results_name_the_policy_they_measured():
             "demo_noise": 0.05,
             "steps": 1200,
             "bf16": True,
+            "visual_keep": 0.5,
             "bc": {"steps": 4500},
             "dagger": [{"episodes_per_task": 40}, {"episodes_per_task": 40}],
         },
@@ -64,7 +65,7 @@ def test_committed_vla_results_name_the_policy_they_measured():
 )
 def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
     """``manipulation_vla.ship_command`` names every recipe setting: ``ship_vla`` run with it trains with
-    the recorded values (bf16 included, ``--bf16`` or ``--no-bf16``)."""
+    the recorded values (bf16 included, ``--bf16`` or ``--no-bf16``, and the visual-token share)."""
     import shlex
 
     from embodied_prune.training import ship_vla
@@ -77,7 +78,7 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
         ship_vla,
         "ship",
         lambda out, episodes, progress, settings, noise, **kw: got.update(
-            episodes=episodes, noise=noise, steps=settings.steps, bf16=settings.bf16, **kw
+            episodes=episodes, noise=noise, steps=settings.steps, bf16=settings.bf16, keep=settings.visual_keep, **kw
         ),
     )
     words = shlex.split(ship_command(record))
@@ -88,6 +89,7 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
     assert got["episodes"] == record["demo_episodes_per_task"] and got["noise"] == record["demo_noise"]
     assert got["steps"] == (record["bc"]["steps"] if rounds else record["steps"])
     assert got["bf16"] is record.get("bf16", False) and got["dagger_rounds"] == len(rounds)
+    assert got["keep"] == record.get("visual_keep", 1.0)
     if rounds:
         assert got["dagger_steps"] == record["steps"]
         assert got["dagger_episodes"] == rounds[0]["episodes_per_task"]

@@ -235,7 +235,81 @@ def test_bf16_training_runs_under_autocast_and_keeps_fp32_weights(tmp_path, demo
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     capsys.readouterr()
     assert main(["train", "driving", "--stage", "sft", "--bf16", "--out", str(tmp_path / "d")]) == 2
-    assert "--bf16 are for train manipulation" in capsys.readouterr().err
+    assert "--bf16 and --visual-keep are for train manipulation" in capsys.readouterr().err
+
+
+def test_drop_visual_tokens_keeps_a_random_share_at_original_positions():
+    from embodied_prune.models.vla import drop_visual_tokens
+
+    b, length, h, visual = 3, 20, 4, (1, 13)
+    x = torch.arange(b * length, dtype=torch.float32).reshape(b, length, 1).expand(b, length, h).clone()
+    mask = torch.ones(b, length, dtype=torch.long)
+    mask[:, -3] = 0  # an instruction pad
+    torch.manual_seed(0)
+    y, m, pos = drop_visual_tokens(x, mask, visual, 0.5)
+    assert y.shape == (b, length - 6, h) and m.shape == pos.shape == (b, length - 6)
+    for i in range(b):
+        kept = pos[i, 1:7]
+        assert pos[i, 0] == 0 and pos[i, 7:].tolist() == list(range(13, length))  # BOS and the tail untouched
+        assert (kept >= 1).all() and (kept < 13).all() and (kept.diff() > 0).all()  # visual, sorted, distinct
+        assert torch.equal(y[i], x[i, pos[i]]) and torch.equal(m[i], mask[i, pos[i]])
+    assert len({tuple(p[1:7].tolist()) for p in pos}) > 1  # each sample draws its own subset
+    y1, _, pos1 = drop_visual_tokens(x, mask, visual, 1.0)
+    assert torch.equal(y1, x) and torch.equal(pos1[0], torch.arange(length))
+
+
+def test_visual_token_dropout_trains_on_a_shorter_sequence_and_acts_on_all_tokens():
+    """In training mode the backbone sees ``train_visual_keep`` of the visual tokens at their original
+    rotary positions (the same as running the kept tokens by hand); in eval mode every token."""
+    from embodied_prune.models import vla
+
+    model, tok = tiny_policy()
+    model.config.train_visual_keep = 0.25
+    images, ids, attn, proprio = query(model, tok)
+    lay = model.layout()
+    seen: list[tuple] = []
+    original = model.backbone.forward
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["inputs_embeds"].shape[1], kwargs.get("position_ids")))
+        return original(*args, **kwargs)
+
+    model.backbone.forward = spy
+    model.eval()
+    with torch.no_grad():
+        dense = model(images, ids, attn, proprio, bos_id=tok.bos_token_id)["actions"]
+    assert seen[-1] == (lay.length, None)
+    model.train()  # (no dropout layers in the model: only the token drop differs)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        dropped = model(images, ids, attn, proprio, bos_id=tok.bos_token_id)["actions"]
+    n_visual = lay.visual[1] - lay.visual[0]
+    length, positions = seen[-1]
+    assert length == lay.length - n_visual + round(n_visual * 0.25)
+    torch.manual_seed(3)
+    x, mask = model.build_inputs(images, ids, attn, proprio, tok.bos_token_id)
+    xs, ms, pos = vla.drop_visual_tokens(x, mask, lay.visual, 0.25)
+    assert torch.equal(positions, pos)
+    with torch.no_grad():
+        hidden = original(inputs_embeds=xs, attention_mask=ms, position_ids=pos, use_cache=False).last_hidden_state
+        assert torch.allclose(dropped, model.action_head(hidden[:, -model.config.chunk :]), atol=1e-6)
+    assert not torch.allclose(dropped, dense, atol=1e-3)
+
+
+def test_train_visual_keep_is_recorded_and_checked(tmp_path, demos, capsys):
+    from embodied_prune.cli import main
+
+    args = ["train", "manipulation", "--demos", str(demos), "--max-steps", "2", "--batch-size", "2", "-q"]
+    assert main([*args, "--out", str(tmp_path / "half"), "--visual-keep", "0.5"]) == 0
+    model, _ = load_vla(tmp_path / "half")
+    assert model.config.train_visual_keep == 0.5
+    assert json.loads((tmp_path / "half" / "embodied_prune.json").read_text())["history"][0]["visual_keep"] == 0.5
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--visual-keep", "0"]) == 2
+    assert "visual_keep must be in (0, 1] (--visual-keep), got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main(["train", "driving", "--stage", "sft", "--visual-keep", "0.5", "--out", str(tmp_path / "d")]) == 2
+    assert "--visual-keep are for train manipulation" in capsys.readouterr().err
 
 
 def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):

@@ -67,6 +67,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.prune_to is not None or a.save_every or a.resume:
         raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")
     given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "batch_size": a.batch_size}
+    given["visual_keep"] = a.visual_keep
     s = BCSettings(seed=a.seed, bf16=a.bf16, **{k: v for k, v in given.items() if v is not None})
     path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
@@ -142,6 +143,14 @@ def add_train_arguments(sp: argparse.ArgumentParser) -> None:
         action="store_true",
         help="manipulation: bfloat16 autocast while training (1.1-1.3x faster on CPUs with AVX512-BF16; "
         "weights stay fp32; effect on closed-loop success not established, see docs/manipulation.md)",
+    )
+    sp.add_argument(
+        "--visual-keep",
+        type=float,
+        metavar="SHARE",
+        help="manipulation: each training sample feeds the backbone a random SHARE of its visual tokens "
+        "(patch dropout; 0.5 makes a step about 1.9x faster; the policy still sees every token when it acts; "
+        "default 1: all)",
     )
 
 

@@ -16,6 +16,10 @@ One policy query lays its sequence out as ``[BOS, visual tokens, instruction tok
   loss (weight ``aux_weight``) on targets from the simulator's private state teaches the backbone to
   locate them in the images; the policy's inputs stay images, instruction and proprioception, and the
   head plays no part in a policy query.
+- **visual-token dropout** (training only, optional: ``train_visual_keep`` < 1): each training sample
+  feeds the backbone a random ``train_visual_keep`` share of its visual tokens, at their original
+  positions (FLIP's patch dropout, Li et al. 2023). The backbone's cost falls with the sequence, so more
+  steps fit in the same time; a policy query in eval mode always sees every token.
 
 The backbone carries most of a query's compute (see :func:`compute_split`), so pruning it (structured
 or 2:4, through the ``embodied_prune_adapter`` that points the pruning code at ``backbone.layers``)
@@ -64,6 +68,7 @@ class TinyVLAConfig(PretrainedConfig):
         aux_weight: float = 0.0,
         aux_mean: list[float] | None = None,
         aux_std: list[float] | None = None,
+        train_visual_keep: float = 1.0,
         **kwargs,
     ) -> None:
         if isinstance(backbone_config, dict):
@@ -92,6 +97,9 @@ class TinyVLAConfig(PretrainedConfig):
         self.aux_weight = aux_weight
         self.aux_mean = list(aux_mean or [0.0] * aux_dim)
         self.aux_std = list(aux_std or [1.0] * aux_dim)
+        if not 0.0 < train_visual_keep <= 1.0:
+            raise ValueError(f"train_visual_keep must be in (0, 1], got {train_visual_keep}")
+        self.train_visual_keep = train_visual_keep
         super().__init__(**kwargs)
 
     def visual_tokens(self) -> dict[str, int]:
@@ -218,7 +226,14 @@ class TinyVLA(PreTrainedModel):
         """Predict an action chunk; with target ``actions`` (B, chunk, action_dim) also the L1 loss, to
         which ``aux_targets`` (B, aux_dim; raw, normalised here) add the weighted auxiliary L1 loss."""
         x, mask = self.build_inputs(images, input_ids, attention_mask, proprio, bos_id)
-        hidden = self.backbone(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+        positions = None
+        if self.training and self.config.train_visual_keep < 1.0:
+            x, mask, positions = drop_visual_tokens(
+                x, mask, self.layout(input_ids.shape[1]).visual, self.config.train_visual_keep
+            )
+        hidden = self.backbone(
+            inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
         queries = hidden[:, -self.config.chunk :].float()
         pred = self.action_head(queries)
         out = {"actions": pred}
@@ -230,6 +245,21 @@ class TinyVLA(PreTrainedModel):
                 out["aux_loss"] = F.l1_loss(self.aux_head(queries.mean(1)), (aux_targets.float() - mean) / std)
                 out["loss"] = out["loss"] + self.config.aux_weight * out["aux_loss"]
         return out
+
+
+def drop_visual_tokens(
+    x: torch.Tensor, mask: torch.Tensor, visual: tuple[int, int], keep: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep a random ``keep`` share of the visual tokens ``visual`` (a half-open index range) of every
+    sample in ``x`` (B, L, hidden), the other tokens all kept; returns the shortened sequence, its
+    attention mask and the kept tokens' original positions (B, L') for the rotary embedding."""
+    b, length, h = x.shape
+    start, stop = visual
+    n_keep = max(1, round((stop - start) * keep))
+    picked = torch.rand(b, stop - start, device=x.device).topk(n_keep, dim=1).indices.sort(dim=1).values + start
+    rows = torch.arange(length, device=x.device)
+    positions = torch.cat([rows[:start].expand(b, -1), picked, rows[stop:].expand(b, -1)], dim=1)
+    return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, h)), mask.gather(1, positions), positions
 
 
 def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -285,6 +315,7 @@ __all__ = [
     "TokenLayout",
     "build_tokenizer",
     "compute_split",
+    "drop_visual_tokens",
     "encode_instructions",
     "save_vla",
 ]

@@ -23,6 +23,7 @@ from transformers import LlamaConfig, Trainer, TrainingArguments
 
 from ..envs.manipulation.demos import DemoSet, check_cameras, load_demo_folders, load_demos
 from ..envs.manipulation.tasks import TASKS
+from ..errors import EmbodiedPruneError
 from ..models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, load_vla, save_vla
 from .runs import prepare_run, use_compact_progress
 
@@ -44,6 +45,7 @@ class BCSettings:
     aux_weight: float = 0.5  # auxiliary object/goal-position loss (0: off; needs demonstrations with it)
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast for the forward and backward passes (weights and optimizer stay fp32)
+    visual_keep: float = 1.0  # share of visual tokens each training sample keeps (random; 1: all; see TinyVLA)
 
 
 class DemoSteps(Dataset):
@@ -153,6 +155,8 @@ def train_bc(
     ``save_dtype``). With ``init`` (a policy folder) that policy is fine-tuned instead of a fresh one
     built, and the settings' shape fields are ignored."""
     s = settings or BCSettings()
+    if not 0.0 < s.visual_keep <= 1.0:
+        raise EmbodiedPruneError(f"visual_keep must be in (0, 1] (--visual-keep), got {s.visual_keep}.")
     demo_set = load_demo_folders(demos)
     if init is not None:
         model, tokenizer = load_vla(init)
@@ -161,6 +165,7 @@ def train_bc(
     scratch = prepare_run(out, overwrite, s.seed)
     if init is None:
         model, tokenizer = build_policy(demo_set, s)
+    model.config.train_visual_keep = s.visual_keep  # this run's token dropout (an init policy's is replaced)
     data = DemoSteps(demo_set, tokenizer, model.config.chunk, model.config.instruction_len, s.shift, s.seed)
     t0 = time.time()
     model = fit(model, data, s.steps, s.batch_size, s.learning_rate, s.seed, scratch, progress, bf16=s.bf16)
@@ -230,8 +235,6 @@ def policy_calibration(
 ) -> list[dict]:
     """Calibration inputs for pruning a policy: ``n_samples`` seeded steps of a demonstration folder,
     as ready ``model(**batch)`` dicts (images, instruction, proprioception; no augmentation)."""
-    from ..errors import EmbodiedPruneError
-
     if demos is None or str(demos) == "random" or not (Path(demos) / "meta.json").is_file():
         raise EmbodiedPruneError(
             f"calibrating a VLA policy needs its inputs, not text: pass --calibration DEMOS_FOLDER (made by "

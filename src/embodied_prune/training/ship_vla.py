@@ -127,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         default=False,
         help="train under bfloat16 autocast (see `train manipulation --bf16`; default: off)",
     )
+    p.add_argument(
+        "--visual-keep",
+        type=float,
+        default=1.0,
+        help="share of visual tokens each training sample keeps (see `train manipulation --visual-keep`; default 1)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    settings = BCSettings(steps=a.steps, bf16=a.bf16)
+    settings = BCSettings(steps=a.steps, bf16=a.bf16, visual_keep=a.visual_keep)
     try:
         ship(
             a.out,
