@@ -89,6 +89,8 @@ def main() -> None:
     )
     demo_min = train.get("demos_wall_s", float("nan")) / 60
     regen = ship_command(train)
+    keep = train.get("visual_keep", 1.0)
+    dropout = f", each training sample keeping a random {100 * keep:.0f} % of its visual tokens" if keep < 1 else ""
     if "dagger" in train:  # behaviour cloning, then DAgger rounds (the record is the last round's fine-tune)
         rounds = train["dagger"]
         recipe = (
@@ -100,10 +102,13 @@ def main() -> None:
                 f"success, fine-tuning {r['train_s'] / 60:.1f} min"
                 for i, r in enumerate(rounds)
             )
-            + f"); {train['recipe_wall_s'] / 60:.1f} min in all"
+            + f"){dropout}; {train['recipe_wall_s'] / 60:.1f} min in all"
         )
     else:
-        recipe = f"behaviour cloning {train['wall_s'] / 60:.1f} min ({train['steps']} steps of {train['batch_size']})"
+        recipe = (
+            f"behaviour cloning {train['wall_s'] / 60:.1f} min ({train['steps']} steps of {train['batch_size']}"
+            f"{dropout})"
+        )
     body = (
         f"{table}\n\n"
         f"Policy `{a.model}`: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; one query is "

@@ -341,7 +341,9 @@ def test_shipped_policy_needs_its_eyes():
 def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     from embodied_prune.training.ship_vla import NAME, ship
 
-    tiny = BCSettings(steps=1, batch_size=2, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
+    tiny = BCSettings(
+        steps=1, batch_size=2, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, visual_keep=0.5
+    )
     path = ship(tmp_path, episodes=1, progress=False, settings=tiny, dagger_rounds=1, dagger_episodes=1, dagger_steps=2)
     model, _ = load_vla(path)
     assert path.name == NAME and next(model.parameters()).dtype == torch.float32  # bf16 on disk, fp32 loaded
@@ -350,6 +352,7 @@ def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     # the saved policy is the DAgger round's: fine-tuned from the BC policy on demos + one rollout per task
     assert record["steps"] == 2 and record["init"] and len(record["demos"]) == 2 and record["learning_rate"] == 1e-4
     assert record["bc"]["steps"] == 1 and record["bc"]["wall_s"] > 0
+    assert record["visual_keep"] == 0.5 and model.config.train_visual_keep == 0.5  # the rounds keep the BC setting
     [round_] = record["dagger"]
     assert (
         round_["episodes_per_task"] == 1
