@@ -149,8 +149,8 @@ def add_train_arguments(sp: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SHARE",
         help="manipulation: each training sample feeds the backbone a random SHARE of its visual tokens "
-        "(patch dropout; 0.5 makes a step about 1.9x faster; the policy still sees every token when it acts; "
-        "default 1: all)",
+        "(patch dropout; 0.5 makes a step about twice as fast; the policy still sees every token when it acts; "
+        "closed-loop effect so far not good, see docs/manipulation.md; default 1: all)",
     )
 
 
