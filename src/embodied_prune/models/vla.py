@@ -19,7 +19,8 @@ One policy query lays its sequence out as ``[BOS, visual tokens, instruction tok
 - **visual-token dropout** (training only, optional: ``train_visual_keep`` < 1): each training sample
   feeds the backbone a random ``train_visual_keep`` share of its visual tokens, at their original
   positions (FLIP's patch dropout, Li et al. 2023). The backbone's cost falls with the sequence, so more
-  steps fit in the same time; a policy query in eval mode always sees every token.
+  steps fit in the same time; a policy query in eval mode always sees every token. ``train_bc`` sets it
+  for its own run and saves the policy with 1 (its record in ``embodied_prune.json`` keeps the share).
 
 The backbone carries most of a query's compute (see :func:`compute_split`), so pruning it (structured
 or 2:4, through the ``embodied_prune_adapter`` that points the pruning code at ``backbone.layers``)
