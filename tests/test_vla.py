@@ -264,7 +264,7 @@ def test_visual_token_dropout_trains_on_a_shorter_sequence_and_acts_on_all_token
     from embodied_prune.models import vla
 
     model, tok = tiny_policy()
-    model.config.train_visual_keep = 0.25
+    model.train_visual_keep = 0.25
     images, ids, attn, proprio = query(model, tok)
     lay = model.layout()
     seen: list[tuple] = []
@@ -298,12 +298,22 @@ def test_visual_token_dropout_trains_on_a_shorter_sequence_and_acts_on_all_token
 
 def test_train_visual_keep_is_recorded_and_checked(tmp_path, demos, capsys):
     from embodied_prune.cli import main
+    from embodied_prune.models import vla
 
     args = ["train", "manipulation", "--demos", str(demos), "--max-steps", "2", "--batch-size", "2", "-q"]
-    assert main([*args, "--out", str(tmp_path / "half"), "--visual-keep", "0.5"]) == 0
+    shares: list[float] = []
+    original = vla.drop_visual_tokens
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            vla,
+            "drop_visual_tokens",
+            lambda x, mask, visual, keep: shares.append(keep) or original(x, mask, visual, keep),
+        )
+        assert main([*args, "--out", str(tmp_path / "half"), "--visual-keep", "0.5"]) == 0
+    assert shares == [0.5, 0.5]  # both training steps dropped tokens
     model, _ = load_vla(tmp_path / "half")
     assert json.loads((tmp_path / "half" / "embodied_prune.json").read_text())["history"][0]["visual_keep"] == 0.5
-    assert model.config.train_visual_keep == 1.0  # the saved policy's later training (e.g. LoRA) sees every token
+    assert model.train_visual_keep == 1.0  # the saved policy's later training (e.g. LoRA) sees every token
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "bad"), "--visual-keep", "0"]) == 2
     assert "visual_keep must be in (0, 1] (--visual-keep), got 0.0" in capsys.readouterr().err
@@ -352,7 +362,7 @@ def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     # the saved policy is the DAgger round's: fine-tuned from the BC policy on demos + one rollout per task
     assert record["steps"] == 2 and record["init"] and len(record["demos"]) == 2 and record["learning_rate"] == 1e-4
     assert record["bc"]["steps"] == 1 and record["bc"]["wall_s"] > 0
-    assert record["visual_keep"] == 0.5 and model.config.train_visual_keep == 1.0  # the rounds keep the BC setting
+    assert record["visual_keep"] == 0.5 and model.train_visual_keep == 1.0  # the rounds keep the BC setting
     [round_] = record["dagger"]
     assert (
         round_["episodes_per_task"] == 1

@@ -66,8 +66,12 @@ def cmd_train(a: argparse.Namespace) -> None:
         )
     if a.prune_to is not None or a.save_every or a.resume:
         raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")
-    given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "batch_size": a.batch_size}
-    given["visual_keep"] = a.visual_keep
+    given = {
+        "learning_rate": a.learning_rate,
+        "steps": a.max_steps,
+        "batch_size": a.batch_size,
+        "visual_keep": a.visual_keep,
+    }
     s = BCSettings(seed=a.seed, bf16=a.bf16, **{k: v for k, v in given.items() if v is not None})
     path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]

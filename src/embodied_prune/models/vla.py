@@ -16,11 +16,12 @@ One policy query lays its sequence out as ``[BOS, visual tokens, instruction tok
   loss (weight ``aux_weight``) on targets from the simulator's private state teaches the backbone to
   locate them in the images; the policy's inputs stay images, instruction and proprioception, and the
   head plays no part in a policy query.
-- **visual-token dropout** (training only, optional: ``train_visual_keep`` < 1): each training sample
-  feeds the backbone a random ``train_visual_keep`` share of its visual tokens, at their original
-  positions (FLIP's patch dropout, Li et al. 2023). The backbone's cost falls with the sequence, so more
-  steps fit in the same time; a policy query in eval mode always sees every token. ``train_bc`` sets it
-  for its own run and saves the policy with 1 (its record in ``embodied_prune.json`` keeps the share).
+- **visual-token dropout** (training only, optional: the attribute ``train_visual_keep`` < 1): each
+  training sample feeds the backbone a random ``train_visual_keep`` share of its visual tokens, at their
+  original positions (FLIP's patch dropout, Li et al. 2023). The backbone's cost falls with the sequence,
+  so more steps fit in the same time; a policy query in eval mode always sees every token. It is a switch
+  of one training run, not part of the config: a loaded policy starts at 1 (``train_bc`` records the share
+  it used in ``embodied_prune.json``).
 
 The backbone carries most of a query's compute (see :func:`compute_split`), so pruning it (structured
 or 2:4, through the ``embodied_prune_adapter`` that points the pruning code at ``backbone.layers``)
@@ -69,7 +70,6 @@ class TinyVLAConfig(PretrainedConfig):
         aux_weight: float = 0.0,
         aux_mean: list[float] | None = None,
         aux_std: list[float] | None = None,
-        train_visual_keep: float = 1.0,
         **kwargs,
     ) -> None:
         if isinstance(backbone_config, dict):
@@ -98,9 +98,6 @@ class TinyVLAConfig(PretrainedConfig):
         self.aux_weight = aux_weight
         self.aux_mean = list(aux_mean or [0.0] * aux_dim)
         self.aux_std = list(aux_std or [1.0] * aux_dim)
-        if not 0.0 < train_visual_keep <= 1.0:
-            raise ValueError(f"train_visual_keep must be in (0, 1], got {train_visual_keep}")
-        self.train_visual_keep = train_visual_keep
         super().__init__(**kwargs)
 
     def visual_tokens(self) -> dict[str, int]:
@@ -172,6 +169,7 @@ class TinyVLA(PreTrainedModel):
         self.proprio_proj = nn.Linear(config.proprio_dim, h)
         self.action_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, config.action_dim))
         self.aux_head = nn.Linear(h, config.aux_dim) if config.aux_dim > 0 else None
+        self.train_visual_keep = 1.0  # share of visual tokens a training-mode forward keeps (module docstring)
         self.post_init()
 
     def layout(self, instruction_len: int | None = None) -> TokenLayout:
@@ -228,9 +226,9 @@ class TinyVLA(PreTrainedModel):
         which ``aux_targets`` (B, aux_dim; raw, normalised here) add the weighted auxiliary L1 loss."""
         x, mask = self.build_inputs(images, input_ids, attention_mask, proprio, bos_id)
         positions = None
-        if self.training and self.config.train_visual_keep < 1.0:
+        if self.training and self.train_visual_keep < 1.0:
             x, mask, positions = drop_visual_tokens(
-                x, mask, self.layout(input_ids.shape[1]).visual, self.config.train_visual_keep
+                x, mask, self.layout(input_ids.shape[1]).visual, self.train_visual_keep
             )
         hidden = self.backbone(
             inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False

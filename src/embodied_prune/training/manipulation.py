@@ -165,11 +165,10 @@ def train_bc(
     scratch = prepare_run(out, overwrite, s.seed)
     if init is None:
         model, tokenizer = build_policy(demo_set, s)
-    model.config.train_visual_keep = s.visual_keep  # this run's token dropout
+    model.train_visual_keep = s.visual_keep  # this run's token dropout (not saved: a loaded policy keeps all)
     data = DemoSteps(demo_set, tokenizer, model.config.chunk, model.config.instruction_len, s.shift, s.seed)
     t0 = time.time()
     model = fit(model, data, s.steps, s.batch_size, s.learning_rate, s.seed, scratch, progress, bf16=s.bf16)
-    model.config.train_visual_keep = 1.0  # a switch for this run only (the record keeps it): later training sees all
     record = {
         "op": "train",
         "stage": "bc",
