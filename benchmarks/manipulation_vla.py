@@ -109,14 +109,20 @@ def main() -> None:
             f"behaviour cloning {train['wall_s'] / 60:.1f} min ({train['steps']} steps of {train['batch_size']}"
             f"{dropout})"
         )
+    reused = ""
+    if "reused_stages" in train:  # ship_vla --work continued an earlier run: those stages' times were measured then
+        reused = (
+            f" (stages {', '.join(train['reused_stages']['stages'])} were made by an earlier run of the same "
+            "recipe and reused through `--work`; their times are the ones measured then)"
+        )
     body = (
         f"{table}\n\n"
         f"Policy `{a.model}`: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; one query is "
         f"{split['total_gflops']:.2f} GFLOPs, of which the backbone {100 * split['backbone']:.0f} %, vision encoder "
         f"and projector {100 * split['vision']:.0f} %, action head {100 * split['action_head']:.1f} %. "
         f"Its training record (regenerate with `{regen}`): demonstrations "
-        f"{demo_min:.1f} min, {recipe}, on the machine that trained it. Episodes: per task, scenes from `--seed`'s "
-        "evaluation stream, never a demonstration's.\n"
+        f"{demo_min:.1f} min, {recipe}, on the machine that trained it{reused}. Episodes: per task, scenes from "
+        "`--seed`'s evaluation stream, never a demonstration's.\n"
     )
     write_result(
         "manipulation_vla",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -375,6 +376,45 @@ def test_ship_script_regenerates_a_loadable_policy(tmp_path):
     with pytest.raises(EmbodiedPruneError, match="dagger_rounds must be 0 or more"):
         ship(tmp_path / "neg", episodes=1, progress=False, settings=tiny, dagger_rounds=-1)
     assert not (tmp_path / "neg").exists()
+
+
+def test_ship_script_resumes_from_its_work_folder(tmp_path):
+    """With a work folder every stage stays there, and a rerun of the same recipe with one more round
+    reuses the finished stages (their folders untouched, their measured times in the record) and makes
+    only the new ones; a different recipe is refused before anything is written."""
+    from embodied_prune.training.ship_vla import STAGES_FILE, ship
+
+    tiny = BCSettings(steps=1, batch_size=2, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
+    work = tmp_path / "work"
+    kw = dict(episodes=1, progress=False, settings=tiny, dagger_episodes=1, dagger_steps=2, work=work)
+    first = ship(tmp_path / "a", dagger_rounds=0, **kw)
+    assert sorted(p.name for p in work.iterdir()) == ["bc", "demos", STAGES_FILE]
+    assert "reused_stages" not in json.loads((first / "embodied_prune.json").read_text())["history"][0]
+    stamps = {
+        d: (work / d / "meta.json" if d == "demos" else work / d / "model.safetensors").stat().st_mtime_ns
+        for d in ("demos", "bc")
+    }
+    stages = json.loads((work / STAGES_FILE).read_text())["stages"]
+
+    path = ship(tmp_path / "b", dagger_rounds=1, **kw)
+    assert sorted(p.name for p in work.iterdir()) == ["bc", "corrections0", "demos", "round0", STAGES_FILE]
+    for d, stamp in stamps.items():
+        assert (work / d / ("meta.json" if d == "demos" else "model.safetensors")).stat().st_mtime_ns == stamp
+    record = json.loads((path / "embodied_prune.json").read_text())["history"][0]
+    assert record["reused_stages"] == {"work": str(work), "stages": ["demos", "bc"]}
+    assert record["demos_wall_s"] == stages["demos"]["wall_s"] and record["bc"]["wall_s"] == stages["bc"]["wall_s"]
+    assert record["init"] == str(work / "bc") and record["steps"] == 2 and len(record["dagger"]) == 1
+    assert record["recipe_wall_s"] == pytest.approx(
+        record["demos_wall_s"]
+        + record["bc"]["wall_s"]
+        + record["dagger"][0]["collect_s"]
+        + record["dagger"][0]["train_s"]
+    )
+    load_vla(path)
+
+    with pytest.raises(EmbodiedPruneError, match=r"another recipe \(it differs in bc\)"):
+        ship(tmp_path / "c", dagger_rounds=0, **{**kw, "settings": replace(tiny, steps=2)})
+    assert not (tmp_path / "c").exists()
 
 
 def test_ship_script_refuses_empty_dagger_rounds(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
     python -m embodied_prune.training.ship_vla            # into the package's assets folder
 
-Demonstrations (60 per task, seed 0) are recorded into a temporary folder and deleted afterwards;
+Demonstrations (60 per task, seed 0) are recorded into a temporary folder and deleted afterwards
+(``--work DIR`` keeps every stage there, and a rerun continues after the last finished one);
 the policy is trained with the default :class:`~.manipulation.BCSettings` and saved in bfloat16
 (a few MB), recording its settings and wall times in ``embodied_prune.json``. ``--noise`` (DART
 demonstrations), ``--steps``, ``--bf16`` and ``--dagger-rounds`` (DAgger fine-tuning rounds) try other recipes;
@@ -12,11 +13,13 @@ the defaults regenerate the shipped policy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,9 +28,42 @@ from ..envs.manipulation.demos import generate_demos
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
 from ..models.builtin import ASSETS
+from ..models.vla import load_vla, save_vla
 from .manipulation import BCSettings, train_bc
 
 NAME = "vla-metaworld"
+
+
+STAGES_FILE = "stages.json"
+
+
+class _Stages:
+    """The stages a recipe run has finished in its work folder, with their records (``stages.json``):
+    a finished stage's folder is reused by a later run of the same recipe instead of being made again."""
+
+    def __init__(self, work: Path, recipe: dict) -> None:
+        self.work, self.file = work, work / STAGES_FILE
+        self.saved = json.loads(self.file.read_text()) if self.file.is_file() else {"recipe": recipe, "stages": {}}
+        if self.saved["recipe"] != recipe:
+            changed = sorted(k for k in recipe if recipe[k] != self.saved["recipe"].get(k))
+            raise EmbodiedPruneError(
+                f"the work folder {work} holds the stages of another recipe (it differs in {', '.join(changed)}): "
+                "rerun with its settings, or pass another --work folder."
+            )
+        self.reused: list[str] = []
+
+    def run(self, name: str, make: Callable[[Path], dict | None]) -> tuple[Path, dict]:
+        """Stage ``name``'s folder and record: reused when an earlier run finished it, else ``make(folder)``
+        builds it (returning extra record fields) and its wall time is recorded."""
+        folder = self.work / name
+        if name in self.saved["stages"] and folder.is_dir():
+            self.reused.append(name)
+            return folder, self.saved["stages"][name]
+        t0 = time.time()
+        extra = make(folder) or {}
+        self.saved["stages"][name] = {"wall_s": time.time() - t0, **extra}
+        atomic_write_text(self.file, json.dumps(self.saved, indent=2))
+        return folder, self.saved["stages"][name]
 
 
 def ship(
@@ -40,12 +76,18 @@ def ship(
     dagger_rounds: int = 0,
     dagger_episodes: int = 50,
     dagger_steps: int = 1500,
+    work: Path | None = None,
 ) -> Path:
-    """Record the demonstrations, train the policy, save it as ``out/name``; the policy folder.
+    """Record the demonstrations, train the policy, save it as ``out/name`` (bfloat16); the policy folder.
 
     With ``dagger_rounds`` > 0, each round records ``dagger_episodes`` rollouts per task of the current
     policy labelled by the expert and fine-tunes it for ``dagger_steps`` steps (learning rate 1e-4) on the
     demonstrations plus every round's rollouts so far.
+
+    The stages (``demos``, ``bc``, ``corrections<r>``, ``round<r>``: folders, policies in fp32) live in
+    ``work``, a temporary folder unless given. A given ``work`` folder is kept, and a later call with the
+    same recipe (more rounds allowed) continues after the last stage it finished; its record names the
+    reused stages, and its wall times are those measured when each stage was made.
     """
     if dagger_rounds < 0:
         raise EmbodiedPruneError(f"dagger_rounds must be 0 or more (--dagger-rounds), got {dagger_rounds}.")
@@ -55,59 +97,68 @@ def ship(
             f"got {dagger_episodes} and {dagger_steps}."
         )
     s = settings or BCSettings()
-    with tempfile.TemporaryDirectory() as tmp:
-        t_start = t0 = time.time()
-        demos = generate_demos(Path(tmp) / "demos", episodes=episodes, progress=progress, noise=noise)
-        record = {"demos_wall_s": time.time() - t0, "demo_episodes_per_task": episodes, "demo_noise": noise}
+    recipe = {
+        "episodes": episodes,
+        "noise": noise,
+        "bc": asdict(s),
+        "dagger_episodes": dagger_episodes,
+        "dagger_steps": dagger_steps,
+    }
+    with contextlib.ExitStack() as stack:
+        if work is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        else:
+            Path(work).mkdir(parents=True, exist_ok=True)
+        stages = _Stages(Path(work), recipe)
+
+        def record_demos(folder: Path) -> None:
+            generate_demos(folder, episodes=episodes, progress=progress, noise=noise, overwrite=True)
+
+        demos, info = stages.run("demos", record_demos)
+        record = {"demos_wall_s": info["wall_s"], "demo_episodes_per_task": episodes, "demo_noise": noise}
         print(f"demonstrations: {record['demos_wall_s']:.0f} s", flush=True)
-        final = out / name
-        policy = train_bc(
-            demos,
-            Path(tmp) / "bc" if dagger_rounds else final,
-            s,
-            overwrite=True,
-            progress=progress,
-            save_dtype=torch.float32 if dagger_rounds else torch.bfloat16,
-            extra_record=record,
-        )
-        # the saved record is the last fine-tune's: keep the behaviour-cloning stage's steps and time in it
-        bc = json.loads((policy / "embodied_prune.json").read_text())["history"][-1]
-        record["bc"] = {"steps": bc["steps"], "wall_s": bc["wall_s"]}
+
+        def behaviour_cloning(folder: Path) -> None:
+            train_bc(demos, folder, s, overwrite=True, progress=progress)
+
+        policy, info = stages.run("bc", behaviour_cloning)
+        record["bc"] = {"steps": s.steps, "wall_s": info["wall_s"]}
         folders, rounds = [demos], []
+        tune = replace(s, steps=dagger_steps, learning_rate=1e-4)
         for r in range(dagger_rounds):
-            t0 = time.time()
-            corr = generate_demos(
-                Path(tmp) / f"corrections{r}", episodes=dagger_episodes, seed=r, progress=progress, policy=policy
-            )
-            meta = json.loads((corr / "meta.json").read_text())["episodes"]
+
+            def rollouts(folder: Path, r: int = r, policy: Path = policy) -> dict:
+                generate_demos(
+                    folder, episodes=dagger_episodes, seed=r, progress=progress, policy=policy, overwrite=True
+                )
+                meta = json.loads((folder / "meta.json").read_text())["episodes"]
+                return {"policy_success": sum(e["success"] for e in meta) / len(meta)}
+
+            corr, collect = stages.run(f"corrections{r}", rollouts)
+            folders.append(corr)
+
+            def fine_tune(folder: Path, init: Path = policy, data: tuple = tuple(folders)) -> None:
+                train_bc(list(data), folder, tune, overwrite=True, progress=progress, init=init)
+
+            policy, trained = stages.run(f"round{r}", fine_tune)
             rounds.append(
                 {
                     "episodes_per_task": dagger_episodes,
-                    "collect_s": time.time() - t0,
-                    "policy_success": sum(e["success"] for e in meta) / len(meta),
+                    "collect_s": collect["wall_s"],
+                    "policy_success": collect["policy_success"],
+                    "train_s": trained["wall_s"],
                 }
             )
-            t1 = time.time()
-            folders.append(corr)
-            last = r == dagger_rounds - 1
-            policy = train_bc(
-                folders,
-                final if last else Path(tmp) / f"round{r}",
-                replace(s, steps=dagger_steps, learning_rate=1e-4),
-                overwrite=True,
-                progress=progress,
-                save_dtype=torch.bfloat16 if last else torch.float32,
-                extra_record=record if last else None,  # completed with the rounds below
-                init=policy,
-            )
-            rounds[-1]["train_s"] = time.time() - t1
-        if rounds:  # the last round's record was written before its training time was known: complete it
-            meta_file = policy / "embodied_prune.json"
-            saved = json.loads(meta_file.read_text())
-            saved["history"][-1]["dagger"] = rounds
-            saved["history"][-1]["recipe_wall_s"] = time.time() - t_start
-            atomic_write_text(meta_file, json.dumps(saved, indent=2))
-        return policy
+        # the shipped record is the last stage's training record plus the recipe's stages and wall times
+        last = json.loads((policy / "embodied_prune.json").read_text())["history"][-1]
+        total = record["demos_wall_s"] + record["bc"]["wall_s"] + sum(x["collect_s"] + x["train_s"] for x in rounds)
+        final = {**last, **record, "recipe_wall_s": total}
+        if rounds:
+            final["dagger"] = rounds
+        if stages.reused:
+            final["reused_stages"] = {"work": str(work), "stages": stages.reused}
+        model, tokenizer = load_vla(policy)
+        return save_vla(model.to(torch.bfloat16), tokenizer, out / name, history=[final], overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="share of visual tokens each training sample keeps (see `train manipulation --visual-keep`; default 1)",
     )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep every stage here (demonstrations, the policy after BC and after each round, stages.json) "
+        "and, run again with the same settings, continue after the last finished stage "
+        "(default: a temporary folder, deleted at the end)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     settings = BCSettings(steps=a.steps, bf16=a.bf16, visual_keep=a.visual_keep)
@@ -146,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             dagger_rounds=a.dagger_rounds,
             dagger_episodes=a.dagger_episodes,
             dagger_steps=a.dagger_steps,
+            work=a.work,
         )
     except EmbodiedPruneError as e:
         p.error(str(e))
