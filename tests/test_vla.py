@@ -340,7 +340,7 @@ def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):
 
 
 def test_shipped_policy_needs_its_eyes():
-    """With black cameras the shipped policy collapses (BENCHMARKS.md: 58 % → 5 % over all tasks; door-open
+    """With black cameras the shipped policy collapses (BENCHMARKS.md: 88 % → 0 % over all tasks; door-open
     and drawer-close 100 % → 0 % over 50/20 episodes); checked here on fresh scenes."""
     kw = dict(tasks="door-open,drawer-close", episodes=4, seed=7, workers=2, progress=False)
     seeing = evaluate_manipulation("builtin:vla-metaworld", **kw).to_dict()

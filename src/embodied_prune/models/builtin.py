@@ -166,7 +166,8 @@ BUILTINS.add(
     BuiltinModel(
         "vla-metaworld",
         "VLA policy for the six Meta-World tasks (three cameras, 324 visual tokens, Llama backbone hidden 192 / "
-        "4 layers, 8-step action chunks), behaviour-cloned from expert demonstrations; regenerate with "
+        "4 layers, 8-step action chunks), behaviour-cloned from DART demonstrations, then four DAgger rounds; "
+        "regenerate with "
         "`python -m embodied_prune.training.ship_vla`",
     ),
 )
