@@ -1,4 +1,5 @@
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -133,6 +134,10 @@ def test_prune_recover_bench_end_to_end(capsys, tmp_path, dense_dir):
         == 0
     )
     assert cli(capsys, f"prune --model {dense_dir} --method sparsegpt --pattern 2:4 --out {w} {common}")[0] == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    # every written file is as readable as the umask allows (transformers writes weights owner-only)
+    assert {f.name: f.stat().st_mode & 0o777 for f in w.iterdir()} == {f.name: 0o666 & ~mask for f in w.iterdir()}
     code, out, _ = cli(capsys, f"recover --dense {dense_dir} --pruned {w} --rank 4 --out {r} -q")
     assert code == 0 and "extra parameters" in out
     bench = tmp_path / "b.json"

@@ -36,9 +36,19 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _ordinary_modes(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """Give the files written into ``folder`` the modes the umask allows: some writers (transformers'
+    safetensors shards) create them through ``mkstemp``, readable by their owner only."""
+    mask = _umask()
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, (0o666 | (f.stat().st_mode & 0o111)) & ~mask)
 
 
 def _umask() -> int:
