@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -411,6 +412,13 @@ def test_ship_script_resumes_from_its_work_folder(tmp_path):
         + record["dagger"][0]["train_s"]
     )
     load_vla(path)
+
+    shutil.rmtree(work / "bc")  # a deleted stage is made again, and every stage made from it
+    path = ship(tmp_path / "b2", dagger_rounds=1, **kw)
+    assert json.loads((path / "embodied_prune.json").read_text())["history"][0]["reused_stages"]["stages"] == ["demos"]
+    assert (work / "round0" / "model.safetensors").stat().st_mtime_ns > (
+        work / "bc" / "model.safetensors"
+    ).stat().st_mtime_ns
 
     with pytest.raises(EmbodiedPruneError, match=r"another recipe \(it differs in bc\)"):
         ship(tmp_path / "c", dagger_rounds=0, **{**kw, "settings": replace(tiny, steps=2)})

@@ -60,9 +60,13 @@ class _Stages:
         """Stage ``name``'s folder and record: reused when an earlier run finished it, else ``make(folder)``
         builds it (returning extra record fields) and its wall time is recorded."""
         folder = self.work / name
-        if name in self.saved["stages"] and folder.is_dir():
+        done = list(self.saved["stages"])
+        if name in done and folder.is_dir():
             self.reused.append(name)
             return folder, self.saved["stages"][name]
+        if name in done:  # its folder is gone: the stages made from it are stale too, and are made again
+            for later in done[done.index(name) :]:
+                del self.saved["stages"][later]
         t0 = time.time()
         extra = make(folder) or {}
         self.saved["stages"][name] = {"wall_s": time.time() - t0, **extra}
@@ -91,7 +95,8 @@ def ship(
     The stages (``demos``, ``bc``, ``corrections<r>``, ``round<r>``: folders, policies in fp32) live in
     ``work``, a temporary folder unless given. A given ``work`` folder is kept, and a later call with the
     same recipe (more rounds allowed) continues after the last stage it finished; its record names the
-    reused stages, and its wall times are those measured when each stage was made.
+    reused stages, and its wall times are those measured when each stage was made. A stage whose folder
+    was deleted is made again, and so is every stage after it.
     """
     if dagger_rounds < 0:
         raise EmbodiedPruneError(f"dagger_rounds must be 0 or more (--dagger-rounds), got {dagger_rounds}.")
