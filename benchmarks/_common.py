@@ -122,9 +122,9 @@ class CellStore:
                 "another --cells."
             )
 
-    def restore(self, out: Path, cfg: dict, overwrite: bool) -> set[str]:
-        """Copy the kept cells into ``out/cells`` (a fresh store for ``overwrite``); return the names of the
-        cells ``out`` then holds."""
+    def restore(self, out: Path, cfg: dict, overwrite: bool) -> dict[str, bytes]:
+        """Copy the kept cells into ``out/cells`` (a fresh store for ``overwrite``); return the cells ``out``
+        then holds (name → contents, a few kB each)."""
         from embodied_prune.io import atomic_write_text
 
         if overwrite and self.folder.exists():
@@ -134,7 +134,7 @@ class CellStore:
         for cell in self._cells(self.folder):
             if not (out / "cells" / cell.name).is_file():
                 shutil.copy(cell, out / "cells" / cell.name)
-        return {c.name for c in self._cells(out / "cells")}
+        return {c.name: c.read_bytes() for c in self._cells(out / "cells")}
 
     def run(self, out: Path, cfg: dict, overwrite: bool, experiment: Callable[[], object]) -> None:
         """Restore the kept cells into ``out``, call ``experiment`` and save the cells back, also when it fails
@@ -147,13 +147,17 @@ class CellStore:
         finally:
             self.save(out, started, before)
 
-    def save(self, out: Path, started: str, before: set[str]) -> None:
-        """Copy ``out``'s cells into the store and log this invocation (cells not in ``before`` are its own)."""
+    def save(self, out: Path, started: str, before: dict[str, bytes]) -> None:
+        """Copy ``out``'s cells into the store and log this invocation: its own cells are those new or changed
+        since ``before`` (a kept cell evaluated again, e.g. for a retrained model, keeps its name)."""
         cells = self._cells(out / "cells")
         for cell in cells:
             shutil.copy(cell, self.folder / cell.name)
         entry = {"start": started, "end": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        entry |= {"machine": machine(), "cells_evaluated": [c.stem for c in cells if c.name not in before]}
+        entry |= {
+            "machine": machine(),
+            "cells_evaluated": [c.stem for c in cells if before.get(c.name) != c.read_bytes()],
+        }
         with open(self.folder / "sessions.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
 

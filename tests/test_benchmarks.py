@@ -93,3 +93,26 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
     if rounds:
         assert got["dagger_steps"] == record["steps"]
         assert got["dagger_episodes"] == rounds[0]["episodes_per_task"]
+
+
+def test_cell_store_logs_new_and_reevaluated_cells(tmp_path, monkeypatch):
+    """A session's log names the cells it evaluated: new ones and kept ones evaluated again under the same
+    name (a retrained model's), not the kept cells it left as they were."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from _common import CellStore
+
+    store = CellStore(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    for name in ("kept", "again"):
+        (tmp_path / "store" / f"{name}.json").write_text(json.dumps({"cell": name, "success": 0.5}))
+    out = tmp_path / "run"
+    (out / "cells").mkdir(parents=True)
+
+    def experiment() -> None:
+        (out / "cells" / "again.json").write_text(json.dumps({"cell": "again", "success": 0.9}))
+        (out / "cells" / "new.json").write_text(json.dumps({"cell": "new", "success": 0.7}))
+
+    monkeypatch.setattr("signal.signal", lambda *a: None)  # run() makes SIGTERM unwind; not in the test process
+    store.run(out, {"config": 1}, False, experiment)
+    assert store.sessions()[-1]["cells_evaluated"] == ["again", "new"]
+    assert json.loads((tmp_path / "store" / "again.json").read_text())["success"] == 0.9
