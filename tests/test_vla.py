@@ -391,16 +391,13 @@ def test_ship_script_resumes_from_its_work_folder(tmp_path):
     first = ship(tmp_path / "a", dagger_rounds=0, **kw)
     assert sorted(p.name for p in work.iterdir()) == ["bc", "demos", STAGES_FILE]
     assert "reused_stages" not in json.loads((first / "embodied_prune.json").read_text())["history"][0]
-    stamps = {
-        d: (work / d / "meta.json" if d == "demos" else work / d / "model.safetensors").stat().st_mtime_ns
-        for d in ("demos", "bc")
-    }
+    written = {"demos": work / "demos" / "meta.json", "bc": work / "bc" / "model.safetensors"}  # each stage's last file
+    stamps = {d: f.stat().st_mtime_ns for d, f in written.items()}
     stages = json.loads((work / STAGES_FILE).read_text())["stages"]
 
     path = ship(tmp_path / "b", dagger_rounds=1, **kw)
     assert sorted(p.name for p in work.iterdir()) == ["bc", "corrections0", "demos", "round0", STAGES_FILE]
-    for d, stamp in stamps.items():
-        assert (work / d / ("meta.json" if d == "demos" else "model.safetensors")).stat().st_mtime_ns == stamp
+    assert {d: f.stat().st_mtime_ns for d, f in written.items()} == stamps
     record = json.loads((path / "embodied_prune.json").read_text())["history"][0]
     assert record["reused_stages"] == {"work": str(work), "stages": ["demos", "bc"]}
     assert record["demos_wall_s"] == stages["demos"]["wall_s"] and record["bc"]["wall_s"] == stages["bc"]["wall_s"]

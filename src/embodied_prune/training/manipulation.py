@@ -147,7 +147,6 @@ def train_bc(
     overwrite: bool = False,
     progress: bool = True,
     save_dtype: torch.dtype = torch.float32,
-    extra_record: dict | None = None,
     init: str | os.PathLike | None = None,
 ) -> Path:
     """Train a policy on the demonstration folder ``demos`` (or several: a list or a comma-separated
@@ -178,7 +177,6 @@ def train_bc(
         "aux_loss": data.aux is not None and model.aux_head is not None,
         **asdict(s),
         "wall_s": time.time() - t0,
-        **(extra_record or {}),
     }
     return save_vla(model.to(save_dtype), tokenizer, out, history=[record], overwrite=overwrite)
 
