@@ -38,6 +38,7 @@ def ship_command(train: dict) -> str:
         f"--steps {train['bc']['steps'] if rounds else train['steps']}",
         "--bf16" if train.get("bf16") else "--no-bf16",  # records from before the switch trained in fp32
         f"--visual-keep {train.get('visual_keep', 1.0)}",  # records from before the switch kept every token
+        f"--patch {train.get('patch', 8)}",  # records from before the option used 8-pixel patches
         f"--dagger-rounds {len(rounds)}",
     ]
     if rounds:

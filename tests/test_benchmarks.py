@@ -58,6 +58,7 @@ def test_committed_vla_results_name_the_policy_they_measured():
             "steps": 1200,
             "bf16": True,
             "visual_keep": 0.5,
+            "patch": 16,
             "bc": {"steps": 4500},
             "dagger": [{"episodes_per_task": 40}, {"episodes_per_task": 40}],
         },
@@ -78,7 +79,13 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
         ship_vla,
         "ship",
         lambda out, episodes, progress, settings, noise, **kw: got.update(
-            episodes=episodes, noise=noise, steps=settings.steps, bf16=settings.bf16, keep=settings.visual_keep, **kw
+            episodes=episodes,
+            noise=noise,
+            steps=settings.steps,
+            bf16=settings.bf16,
+            keep=settings.visual_keep,
+            patch=settings.patch,
+            **kw,
         ),
     )
     words = shlex.split(ship_command(record))
@@ -89,7 +96,7 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
     assert got["episodes"] == record["demo_episodes_per_task"] and got["noise"] == record["demo_noise"]
     assert got["steps"] == (record["bc"]["steps"] if rounds else record["steps"])
     assert got["bf16"] is record.get("bf16", False) and got["dagger_rounds"] == len(rounds)
-    assert got["keep"] == record.get("visual_keep", 1.0)
+    assert got["keep"] == record.get("visual_keep", 1.0) and got["patch"] == record.get("patch", 8)
     if rounds:
         assert got["dagger_steps"] == record["steps"]
         assert got["dagger_episodes"] == rounds[0]["episodes_per_task"]

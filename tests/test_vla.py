@@ -237,7 +237,7 @@ def test_bf16_training_runs_under_autocast_and_keeps_fp32_weights(tmp_path, demo
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     capsys.readouterr()
     assert main(["train", "driving", "--stage", "sft", "--bf16", "--out", str(tmp_path / "d")]) == 2
-    assert "--bf16 and --visual-keep are for train manipulation" in capsys.readouterr().err
+    assert "--bf16, --patch and --visual-keep are for train manipulation" in capsys.readouterr().err
 
 
 def test_drop_visual_tokens_keeps_a_random_share_at_original_positions():
@@ -321,7 +321,27 @@ def test_train_visual_keep_is_recorded_and_checked(tmp_path, demos, capsys):
     assert "visual_keep must be in (0, 1] (--visual-keep), got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main(["train", "driving", "--stage", "sft", "--visual-keep", "0.5", "--out", str(tmp_path / "d")]) == 2
-    assert "--visual-keep are for train manipulation" in capsys.readouterr().err
+    assert "--patch and --visual-keep are for train manipulation" in capsys.readouterr().err
+
+
+def test_train_patch_sets_the_visual_tokens_and_is_checked(tmp_path, demos, capsys):
+    """``--patch 16`` trains a policy with one token per 16-pixel patch of every camera (a quarter of the
+    default's tokens), recorded and kept on reload; a patch the cameras cannot use is refused with nothing
+    written."""
+    from embodied_prune.cli import main
+
+    sizes = [c["size"] for c in json.loads((demos / "meta.json").read_text())["cameras"]]
+    args = ["train", "manipulation", "--demos", str(demos), "--max-steps", "1", "--batch-size", "2", "-q"]
+    assert main([*args, "--out", str(tmp_path / "p16"), "--patch", "16"]) == 0
+    model, _ = load_vla(tmp_path / "p16")
+    assert model.config.visual_tokens() == {c[0]: (c[1] // 16) ** 2 for c in model.config.cameras}
+    assert [c[1] for c in model.config.cameras] == sizes and all(c[2] == 16 for c in model.config.cameras)
+    assert model.layout().visual[1] - model.layout().visual[0] == sum((z // 16) ** 2 for z in sizes)
+    assert json.loads((tmp_path / "p16" / "embodied_prune.json").read_text())["history"][0]["patch"] == 16
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--patch", "12"]) == 2
+    assert "--patch must be a multiple of 4 that divides every image size" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):
@@ -341,13 +361,14 @@ def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):
 
 
 def test_shipped_policy_needs_its_eyes():
-    """With black cameras the shipped policy collapses (BENCHMARKS.md: 88 % → 0 % over all tasks; door-open
-    and drawer-close 100 % → 0 % over 50/20 episodes); checked here on fresh scenes."""
-    kw = dict(tasks="door-open,drawer-close", episodes=4, seed=7, workers=2, progress=False)
+    """With black cameras the shipped policy collapses where it must find an object (BENCHMARKS.md: 92 % → 9 %
+    over all tasks; reach, push and pick-place 80–90 % → 0 % over 50/20 episodes; the fixtures' tasks sometimes
+    succeed blind, e.g. drawer-close 40 %); checked here on fresh scenes."""
+    kw = dict(tasks="reach,push,pick-place", episodes=4, seed=7, workers=2, progress=False)
     seeing = evaluate_manipulation("builtin:vla-metaworld", **kw).to_dict()
     blind = evaluate_manipulation("builtin:vla-metaworld", blank_images=True, **kw).to_dict()
-    assert seeing["success_rate"] >= 6 / 8
-    assert blind["success_rate"] <= 2 / 8
+    assert seeing["success_rate"] >= 6 / 12
+    assert blind["success_rate"] <= 1 / 12
 
 
 def test_ship_script_regenerates_a_loadable_policy(tmp_path):

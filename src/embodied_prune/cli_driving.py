@@ -20,8 +20,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     if a.stage is None:
         raise EmbodiedPruneError("train driving needs --stage sft or --stage grpo.")
-    if a.demos or a.batch_size or a.bf16 or a.visual_keep is not None:
-        raise EmbodiedPruneError("--demos, --batch-size, --bf16 and --visual-keep are for train manipulation.")
+    if a.demos or a.batch_size or a.bf16 or a.visual_keep is not None or a.patch is not None:
+        raise EmbodiedPruneError("--demos, --batch-size, --bf16, --patch and --visual-keep are for train manipulation.")
     run = {"overwrite": a.overwrite, "progress": not a.quiet, "checkpoint_every": a.save_every, "resume": a.resume}
     if a.stage == "sft":
         if a.init:

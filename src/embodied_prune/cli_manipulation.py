@@ -71,6 +71,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         "steps": a.max_steps,
         "batch_size": a.batch_size,
         "visual_keep": a.visual_keep,
+        "patch": a.patch,
     }
     s = BCSettings(seed=a.seed, bf16=a.bf16, **{k: v for k, v in given.items() if v is not None})
     path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
@@ -147,6 +148,13 @@ def add_train_arguments(sp: argparse.ArgumentParser) -> None:
         action="store_true",
         help="manipulation: bfloat16 autocast while training (1.1-1.3x faster on CPUs with AVX512-BF16; "
         "weights stay fp32; effect on closed-loop success not established, see docs/manipulation.md)",
+    )
+    sp.add_argument(
+        "--patch",
+        type=int,
+        metavar="PIXELS",
+        help="manipulation: camera patch size of a new policy, one visual token per patch (16 gives a quarter of "
+        "the tokens of the default 8 and a step about 3.5x faster; ignored with --init)",
     )
     sp.add_argument(
         "--visual-keep",

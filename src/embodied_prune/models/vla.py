@@ -3,8 +3,9 @@
 One policy query lays its sequence out as ``[BOS, visual tokens, instruction tokens, action queries]``:
 
 - **vision encoder**: per camera a small convolutional stem and a patch convolution, one token per
-  patch (112 px front view at 8 px patches → 196 tokens, 64 px side and wrist views → 64 tokens each:
-  324 visual tokens), plus a learned position embedding per patch and camera;
+  patch (by default 112 px front view at 8 px patches → 196 tokens, 64 px side and wrist views → 64 tokens
+  each: 324 visual tokens; the shipped policy uses 16 px patches: 49 + 16 + 16 = 81), plus a learned
+  position embedding per patch and camera;
 - **projector**: a two-layer MLP into the backbone's width (OpenVLA's projector);
 - **backbone**: ``transformers``' ``LlamaModel`` fed with ``inputs_embeds``; the instruction is
   tokenised with the policy's own word-level tokenizer and embedded by the backbone's embedding table;

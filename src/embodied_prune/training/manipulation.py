@@ -41,6 +41,7 @@ class BCSettings:
     kv_heads: int = 2
     intermediate_size: int = 512
     chunk: int = 8
+    patch: int = 8  # camera patch size in pixels, every camera (16: a quarter of the visual tokens)
     shift: float = 1 / 32  # random-shift augmentation, as a fraction of the image size
     aux_weight: float = 0.5  # auxiliary object/goal-position loss (0: off; needs demonstrations with it)
     seed: int = 0
@@ -105,11 +106,22 @@ def collate(rows: list[dict]) -> dict:
     return out
 
 
+def check_patch(patch: int, sizes: list[int]) -> None:
+    """Refuse a patch size the camera encoder cannot use: a multiple of 4 (its stem halves the image twice)
+    that divides every camera's image size."""
+    bad = [z for z in sizes if patch < 4 or patch % 4 or z % patch]
+    if bad:
+        raise EmbodiedPruneError(
+            f"patch {patch} does not fit the cameras (image sizes {sorted(set(sizes))}): --patch must be a "
+            "multiple of 4 that divides every image size (e.g. 8 or 16 for 112 and 64 pixels)."
+        )
+
+
 def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
     """A fresh policy and tokenizer for ``demos``' tasks and cameras, proprioception statistics set."""
     tokenizer = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
     proprio = np.concatenate([ep["proprio"] for ep in demos.episodes])
-    cameras = [[c["name"], c["size"], 8] for c in demos.meta["cameras"]]
+    cameras = [[c["name"], c["size"], s.patch] for c in demos.meta["cameras"]]
     aux: dict = {}
     rows = aux_targets(demos) if s.aux_weight > 0 else None
     if rows is not None:
@@ -157,7 +169,9 @@ def train_bc(
     if not 0.0 < s.visual_keep <= 1.0:
         raise EmbodiedPruneError(f"visual_keep must be in (0, 1] (--visual-keep), got {s.visual_keep}.")
     demo_set = load_demo_folders(demos)
-    if init is not None:
+    if init is None:
+        check_patch(s.patch, [c["size"] for c in demo_set.meta["cameras"]])
+    else:
         model, tokenizer = load_vla(init)
         model = model.float()
         check_cameras(demo_set, model.config.cameras, f"the demonstrations {demos}")
@@ -253,4 +267,4 @@ def policy_calibration(
     return out
 
 
-__all__ = ["BCSettings", "DemoSteps", "build_policy", "fit", "policy_calibration", "train_bc"]
+__all__ = ["BCSettings", "DemoSteps", "build_policy", "check_patch", "fit", "policy_calibration", "train_bc"]
