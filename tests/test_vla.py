@@ -450,7 +450,10 @@ def test_ship_script_refuses_empty_dagger_rounds(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             ship_main(["--out", str(tmp_path / "x"), "--dagger-rounds", "1", flag, "0"])
         assert e.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as e:  # a patch the cameras cannot use, refused before any demonstration
+        ship_main(["--out", str(tmp_path / "x"), "--work", str(tmp_path / "w"), "--patch", "12"])
+    assert e.value.code == 2 and "--patch must be a multiple of 4" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "w").exists()
 
 
 def test_lora_adapters_become_factors_that_reproduce_them(tmp_path):
