@@ -166,9 +166,7 @@ BUILTINS.add(
     BuiltinModel(
         "vla-metaworld",
         "VLA policy for the six Meta-World tasks (three cameras, 16-pixel patches: 81 visual tokens, Llama backbone "
-        "hidden 192 / "
-        "4 layers, 8-step action chunks), behaviour-cloned from DART demonstrations, then four DAgger rounds; "
-        "regenerate with "
-        "`python -m embodied_prune.training.ship_vla`",
+        "hidden 192 / 4 layers, 8-step action chunks), behaviour-cloned from DART demonstrations, then four DAgger "
+        "rounds; regenerate with `python -m embodied_prune.training.ship_vla`",
     ),
 )

@@ -121,12 +121,18 @@ class TokenLayout:
         return self.actions[1]
 
 
+def patch_fits(size: int, patch: int) -> bool:
+    """Whether a camera of ``size`` pixels can be cut into ``patch``-pixel patches: the stem halves the image
+    twice, so ``patch`` must be a positive multiple of 4, and it must divide ``size``."""
+    return patch >= 4 and patch % 4 == 0 and size % patch == 0
+
+
 class CameraEncoder(nn.Module):
     """Conv stem (two stride-2 3×3 convolutions) then a patch convolution: one token per patch."""
 
     def __init__(self, size: int, patch: int, channels: int, dim: int) -> None:
         super().__init__()
-        if patch % 4 or size % patch:
+        if not patch_fits(size, patch):
             raise ValueError(f"patch {patch} must be a multiple of 4 dividing the image size {size}")
         self.stem = nn.Sequential(
             nn.Conv2d(3, channels, 3, 2, 1),

@@ -24,7 +24,15 @@ from transformers import LlamaConfig, Trainer, TrainingArguments
 from ..envs.manipulation.demos import DemoSet, check_cameras, load_demo_folders, load_demos
 from ..envs.manipulation.tasks import TASKS
 from ..errors import EmbodiedPruneError
-from ..models.vla import TinyVLA, TinyVLAConfig, build_tokenizer, encode_instructions, load_vla, save_vla
+from ..models.vla import (
+    TinyVLA,
+    TinyVLAConfig,
+    build_tokenizer,
+    encode_instructions,
+    load_vla,
+    patch_fits,
+    save_vla,
+)
 from .runs import prepare_run, use_compact_progress
 
 
@@ -107,10 +115,8 @@ def collate(rows: list[dict]) -> dict:
 
 
 def check_patch(patch: int, sizes: list[int]) -> None:
-    """Refuse a patch size the camera encoder cannot use: a multiple of 4 (its stem halves the image twice)
-    that divides every camera's image size."""
-    bad = [z for z in sizes if patch < 4 or patch % 4 or z % patch]
-    if bad:
+    """Refuse, in one sentence, a patch size the camera encoder cannot use (:func:`~..models.vla.patch_fits`)."""
+    if not all(patch_fits(z, patch) for z in sizes):
         raise EmbodiedPruneError(
             f"patch {patch} does not fit the cameras (image sizes {sorted(set(sizes))}): --patch must be a "
             "multiple of 4 that divides every image size (e.g. 8 or 16 for 112 and 64 pixels)."

@@ -5,13 +5,13 @@
 The recipe (the defaults): 150 expert demonstrations per task (seed 0) recorded under DART noise 0.05
 (the executed motion perturbed, the labels the expert's clean actions); 5,000 behaviour-cloning steps of
 the default :class:`~.manipulation.BCSettings` in float32 with 16-pixel camera patches (81 visual tokens);
-then four DAgger rounds: 50 rollouts per task
-of the current policy labelled by the expert, and 1,500 fine-tuning steps at 1e-4 on the demonstrations
-plus every round's rollouts. The stages live in a temporary folder, deleted at the end (``--work DIR``
-keeps every stage there, and a rerun continues after the last finished one); the policy is saved in
-bfloat16 (a few MB) with its settings and every stage's wall time in ``embodied_prune.json``.
-``--episodes``, ``--noise``, ``--steps``, ``--patch``, ``--visual-keep``, ``--bf16/--no-bf16`` and the ``--dagger-*``
-flags try other recipes (``--dagger-rounds 0``: behaviour cloning only).
+then four DAgger rounds: 50 rollouts per task of the current policy labelled by the expert, and 1,500
+fine-tuning steps at 1e-4 on the demonstrations plus every round's rollouts. The stages live in a
+temporary folder, deleted at the end (``--work DIR`` keeps every stage there, and a rerun continues after
+the last finished one); the policy is saved in bfloat16 (a few MB) with its settings and every stage's
+wall time in ``embodied_prune.json``.
+``--episodes``, ``--noise``, ``--steps``, ``--patch``, ``--visual-keep``, ``--bf16/--no-bf16`` and the
+``--dagger-*`` flags try other recipes (``--dagger-rounds 0``: behaviour cloning only).
 """
 
 from __future__ import annotations
