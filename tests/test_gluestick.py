@@ -1,11 +1,14 @@
 import copy
 import itertools
+import json
 
 import pytest
 import torch
 from torch import nn
 
 from embodied_prune import prune, recover
+from embodied_prune.api import _feed
+from embodied_prune.cli import main
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.fidelity import layer_output_error
 from embodied_prune.models import build_tiny, load_model
@@ -17,7 +20,7 @@ from embodied_prune.recovery import (
     gluestick_layers,
     read_factors,
 )
-from embodied_prune.recovery.gluestick import FACTOR_DTYPES, LayerFactors, allocate_ranks
+from embodied_prune.recovery.gluestick import FACTOR_DTYPES, LayerFactors, allocate_ranks, output_gains
 
 
 def pruned_layer(seed=0, d_out=48, d_in=80, pattern=(2, 4)):
@@ -211,3 +214,55 @@ def test_budget_and_quantised_factors_round_trip(tmp_path, ids, dtype):
     pruned = load_model(tmp_path / "pruned")
     with torch.no_grad():
         assert kl_to(dense, again, ids) < kl_to(dense, pruned, ids)
+
+
+def test_output_gains_weigh_each_rank_by_the_inputs_along_it_and_ignore_scale():
+    s = torch.tensor([3.0, 2.0, 1.0])
+    gains = output_gains(s, torch.tensor([0.0, 4.0, 9.0]), output_energy=10.0)
+    assert gains.tolist() == pytest.approx([0.0, 1.6, 0.9])  # no input along the top direction: it buys nothing
+    # the layer's weights ×c (gap ×c, outputs ×c): the share of the output each rank restores is the same
+    assert output_gains(5 * s, torch.tensor([0.0, 4.0, 9.0]), 25 * 10.0).tolist() == pytest.approx(gains.tolist())
+
+
+def test_output_allocation_is_blind_to_a_rescaling_that_leaves_the_model_unchanged(ids):
+    # v_proj ×0.1 and o_proj ×10 compute the same function (attention mixes values linearly); singular-value
+    # energy then starves v_proj, the output shares see the same model both ways
+    torch.manual_seed(0)
+    dense = build_tiny("llama", num_hidden_layers=2)
+    rescaled = copy.deepcopy(dense)
+    with torch.no_grad():
+        for layer in rescaled.model.layers:
+            layer.self_attn.v_proj.weight.mul_(0.1)
+            layer.self_attn.o_proj.weight.mul_(10.0)
+        torch.testing.assert_close(rescaled(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-4)
+    ranks = {}
+    for name, model in (("plain", dense), ("rescaled", rescaled)):
+        pruned = copy.deepcopy(model)
+        prune(pruned, "magnitude", pattern="2:4", progress=False)  # per-row choice: the same zeros either way
+        for allocation, feed in (("energy", None), ("output", _feed(ids))):
+            rep = compute_factors(model, pruned, budget=0.1, feed=feed)
+            assert rep.allocation == allocation and rep.extra_parameters <= 0.1 * rep.base_parameters
+            ranks[name, allocation] = {f.name: f.rank for f in rep.layers}
+    assert ranks["plain", "output"] == ranks["rescaled", "output"]
+    assert ranks["plain", "energy"] != ranks["rescaled", "energy"]
+    v_energy = sum(r for n, r in ranks["rescaled", "energy"].items() if "v_proj" in n)
+    assert v_energy < sum(r for n, r in ranks["rescaled", "output"].items() if "v_proj" in n)
+    with pytest.raises(EmbodiedPruneError, match="drop --calibration or give --budget"):
+        compute_factors(dense, pruned, rank=4, feed=_feed(ids))
+
+
+def test_recover_with_calibration_records_the_allocation(tmp_path, capsys):
+    dense = build_tiny("llama", num_hidden_layers=2)
+    dense.save_pretrained(tmp_path / "dense")
+    prune(tmp_path / "dense", "magnitude", pattern="2:4", out=tmp_path / "pruned", progress=False)
+    args = ["recover", "--dense", str(tmp_path / "dense"), "--pruned", str(tmp_path / "pruned"), "--budget", "0.1"]
+    assert main([*args, "--calibration", "random", "--calibration-samples", "4", "--out", str(tmp_path / "o")]) == 0
+    assert "budget 0.1 by output" in capsys.readouterr().out
+    record = json.loads((tmp_path / "o" / "embodied_prune.json").read_text())["history"][-1]
+    assert record["allocation"] == "output" and record["calibration"] == "random"
+    assert main([*args, "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "embodied_prune.json").read_text())["history"][-1]["allocation"] == "energy"
+    rank_args = ["recover", "--dense", str(tmp_path / "dense"), "--pruned", str(tmp_path / "pruned"), "--rank", "4"]
+    assert main([*rank_args, "--calibration", "random", "--out", str(tmp_path / "r")]) != 0
+    assert "give --budget" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -416,6 +416,7 @@ def test_gluestick_experiment_builds_evaluates_and_resumes(saved_policy, tmp_pat
     assert cells["mag 2:4 | r4"]["extra_parameters"] > 0
     assert cells["mag 2:4 | b10 int8"]["extra_parameters"] <= 0.1 * base
     assert cells["mag 2:4 | b10 int8"]["weight_bytes"] < cells["mag 2:4 | r4"]["weight_bytes"] + 4 * 0.1 * base
+    assert cells["mag 2:4 | b10 int8"]["recipe"]["recovery"]["allocation"] == "output"
     lora = cells["mag 2:4 | lora b10"]
     assert lora["recovery_method"] == "lora" and 0 < lora["extra_parameters"] <= 0.1 * base
     assert all(c["episodes"] == 1 for c in cells.values())
@@ -446,6 +447,12 @@ def test_gluestick_latency_cells_are_checked(tmp_path):
     )
     with pytest.raises(EmbodiedPruneError, match=r"latency cell \['w', 'r16'\] must be"):
         load_config(cfg)
+    head = "pruned:\n  - {name: w, method: wanda, pattern: '2:4'}\nrecovery:\n"
+    cfg.write_text(head + "  - {name: r, rank: 4, allocation: output}\n")
+    with pytest.raises(EmbodiedPruneError, match="allocation is how a budget is spread"):
+        load_config(cfg)
+    cfg.write_text(head + "  - {name: b, budget: 0.1}\n")
+    assert load_config(cfg)["recovery"][0]["allocation"] == "output"  # named in every budget cell's recipe
 
 
 def test_gluestick_report_gives_the_won_back_share_with_a_ci():

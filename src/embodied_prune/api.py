@@ -66,6 +66,33 @@ def _n_samples(ids: torch.Tensor | list[dict]) -> list[int]:
     return list(ids.shape)
 
 
+def _calibration_inputs(model, tokenizer, calibration, n_samples: int, seq_len: int, seed: int):
+    """Calibration inputs for ``model``: demonstration steps as ready ``model(**batch)`` dicts for a VLA
+    policy, token ids ``[n_samples, seq_len]`` for a causal LM (see :func:`calibration_ids`)."""
+    if _is_policy(model):
+        from .training.manipulation import policy_calibration
+
+        return policy_calibration(model, tokenizer, calibration, n_samples, seed=seed)
+    return calibration_ids(calibration, n_samples, seq_len, model.config.vocab_size, tokenizer, seed)
+
+
+def _feed(inputs: torch.Tensor | list[dict], batch_size: int = 8):
+    """A function running ``inputs`` (from :func:`_calibration_inputs`) through a model, for activation hooks."""
+    from .pruning.calibration import batches
+
+    def run(model) -> None:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(inputs, list):
+                for batch in inputs:
+                    model(**batch)
+            else:
+                for chunk in batches(inputs, batch_size):
+                    model(input_ids=chunk, use_cache=False)
+
+    return run
+
+
 def _check_layers(layers: tuple[int, int] | str | None) -> tuple[int, int] | None:
     if layers is None or isinstance(layers, tuple):
         return layers
@@ -131,16 +158,10 @@ def prune(
         method != "structured" and METHODS.get(method).needs_calibration
     )
     ids = None
-    if needs_data and _is_policy(model):
-        from .training.manipulation import policy_calibration
-
-        if method == "structured":
-            raise EmbodiedPruneError(
-                "Taylor importance is not available for VLA policies yet; use --importance l2 or l1."
-            )
-        ids = policy_calibration(model, tokenizer, calibration, n_samples, seed=seed)
-    elif needs_data:
-        ids = calibration_ids(calibration, n_samples, seq_len, model.config.vocab_size, tokenizer, seed)
+    if needs_data and _is_policy(model) and method == "structured":
+        raise EmbodiedPruneError("Taylor importance is not available for VLA policies yet; use --importance l2 or l1.")
+    if needs_data:
+        ids = _calibration_inputs(model, tokenizer, calibration, n_samples, seq_len, seed)
     if method == "structured":
         details = prune_structured(
             model, sparsity, importance, taylor, attention, layers=span, calibration=ids, seed=seed, progress=progress
@@ -182,10 +203,17 @@ def recover(
     overwrite: bool = False,
     budget: float | None = None,
     dtype: str = "float32",
+    calibration: str | os.PathLike | torch.Tensor | None = None,
+    n_samples: int = 32,
+    seq_len: int = 128,
+    seed: int = 0,
 ) -> Outcome:
     """GLUESTICK: attach rank-``rank`` corrections of ``dense − pruned`` to the pruned model — or, with
     ``budget``, per-layer ranks spending that fraction of the corrected layers' parameters; ``dtype``
     stores the factors in float32, bfloat16, float16 or int8 (see :mod:`embodied_prune.recovery.gluestick`).
+    With ``calibration`` (as for :func:`prune`: a demonstrations folder for a VLA policy; ``"random"``, a
+    .txt or .jsonl file for a causal LM) the budget goes to the ranks that restore the largest share of
+    their layer's output on those inputs; without it, to the largest singular values.
 
     Returns the corrected model (a copy of ``pruned`` when it is a spec, else ``pruned`` itself, wrapped
     in place) and a :class:`GluestickReport` in ``details``. With ``out`` the pruned checkpoint and its
@@ -193,16 +221,25 @@ def recover(
     """
     if out is not None:
         check_output_dir(out, overwrite)
-    dense_model, _, _ = _resolve(dense, with_factors=False)
+    dense_model, dense_tokenizer, _ = _resolve(dense, with_factors=False)
     pruned_model, tokenizer, history = _resolve(pruned, with_factors=False)
+    feed = inputs = None
+    if calibration is not None:
+        inputs = _calibration_inputs(dense_model, dense_tokenizer or tokenizer, calibration, n_samples, seq_len, seed)
+        feed = _feed(inputs)
     report: GluestickReport = compute_factors(
-        dense_model, pruned_model, rank, svd, include, exclude, budget=budget, dtype=dtype
+        dense_model, pruned_model, rank, svd, include, exclude, budget=budget, dtype=dtype, feed=feed
     )
     record = {
         "op": "recover",
         "method": "gluestick",
         "rank": rank,
         "budget": budget,
+        "allocation": report.allocation,
+        "calibration": None
+        if inputs is None
+        else (str(calibration) if not isinstance(calibration, torch.Tensor) else "tensor"),
+        "calibration_samples": None if inputs is None else _n_samples(inputs),
         "factor_dtype": dtype,
         "energy": report.energy,
         "ranks": {f.name: f.rank for f in report.layers},

@@ -95,10 +95,18 @@ def cmd_recover(a: argparse.Namespace) -> None:
         a.overwrite,
         budget=a.budget,
         dtype=a.factor_dtype,
+        calibration=a.calibration,
+        n_samples=a.calibration_samples,
+        seq_len=a.calibration_seq_len,
+        seed=a.seed,
     )
     rep = outcome.details
     ranks = [f.rank for f in rep.layers]
-    how = f"rank {a.rank}" if a.rank is not None else f"budget {a.budget:g} (ranks {min(ranks)}–{max(ranks)})"
+    how = (
+        f"rank {a.rank}"
+        if a.rank is not None
+        else f"budget {a.budget:g} by {rep.allocation} (ranks {min(ranks)}–{max(ranks)})"
+    )
     print(f"GLUESTICK {how}, {a.factor_dtype} factors, on {len(rep.layers)} layers → {outcome.path}")
     print(
         f"extra parameters: {rep.extra_parameters:,} ({100 * rep.overhead:.1f} % of the corrected layers' "
@@ -292,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Example:\n"
         "  embodied-prune recover --dense builtin:tinylm --pruned runs/tinylm-w24 --rank 16 --out runs/tinylm-w24-r16\n"
         "  embodied-prune recover --dense builtin:tinylm --pruned runs/tinylm-w24 --budget 0.15 \\\n"
-        "      --factor-dtype int8 --out runs/tinylm-w24-b15",
+        "      --factor-dtype int8 --out runs/tinylm-w24-b15\n"
+        "  embodied-prune recover --dense builtin:vla-metaworld --pruned runs/vla-w24 --budget 0.15 \\\n"
+        "      --calibration runs/demos --out runs/vla-w24-b15",
     )
     sp.add_argument("--dense", required=True, help="the dense model the pruned one was made from")
     sp.add_argument("--pruned", required=True, help="the pruned model (same layer shapes: unstructured or N:M pruning)")
@@ -303,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="FRACTION",
         help="extra parameters as a fraction of the corrected layers' parameters (e.g. 0.15), spent per layer "
-        "where the gap's spectrum holds the most energy per parameter (exact SVD)",
+        "where a rank buys the most per parameter (exact SVD): the largest share of its layer's output on "
+        "--calibration inputs, or without them the largest singular value",
     )
     from .recovery.gluestick import FACTOR_DTYPES
 
@@ -325,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--exclude", nargs="*", default=["lm_head"], metavar="PATTERN", help="skip these layers (default lm_head)"
     )
+    sp.add_argument(
+        "--calibration",
+        help="with --budget: inputs on which each rank's share of its layer's output is measured: for a VLA "
+        "policy a demonstrations folder (`embodied-prune demos manipulation`), for a causal LM "
+        + CALIBRATION_HELP
+        + ". Without it the budget follows the gaps' singular values (no data; measured worse on the VLA)",
+    )
+    sp.add_argument("--calibration-samples", type=int, default=32, help="calibration samples (default 32)")
+    sp.add_argument(
+        "--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)"
+    )
+    sp.add_argument("--seed", type=int, default=0, help="seed for calibration sampling (default 0)")
     add_output_args(sp)
 
     sp = verb(

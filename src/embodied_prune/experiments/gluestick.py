@@ -27,7 +27,8 @@ Config (YAML)::
     recovery:
       - {name: none}
       - {name: r16, rank: 16}
-      - {name: budget 15%, budget: 0.15}
+      - {name: budget 15%, budget: 0.15}     # ranks by output share on the calibration demonstrations
+      - {name: budget 15% energy, budget: 0.15, allocation: energy}   # ranks by singular values, no data
       - {name: budget 15% int8, budget: 0.15, dtype: int8}
       - {name: lora 15%, lora_budget: 0.15}   # or lora_rank: R
     cells: all                    # or a list of [pruned name, recovery name]
@@ -52,10 +53,11 @@ from typing import Any
 
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
+from ..recovery.gluestick import ALLOCATIONS
 from .common import figure, model_fingerprint, open_run_folder, read_config, save_figure, slug, violations_cell
 
 PRUNED_KEYS = {"name", "method", "pattern", "sparsity"}
-RECOVERY_KEYS = {"name", "rank", "budget", "dtype", "svd", "lora_rank", "lora_budget"}
+RECOVERY_KEYS = {"name", "rank", "budget", "allocation", "dtype", "svd", "lora_rank", "lora_budget"}
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -77,6 +79,13 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             raise EmbodiedPruneError(
                 f"config {p}: recovery {r['name']!r} gives more than one of rank, budget, lora_rank, lora_budget; "
                 "pick one."
+            )
+        if "budget" in r:
+            r.setdefault("allocation", "output")  # explicit, so that a cell's recipe names it
+        if r.get("allocation") not in (None, *ALLOCATIONS) or ("allocation" in r and "budget" not in r):
+            raise EmbodiedPruneError(
+                f"config {p}: recovery {r['name']!r}: allocation is how a budget is spread over the layers, one of "
+                f"{', '.join(ALLOCATIONS)}, and needs budget."
             )
     cells = cfg.get("cells", "all")
     pruned, recovery = [i["name"] for i in cfg["pruned"]], [i["name"] for i in cfg["recovery"]]
@@ -120,6 +129,11 @@ def _calibrated(pruned: dict[str, Any]) -> bool:
     return pruned["method"] in METHODS and METHODS.get(pruned["method"]).needs_calibration
 
 
+def _output_allocation(recovery: dict[str, Any]) -> bool:
+    """Whether a recovery spreads a budget by output share, measured on the calibration demonstrations."""
+    return recovery.get("allocation") == "output"
+
+
 def _is_lora(recovery: dict[str, Any]) -> bool:
     return "lora_rank" in recovery or "lora_budget" in recovery
 
@@ -141,7 +155,7 @@ def cell_recipe(cfg: dict, p_name: str | None, r_name: str | None, dense_fingerp
         "pruned": {k: v for k, v in p.items() if k != "name"},
         "recovery": {k: v for k, v in r.items() if k != "name"},
     }
-    if _calibrated(p):
+    if _calibrated(p) or _output_allocation(r):
         recipe["calibration_episodes"] = cfg["calibration_episodes"]
     if _is_lora(r):
         recipe |= {"lora_episodes": cfg["lora_episodes"], "lora_steps": cfg["lora_steps"]}
@@ -245,6 +259,10 @@ class CellModels:
                 budget=r.get("budget"),
                 dtype=r.get("dtype", "float32"),
                 svd=r.get("svd", "exact"),
+                calibration=self._demos("calibration-demos", self.cfg["calibration_episodes"])
+                if _output_allocation(r)
+                else None,
+                n_samples=64,
                 out=r_path,
                 overwrite=True,
             )

@@ -8,7 +8,12 @@ its best rank-r approximation ``ΔW ≈ (U_r Σ_r) V_rᵀ``; inference computes
 with ``V = V_r`` (``[d_in, r]``) and ``U = Σ_r U_rᵀ`` (``[r, d_out]``), r·(d_in + d_out) extra
 parameters per layer. One hyperparameter, r; no training; any pruning method that keeps the layer
 shapes (unstructured or N:M). Instead of one global r, :func:`allocate_ranks` spends a budget of extra
-parameters layer by layer where the gaps' spectra hold the most energy per parameter.
+parameters layer by layer where each rank buys the most per parameter — measured either on the weights
+(``"energy"``: the gap's σ², no data) or, given calibration inputs, on the layer's output (``"output"``:
+the share of the layer's dense output energy the rank restores, :func:`output_gains`). Weight energy
+favours the layers with the largest weights: on the shipped VLA it starved every value projection
+(ranks 0–2) and recovered less than one global rank at the same parameters; the output share does not
+depend on a layer's scale (measured in BENCHMARKS.md, GLUESTICK on the VLA).
 
 Factors are saved beside the pruned checkpoint in ``gluestick.safetensors``: tensors
 ``<module name>.V`` and ``<module name>.U`` (float32, bfloat16, float16, or int8 with scalar
@@ -23,6 +28,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -37,18 +43,23 @@ from ..errors import EmbodiedPruneError
 FACTORS_FILE = "gluestick.safetensors"
 SVD_METHODS = ("exact", "randomized")
 FACTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
+ALLOCATIONS = ("energy", "output")
 
 
-def allocate_ranks(spectra: list[torch.Tensor], costs: list[int], budget: int) -> list[int]:
-    """Per-layer ranks that spend at most ``budget`` extra parameters where they buy the most gap energy.
+def allocate_ranks(
+    spectra: list[torch.Tensor], costs: list[int], budget: int, gains: list[torch.Tensor] | None = None
+) -> list[int]:
+    """Per-layer ranks that spend at most ``budget`` extra parameters where they buy the most.
 
     ``spectra[i]`` are layer i's singular values (descending) and ``costs[i]`` its parameters per rank
-    (d_in + d_out). Greedy by captured energy σ² per parameter — each layer's marginal gains fall with
-    rank, so this is the water-filling answer up to one rank step. Stops when no layer's next rank fits:
-    the parameters left are then fewer than the cheapest next step.
+    (d_in + d_out). What rank j of layer i buys is ``gains[i][j]`` when given (e.g. :func:`output_gains`),
+    else the gap energy it captures, σ_j². Greedy by gain per parameter, one rank at a time in each layer's
+    order — with gains falling with rank, as σ² do, this is the water-filling answer up to one rank step.
+    Stops when no layer's next rank fits: the parameters left are then fewer than the cheapest next step.
     """
+    gains = [s.double() ** 2 for s in spectra] if gains is None else [g.double() for g in gains]
     ranks = [0] * len(spectra)
-    heap = [(-(float(s[0]) ** 2) / c, i) for i, (s, c) in enumerate(zip(spectra, costs, strict=True)) if len(s)]
+    heap = [(-float(g[0]) / c, i) for i, (g, c) in enumerate(zip(gains, costs, strict=True)) if len(g)]
     heapq.heapify(heap)
     left = budget
     while heap:
@@ -57,9 +68,54 @@ def allocate_ranks(spectra: list[torch.Tensor], costs: list[int], budget: int) -
             continue  # this layer's next rank does not fit; cheaper layers may still grow
         ranks[i] += 1
         left -= costs[i]
-        if ranks[i] < len(spectra[i]):
-            heapq.heappush(heap, (-(float(spectra[i][ranks[i]]) ** 2) / costs[i], i))
+        if ranks[i] < len(gains[i]):
+            heapq.heappush(heap, (-float(gains[i][ranks[i]]) / costs[i], i))
     return ranks
+
+
+def output_gains(s: torch.Tensor, projected: torch.Tensor, output_energy: float) -> torch.Tensor:
+    """What each rank of a layer's correction restores of its output, as a share of the dense output.
+
+    ``s`` are the gap's singular values, ``projected[j]`` the calibration inputs' summed squares along
+    right singular vector j (Σ (v_jᵀx)²) and ``output_energy`` the dense layer's summed squared outputs
+    (Σ ‖W x‖²) over the same inputs. Rank j puts back σ_j u_j (v_jᵀx) of the output: σ_j² Σ (v_jᵀx)²
+    of squared error (cross terms between directions ignored), divided by the output energy so that
+    layers of any scale compete on equal terms."""
+    return s.double() ** 2 * projected.double() / max(float(output_energy), 1e-30)
+
+
+def output_statistics(
+    model: nn.Module, directions: dict[str, torch.Tensor], feed: Callable[[nn.Module], None]
+) -> dict[str, tuple[torch.Tensor, float]]:
+    """For each linear layer named in ``directions`` (``[d_in, k]`` right singular vectors of its gap), the
+    summed squares of its inputs along each direction and of its outputs, while ``feed(model)`` runs the
+    calibration inputs through ``model`` (the dense one): ``{name: (projected (k,), output_energy)}``."""
+    stats: dict[str, list] = {
+        name: [torch.zeros(v.shape[1], dtype=torch.float64), 0.0] for name, v in directions.items()
+    }
+    modules = dict(model.named_modules())
+
+    def hook(name: str):
+        def record(_module, args, out) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            stats[name][0] += (x @ directions[name].to(x.device)).double().pow(2).sum(0).cpu()
+            stats[name][1] += float(out.detach().float().pow(2).sum())
+
+        return record
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in directions]
+    try:
+        with torch.no_grad():
+            feed(model)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(e == 0.0 for _, e in stats.values()):
+        raise EmbodiedPruneError(
+            "the calibration inputs never reached some corrected layers (or all their outputs were zero); "
+            "check that the calibration data fit the model."
+        )
+    return {name: (p, e) for name, (p, e) in stats.items()}
 
 
 def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -222,6 +278,7 @@ class GluestickReport:
     base_parameters: int = 0  # parameters of the corrected linear layers
     budget: float | None = None  # extra parameters allowed, as a fraction of base_parameters
     energy: float | None = None  # captured fraction of the gaps' total squared Frobenius norm
+    allocation: str | None = None  # how a budget was spent: "energy" or "output" (None: one global rank)
 
     @property
     def extra_parameters(self) -> int:
@@ -237,6 +294,7 @@ class GluestickReport:
             "method": self.method,
             "rank": self.requested_rank,
             "budget": self.budget,
+            "allocation": self.allocation,
             "energy": self.energy,
             "layers": len(self.layers),
             "extra_parameters": self.extra_parameters,
@@ -274,12 +332,15 @@ def compute_factors(
     seed: int = 0,
     budget: float | None = None,
     dtype: str = "float32",
+    feed: Callable[[nn.Module], None] | None = None,
 ) -> GluestickReport:
     """Factors for every pruned linear layer of ``pruned`` (a layer whose weight differs from the dense one).
 
     Either one ``rank`` for every layer, or a ``budget`` of extra parameters as a fraction of the
     corrected layers' parameters, spent per layer by :func:`allocate_ranks` (needs the exact SVD; a
-    layer may get rank 0 and no factors). ``dtype`` stores the factors in float32, bfloat16, float16
+    layer may get rank 0 and no factors): by each rank's share of its layer's dense output when
+    ``feed`` is given (a function running calibration inputs through a model; see :func:`output_gains`),
+    else by the gap energy σ² it captures. ``dtype`` stores the factors in float32, bfloat16, float16
     or int8. ``include``/``exclude`` are module-name patterns (glob, or a last-name component such as
     ``lm_head`` or ``down_proj``). The two models must have the same linear layers with the same
     shapes; otherwise the error names the first mismatch.
@@ -290,6 +351,11 @@ def compute_factors(
         raise EmbodiedPruneError(f"--budget is a fraction of the corrected layers' parameters (> 0), got {budget}.")
     if budget is not None and method != "exact":
         raise EmbodiedPruneError("per-layer ranks need each gap's full spectrum: use --svd exact with --budget.")
+    if feed is not None and budget is None:
+        raise EmbodiedPruneError(
+            "calibration data steer how --budget spreads ranks over the layers; with one --rank for every layer "
+            "they are not used: drop --calibration or give --budget."
+        )
     if dtype not in FACTOR_DTYPES:
         raise EmbodiedPruneError(f"unknown factor dtype {dtype!r}; choose one of: {', '.join(FACTOR_DTYPES)}.")
     dense_l, pruned_l = _linears(dense), _linears(pruned)
@@ -335,7 +401,14 @@ def compute_factors(
                 f"--budget {budget:g} allows {allowed:,} extra parameters, less than the cheapest rank-1 correction "
                 f"({min(costs):,}); raise the budget."
             )
-        ranks = allocate_ranks([s for _, s, _ in svds], costs, allowed)
+        gains = None
+        report.allocation = "energy"
+        if feed is not None:
+            report.allocation = "output"
+            directions = {name: vh.mT for (name, _, _), (_, _, vh) in zip(chosen, svds, strict=True)}
+            stats = output_statistics(dense, directions, feed)
+            gains = [output_gains(s, *stats[name]) for (name, _, _), (_, s, _) in zip(chosen, svds, strict=True)]
+        ranks = allocate_ranks([s for _, s, _ in svds], costs, allowed, gains)
         for (name, lin, _), (u, s, vh), r in zip(chosen, svds, ranks, strict=True):
             total_energy += float(s.pow(2).sum())
             captured += float(s[:r].pow(2).sum())

@@ -47,7 +47,14 @@ class QueryState:
     def visual(self) -> torch.Tensor:
         """The original visual indices still in the sequence, on the CPU: pruners keep their bookkeeping there
         (a few hundred numbers per query), whatever device the model runs on."""
-        return (self.positions[_is_visual(self.positions, self.visual_span)] - self.visual_span[0]).cpu()
+        if "visual" not in self._cache:
+            self._cache["visual"] = (self.positions[self._visual_mask()] - self.visual_span[0]).cpu()
+        return self._cache["visual"]
+
+    def _visual_mask(self) -> torch.Tensor:
+        if "visual_mask" not in self._cache:
+            self._cache["visual_mask"] = _is_visual(self.positions, self.visual_span)
+        return self._cache["visual_mask"]
 
     def _rows(self, which: str) -> torch.Tensor:
         lo, hi = self.instruction_span
@@ -64,12 +71,23 @@ class QueryState:
         """Mean attention the current visual tokens receive from ``rows`` at this layer: (len(visual),), float32
         on the CPU (see :attr:`visual`)."""
         if rows not in self._cache:
-            vis_idx = torch.nonzero(_is_visual(self.positions, self.visual_span)).flatten()
+            vis_idx = torch.nonzero(self._visual_mask()).flatten()
             probs = row_attention(
                 self.layer_module, self.hidden, self.position_embeddings, self._rows(rows), self.key_valid
             )
             self._cache[rows] = visual_scores(probs, vis_idx).float().cpu()
         return self._cache[rows]
+
+
+def _kept_rows(positions: torch.Tensor, span: tuple[int, int], keep: torch.Tensor) -> torch.Tensor:
+    """Rows of the current sequence that go on: every non-visual token and the visual tokens whose original
+    index (0-based within ``span``) is in ``keep``. A lookup table over the visual span, not ``torch.isin``
+    (which sorts, and costs more than a small layer on the CPU)."""
+    wanted = torch.zeros(span[1] - span[0] + 1, dtype=torch.bool, device=positions.device)
+    wanted[keep.to(positions.device)] = True
+    wanted[-1] = True  # the slot every non-visual token looks up
+    slot = torch.where(_is_visual(positions, span), positions - span[0], span[1] - span[0])
+    return torch.nonzero(wanted[slot]).flatten()
 
 
 @dataclass
@@ -100,16 +118,14 @@ def pruned_query(model, pruner, images, input_ids, attention_mask, proprio, bos_
     pe = bb.rotary_emb(hidden, position_ids=position_ids)
     counts = []
     layers = bb.layers[: bb.config.num_hidden_layers]
-    visual_total = lay.visual[1] - lay.visual[0]
+    visual_total = n_visual = lay.visual[1] - lay.visual[0]
     for i, layer in enumerate(layers):
         state = QueryState(
             i, len(layers), hidden, positions, key_valid, lay.visual, lay.instruction, pe, layer, visual_total
         )
         keep = pruner.select(state)
         if keep is not None:
-            is_vis = _is_visual(positions, lay.visual)
-            keep_pos = is_vis & torch.isin(positions - lay.visual[0], keep.to(positions.device))
-            sel = torch.nonzero(~is_vis | keep_pos).flatten()
+            sel = _kept_rows(positions, lay.visual, keep)
             hidden, positions, key_valid = hidden[:, sel], positions[sel], key_valid[sel]
             position_ids = positions.unsqueeze(0)
             # the kept tokens' rows and columns of the mask and their own rotary angles: original positions
@@ -121,7 +137,8 @@ def pruned_query(model, pruner, images, input_ids, attention_mask, proprio, bos_
                     f"gave a {type(causal).__name__}: load the policy with attn_implementation='sdpa'."
                 )
             pe = (pe[0][:, sel], pe[1][:, sel])
-        counts.append(int(_is_visual(positions, lay.visual).sum()))
+            n_visual = int(_is_visual(positions, lay.visual).sum())
+        counts.append(n_visual)
         hidden = layer(hidden, attention_mask=causal, position_embeddings=pe, position_ids=position_ids)
     pruner.finish(QueryStats(counts))
     hidden = bb.norm(hidden)

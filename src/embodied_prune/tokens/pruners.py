@@ -45,7 +45,15 @@ from ..errors import EmbodiedPruneError
 from ..models.vla import DEFAULT_CAMERAS
 from ..registry import Registry
 from .forward import QueryState, QueryStats
-from .scores import changed_tokens, frame_gap, is_fine_motion, patch_similarity, rank_confidence, top_k
+from .scores import (
+    changed_tokens,
+    direction_similarity,
+    frame_gap,
+    is_fine_motion,
+    patch_directions,
+    rank_confidence,
+    top_k,
+)
 
 DEFAULT_ALPHA = 0.3  # kept fraction of visual tokens when no budget is given
 
@@ -181,6 +189,9 @@ class SpecPrune(TokenPruner):
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
         self._frames: deque = deque(maxlen=self.s.gap_slow + 1)
+        # each frame's patch unit vectors per camera, filled when a query first compares that frame: a frame
+        # is compared as "now" and again as "then" up to gap_slow steps later, and patchified once
+        self._directions: deque = deque(maxlen=self.s.gap_slow + 1)
         self._positions: deque = deque(maxlen=self.s.speed_window + 1)
         self._global: torch.Tensor | None = None  # previous query's attention at the global layers
         self._next_global: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -188,6 +199,7 @@ class SpecPrune(TokenPruner):
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         self._frames.append({name: obs[name] for name, _, _ in self.s.cameras if name in obs})
+        self._directions.append({})
         self._positions.append(np.asarray(obs["proprio"][:3], dtype=np.float64))
 
     def speed(self) -> float:
@@ -204,8 +216,19 @@ class SpecPrune(TokenPruner):
         if len(self._frames) < 2:
             return None
         gap = min(frame_gap(speed, self.s.max_speed, self.s.gap_slow, self.s.gap_fast), len(self._frames) - 1)
-        now, then = self._frames[-1], self._frames[-1 - gap]
-        return np.concatenate([patch_similarity(now[name], then[name], patch) for name, _, patch in self.s.cameras])
+        return np.concatenate(
+            [
+                direction_similarity(self._patches(0, name, patch), self._patches(gap, name, patch))
+                for name, _, patch in self.s.cameras
+            ]
+        )
+
+    def _patches(self, back: int, camera: str, patch: int) -> np.ndarray:
+        """The patch unit vectors of ``camera``'s frame ``back`` steps before the latest (computed once)."""
+        cache = self._directions[-1 - back]
+        if camera not in cache:
+            cache[camera] = patch_directions(self._frames[-1 - back][camera], patch)
+        return cache[camera]
 
     def camera_groups(self, total: int, budget: int) -> list[tuple[int, int, int]]:
         """(first token, end, budget) per camera with ``camera_quota`` (budgets in proportion to token

@@ -51,8 +51,11 @@ def row_attention(
     cos, sin = position_embeddings
     q = _rope(q.transpose(1, 2), cos[:, rows], sin[:, rows])[0]  # (H, r, hd)
     k = _rope(k.transpose(1, 2), cos, sin)[0]  # (KV, n, hd)
-    k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
-    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
+    heads, kv = q.shape[0], k.shape[0]
+    # grouped-query attention: query head h reads key head h // (heads / kv), as transformers' repeat_kv has
+    # it; each group's heads are stacked into one product with their shared keys instead of copying the keys
+    grouped = q.float().reshape(kv, heads // kv * len(rows), hd)
+    logits = (grouped @ k.float().transpose(-1, -2)).view(heads, len(rows), n) * attn.scaling
     allowed = (torch.arange(n)[None, :] <= rows[:, None]) & key_valid[None, :]
     logits = logits.masked_fill(~allowed, float("-inf"))
     return torch.softmax(logits, dim=-1)
@@ -73,20 +76,29 @@ def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> 
     return order[:k]
 
 
+def patch_directions(image: np.ndarray, patch: int) -> np.ndarray:
+    """Unit vectors of the ``patch``×``patch`` patches of a uint8 image (H, W, 3), pixels centred to
+    [−1, 1] first, in row-major patch order (the visual tokens' order): (H/p · W/p, p·p·3). A patch of
+    zero norm gets the zero vector."""
+    h, w, c = image.shape
+    gh, gw = h // patch, w // patch
+    x = image.astype(np.float32) / 127.5 - 1.0
+    x = x.reshape(gh, patch, gw, patch, c).transpose(0, 2, 1, 3, 4).reshape(gh * gw, -1)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-8) * (norm > 1e-8)
+
+
+def direction_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of corresponding rows of two :func:`patch_directions` results; 1 where either patch
+    has zero norm (nothing to compare)."""
+    flat = ~(a.any(axis=1) & b.any(axis=1))
+    return np.where(flat, 1.0, (a * b).sum(axis=1))
+
+
 def patch_similarity(current: np.ndarray, previous: np.ndarray, patch: int) -> np.ndarray:
     """Cosine similarity of corresponding ``patch``×``patch`` patches of two uint8 images (H, W, 3),
     pixels centred to [−1, 1] first, in row-major patch order (the visual tokens' order): (H/p · W/p,)."""
-    h, w, c = current.shape
-    gh, gw = h // patch, w // patch
-
-    def patches(img: np.ndarray) -> np.ndarray:
-        x = img.astype(np.float32) / 127.5 - 1.0
-        return x.reshape(gh, patch, gw, patch, c).transpose(0, 2, 1, 3, 4).reshape(gh * gw, -1)
-
-    a, b = patches(current), patches(previous)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(den > 1e-8, num / np.maximum(den, 1e-8), 1.0)
+    return direction_similarity(patch_directions(current, patch), patch_directions(previous, patch))
 
 
 def changed_tokens(similarity: np.ndarray, threshold: float, k: int) -> np.ndarray:
@@ -126,8 +138,10 @@ def is_fine_motion(speed: float, previous_speed: float | None, fine_speed: float
 
 __all__ = [
     "changed_tokens",
+    "direction_similarity",
     "frame_gap",
     "is_fine_motion",
+    "patch_directions",
     "patch_similarity",
     "rank_confidence",
     "row_attention",
