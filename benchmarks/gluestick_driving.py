@@ -3,7 +3,9 @@
 The twin of the VLA's GLUESTICK experiment on the other substrate: ``builtin:driving-l-grpo`` is pruned
 2:4 with Wanda (calibration: teacher-labelled training instructions, the text its SFT saw), then GLUESTICK
 attaches the truncated SVD of ``dense − pruned`` beside each pruned linear layer, with per-layer ranks
-spending a budget of extra parameters (5, 10, 15 % of the corrected layers) and with one global rank.
+spending a budget of extra parameters (5, 10, 15 % of the corrected layers) — spread by singular values
+(no data) and by each rank's share of its layer's output on the Wanda calibration text — and with one
+global rank.
 Every controller answers the same held-out instructions and drives in the same traffic (one shared
 simulator cache); the table gives adaptability and collisions, the loss to dense, and the share of the
 pruned controller's loss that recovery wins back, each with a paired bootstrap CI over instructions.
@@ -42,13 +44,15 @@ def main() -> None:
     quiet_transformers()
     t0 = time.time()
     tok = load_tokenizer(DENSE)
-    pruned = prune(DENSE, "wanda", pattern="2:4", calibration=teacher_calibration(tok, 64), progress=False).model
+    calibration = teacher_calibration(tok, 64)
+    pruned = prune(DENSE, "wanda", pattern="2:4", calibration=calibration, progress=False).model
     variants = {"dense": load_model(DENSE), "wanda 2:4": pruned}
     overheads = {"dense": None, "wanda 2:4": 0.0}
     for b in BUDGETS:  # recover() wraps a model it is given in place: each variant gets its own copy
-        out = recover(DENSE, copy.deepcopy(pruned), budget=b)
-        variants[f"+ GLUESTICK budget {b:.0%}"] = out.model
-        overheads[f"+ GLUESTICK budget {b:.0%}"] = out.details.overhead
+        for label, data in (("", None), (" by output share", calibration)):
+            out = recover(DENSE, copy.deepcopy(pruned), budget=b, calibration=data)
+            variants[f"+ GLUESTICK budget {b:.0%}{label}"] = out.model
+            overheads[f"+ GLUESTICK budget {b:.0%}{label}"] = out.details.overhead
     out = recover(DENSE, copy.deepcopy(pruned), rank=GLOBAL_RANK)
     variants[f"+ GLUESTICK rank {GLOBAL_RANK}"] = out.model
     overheads[f"+ GLUESTICK rank {GLOBAL_RANK}"] = out.details.overhead
@@ -97,8 +101,9 @@ def main() -> None:
         f"{table}\n\n{a.instructions} {a.split}-split instructions, each in its own traffic, one greedy answer and "
         f"one 15 s episode each; {int(ok.sum())} scored for every controller enter the paired CIs (bootstrap over "
         "instructions, 5000 resamples). Wanda calibration: 64 teacher-labelled training instructions. GLUESTICK "
-        "budgets allocate per-layer ranks to spend that share of the corrected layers' parameters; the global row "
-        f"uses rank {GLOBAL_RANK} everywhere. No training anywhere.\n"
+        "budgets allocate per-layer ranks to spend that share of the corrected layers' parameters, by singular "
+        "values or, 'by output share', by the share of each layer's output a rank restores on the Wanda "
+        f"calibration text; the global row uses rank {GLOBAL_RANK} everywhere. No training anywhere.\n"
     )
     data = {
         "rows": rows,

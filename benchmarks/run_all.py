@@ -27,6 +27,7 @@ SCRIPTS = [
     "bpf_study",
     "manipulation_vla",
     "tokens_vla",
+    "tokens_vla_hires",
     "gluestick_vla",
     "gluestick_driving",
 ]

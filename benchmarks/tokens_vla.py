@@ -5,7 +5,10 @@ only, static + layer-level, FastV and random at SpecPrune's mean visual tokens p
 episodes on the same scenes), then adds the success differences to dense with 95 % CIs
 (Newcombe's method on the two Wilson intervals) and the controller's ablation row.
 
-python benchmarks/tokens_vla.py [--config configs/tokens_vla.yaml] [--out runs/bench-tokens]
+python benchmarks/tokens_vla.py [--config configs/tokens_vla.yaml] [--out runs/bench-tokens] [--name tokens_vla]
+
+``--name`` is the result's name under benchmarks/results/ (``benchmarks/tokens_vla_hires.py`` runs this
+script on the 324-token policy as ``tokens_vla_hires``).
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ def diff_ci(d1: dict, d0: dict) -> tuple[float, float, float]:
     return 100 * diff, 100 * lo, 100 * hi
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "tokens_vla.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-tokens"))
+    ap.add_argument("--name", default="tokens_vla", help="result name under benchmarks/results/ (default tokens_vla)")
     ap.add_argument("--resume", action="store_true", help="keep variants finished by an earlier run")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     t0 = time.time()
     started = dt.datetime.now(dt.timezone.utc)
     out = run_tokens_experiment(a.config, a.out, overwrite=not a.resume)
@@ -64,7 +68,7 @@ def main() -> None:
             f"episode columns come from (evaluation finished at, UTC): {dates}."
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "speedup_vs_success.png", RESULTS / "tokens_vla.png")
+    shutil.copy(out / "speedup_vs_success.png", RESULTS / f"{a.name}.png")
     cfg = summary["config"]
     body = (
         tokens_report(summary)
@@ -74,11 +78,11 @@ def main() -> None:
         f"alpha={cfg.get('alpha')}; FastV and random get SpecPrune's mean visual tokens per layer. 'query ms, side "
         "by side' times every variant on the same recorded observations, interleaved, one torch thread "
         f"({cfg['latency_queries']} queries each); 'in the loop' is the median query of the closed-loop run "
-        "(two worker processes on the two cores, one thread each). Plot: benchmarks/results/tokens_vla.png.\n"
+        f"(two worker processes on the two cores, one thread each). Plot: benchmarks/results/{a.name}.png.\n"
     )
     write_result(
-        "tokens_vla",
-        "Visual-token pruning of the VLA: SpecPrune-VLA vs FastV vs random",
+        a.name,
+        f"Visual-token pruning of `{cfg['model']}`: SpecPrune-VLA vs FastV vs random",
         body,
         summary,
         time.time() - t0,

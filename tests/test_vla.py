@@ -360,13 +360,14 @@ def test_cli_manipulation_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_shipped_policy_needs_its_eyes():
-    """With black cameras the shipped policy collapses where it must find an object (BENCHMARKS.md: 92 % → 9 %
+@pytest.mark.parametrize("policy", ["builtin:vla-metaworld", "builtin:vla-metaworld-hires"])
+def test_shipped_policy_needs_its_eyes(policy):
+    """With black cameras the shipped policies collapse where they must find an object (BENCHMARKS.md: 92 % → 9 %
     over all tasks; reach, push and pick-place 80–90 % → 0 % over 50/20 episodes; the fixtures' tasks sometimes
     succeed blind, e.g. drawer-close 40 %); checked here on fresh scenes."""
     kw = dict(tasks="reach,push,pick-place", episodes=4, seed=7, workers=2, progress=False)
-    seeing = evaluate_manipulation("builtin:vla-metaworld", **kw).to_dict()
-    blind = evaluate_manipulation("builtin:vla-metaworld", blank_images=True, **kw).to_dict()
+    seeing = evaluate_manipulation(policy, **kw).to_dict()
+    blind = evaluate_manipulation(policy, blank_images=True, **kw).to_dict()
     assert seeing["success_rate"] >= 6 / 12
     assert blind["success_rate"] <= 1 / 12
 

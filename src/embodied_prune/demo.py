@@ -186,8 +186,14 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
         overwrite=overwrite,
         progress=progress,
     )
-    recovered = recover(
-        POLICY, pruned.path, budget=GLUESTICK_BUDGET, out=out / "vla-wanda-2-4-gluestick", overwrite=overwrite
+    recovered = recover(  # ranks where they restore the largest share of each layer's output on the same steps
+        POLICY,
+        pruned.path,
+        budget=GLUESTICK_BUDGET,
+        calibration=calibration,
+        n_samples=48,
+        out=out / "vla-wanda-2-4-gluestick",
+        overwrite=overwrite,
     )
     from .evaluation.manipulation import side_by_side_latency
     from .tokens.pruners import DEFAULT_ALPHA

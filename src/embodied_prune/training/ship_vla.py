@@ -179,6 +179,12 @@ def ship(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ASSETS, help=f"folder for the policy folder (default {ASSETS})")
+    p.add_argument(
+        "--name",
+        default=NAME,
+        help=f"name of the policy folder inside --out, i.e. the built-in name (default {NAME}; the 8-pixel "
+        "policy for token pruning is vla-metaworld-hires)",
+    )
     p.add_argument("--episodes", type=int, default=150, help="demonstrations per task (default 150)")
     p.add_argument("--noise", type=float, default=0.05, help="DART noise of the demonstrations (default 0.05)")
     p.add_argument("--steps", type=int, default=BC_STEPS, help=f"BC steps (default {BC_STEPS})")
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             dagger_episodes=a.dagger_episodes,
             dagger_steps=a.dagger_steps,
             work=a.work,
+            name=a.name,
         )
     except EmbodiedPruneError as e:
         p.error(str(e))

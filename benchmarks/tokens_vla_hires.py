@@ -1,0 +1,30 @@
+"""Visual-token pruning where a query's cost is in its tokens: ``benchmarks/tokens_vla.py`` on the 324-token policy.
+
+Runs ``configs/tokens_vla_hires.yaml`` (``builtin:vla-metaworld-hires``: SpecPrune-VLA scoring the first decoder
+layers as published, without its controller, FastV and random drop at its mean visual tokens per layer, and the
+variant that prunes before the first layer) and writes ``benchmarks/results/tokens_vla_hires.*``.
+
+python benchmarks/tokens_vla_hires.py [--resume] [--out runs/bench-tokens-hires]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import tokens_vla
+
+ROOT = Path(__file__).resolve().parent.parent
+
+if __name__ == "__main__":
+    tokens_vla.main(
+        [
+            "--config",
+            str(ROOT / "configs" / "tokens_vla_hires.yaml"),
+            "--out",
+            str(ROOT / "runs" / "bench-tokens-hires"),
+            "--name",
+            "tokens_vla_hires",
+            *sys.argv[1:],
+        ]
+    )
