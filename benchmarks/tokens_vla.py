@@ -37,6 +37,23 @@ def diff_ci(d1: dict, d0: dict) -> tuple[float, float, float]:
     return 100 * diff, 100 * lo, 100 * hi
 
 
+def controller_lines(variants: dict[str, dict]) -> list[str]:
+    """The action-aware controller's ablation: for every variant "X without controller" whose "X" ran too, the
+    success difference X − (X without controller) with its CI, and the tokens each kept."""
+    lines = []
+    for name, d in variants.items():
+        base = name.removesuffix(" without controller")
+        if base != name and base in variants:
+            diff, lo, hi = diff_ci(variants[base], d)
+            fine = variants[base].get("fine_query_fraction") or 0.0
+            lines.append(
+                f"- controller: {base} − {name}: {diff:+.1f} points [{lo:+.1f}, {hi:+.1f}]; the controller called "
+                f"{100 * fine:.0f} % of queries fine motion and kept {variants[base]['kept_tokens_mean']:.0f} visual "
+                f"tokens per layer on average against {d['kept_tokens_mean']:.0f} without it"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "tokens_vla.yaml"))
@@ -59,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"- {name}: {diff:+.1f} points vs dense [{lo:+.1f}, {hi:+.1f}], speed-up {lat['dense'] / lat[name]:.2f}×"
         )
+    lines += controller_lines(variants)
     kept = [n for n, d in variants.items() if dt.datetime.fromisoformat(d["date"]) < started]
     if kept:
         dates = ", ".join(f"{n} {variants[n]['date']}" for n in kept)

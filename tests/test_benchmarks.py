@@ -123,3 +123,21 @@ def test_cell_store_logs_new_and_reevaluated_cells(tmp_path, monkeypatch):
     store.run(out, {"config": 1}, False, experiment)
     assert store.sessions()[-1]["cells_evaluated"] == ["again", "new"]
     assert json.loads((tmp_path / "store" / "again.json").read_text())["success"] == 0.9
+
+
+def test_tokens_benchmark_reports_the_controller_ablation(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from tokens_vla import controller_lines
+
+    def variant(success, lo, hi, kept, fine=None):
+        return {"success_rate": success, "ci95": [lo, hi], "kept_tokens_mean": kept, "fine_query_fraction": fine}
+
+    variants = {
+        "dense": variant(0.9, 0.86, 0.93, 324),
+        "specprune": variant(0.8, 0.75, 0.84, 150, fine=0.3),
+        "specprune without controller": variant(0.7, 0.65, 0.75, 140),
+        "fastv without controller": variant(0.5, 0.45, 0.55, 100),  # no "fastv" ran: no line
+    }
+    (line,) = controller_lines(variants)
+    assert line.startswith("- controller: specprune − specprune without controller: +10.0 points [")
+    assert "30 % of queries fine motion" in line and "kept 150 visual tokens" in line and "against 140" in line
