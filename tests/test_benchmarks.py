@@ -43,9 +43,14 @@ def test_report_warns_only_when_a_measured_builtin_model_changed(run_all, tmp_pa
 
 
 def test_committed_vla_results_name_the_policy_they_measured():
-    for name in ("manipulation_vla", "tokens_vla", "gluestick_vla"):
+    for name, policy in (
+        ("manipulation_vla", "builtin:vla-metaworld"),
+        ("tokens_vla", "builtin:vla-metaworld"),
+        ("tokens_vla_hires", "builtin:vla-metaworld-hires"),
+        ("gluestick_vla", "builtin:vla-metaworld"),
+    ):
         data = json.loads((BENCH / "results" / f"{name}.json").read_text())
-        assert set(data["model_fingerprints"]) == {"builtin:vla-metaworld"}, name
+        assert set(data["model_fingerprints"]) == {policy}, name
 
 
 @pytest.mark.parametrize(
