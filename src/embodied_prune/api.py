@@ -78,17 +78,13 @@ def _calibration_inputs(model, tokenizer, calibration, n_samples: int, seq_len: 
 
 def _feed(inputs: torch.Tensor | list[dict], batch_size: int = 8):
     """A function running ``inputs`` (from :func:`_calibration_inputs`) through a model, for activation hooks."""
-    from .pruning.calibration import batches
+    from .pruning.calibration import calibration_chunks, forward_chunk
 
     def run(model) -> None:
         model.eval()
         with torch.no_grad():
-            if isinstance(inputs, list):
-                for batch in inputs:
-                    model(**batch)
-            else:
-                for chunk in batches(inputs, batch_size):
-                    model(input_ids=chunk, use_cache=False)
+            for chunk in calibration_chunks(inputs, batch_size):
+                forward_chunk(model, chunk)
 
     return run
 

@@ -90,6 +90,20 @@ def batches(ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield ids[i : i + batch_size]
 
 
+def calibration_chunks(inputs: torch.Tensor | list[dict], batch_size: int) -> Iterator[torch.Tensor | dict]:
+    """Calibration inputs one forward pass at a time: token ids in batches of ``batch_size``, or a VLA policy's
+    ready model-input dicts as they are."""
+    return iter(inputs) if isinstance(inputs, list) else batches(inputs, batch_size)
+
+
+def forward_chunk(model: nn.Module, chunk: torch.Tensor | dict) -> None:
+    """One forward pass of ``model`` over a calibration chunk (a model-input dict, or token ids, no KV cache)."""
+    if isinstance(chunk, dict):
+        model(**chunk)
+    else:
+        model(input_ids=chunk, use_cache=False)
+
+
 def accumulate_gradients(
     model: nn.Module, ids: torch.Tensor, batch_size: int = 8, progress: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -152,13 +166,9 @@ class LayerwiseRunner:
         handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
         try:
             # token ids for a causal LM, or ready model-input dicts (a VLA's images, instruction, proprio)
-            chunks = self.ids if isinstance(self.ids, list) else batches(self.ids, self.batch_size)
-            for chunk in chunks:
+            for chunk in calibration_chunks(self.ids, self.batch_size):
                 with contextlib.suppress(_StopForward):
-                    if isinstance(chunk, dict):
-                        self.model(**chunk)
-                    else:
-                        self.model(input_ids=chunk, use_cache=False)
+                    forward_chunk(self.model, chunk)
         finally:
             handle.remove()
         return captured

@@ -188,18 +188,16 @@ class SpecPrune(TokenPruner):
     # --- episode state ---------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
+        # per step: (camera images, their patch unit vectors — filled when a query first compares that frame:
+        # a frame is compared as "now" and again as "then" up to gap_slow steps later, and patchified once)
         self._frames: deque = deque(maxlen=self.s.gap_slow + 1)
-        # each frame's patch unit vectors per camera, filled when a query first compares that frame: a frame
-        # is compared as "now" and again as "then" up to gap_slow steps later, and patchified once
-        self._directions: deque = deque(maxlen=self.s.gap_slow + 1)
         self._positions: deque = deque(maxlen=self.s.speed_window + 1)
         self._global: torch.Tensor | None = None  # previous query's attention at the global layers
         self._next_global: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._previous_speed: float | None = None
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
-        self._frames.append({name: obs[name] for name, _, _ in self.s.cameras if name in obs})
-        self._directions.append({})
+        self._frames.append(({name: obs[name] for name, _, _ in self.s.cameras if name in obs}, {}))
         self._positions.append(np.asarray(obs["proprio"][:3], dtype=np.float64))
 
     def speed(self) -> float:
@@ -225,9 +223,9 @@ class SpecPrune(TokenPruner):
 
     def _patches(self, back: int, camera: str, patch: int) -> np.ndarray:
         """The patch unit vectors of ``camera``'s frame ``back`` steps before the latest (computed once)."""
-        cache = self._directions[-1 - back]
+        images, cache = self._frames[-1 - back]
         if camera not in cache:
-            cache[camera] = patch_directions(self._frames[-1 - back][camera], patch)
+            cache[camera] = patch_directions(images[camera], patch)
         return cache[camera]
 
     def camera_groups(self, total: int, budget: int) -> list[tuple[int, int, int]]:
