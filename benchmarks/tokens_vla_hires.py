@@ -2,7 +2,8 @@
 
 Runs ``configs/tokens_vla_hires.yaml`` (``builtin:vla-metaworld-hires``: SpecPrune-VLA scoring the first decoder
 layers as published, without its controller, FastV and random drop at its mean visual tokens per layer, and the
-variant that prunes before the first layer) and writes ``benchmarks/results/tokens_vla_hires.*``.
+variant that prunes before the first layer; then SpecPrune pruning before layer 2, ranked by the action queries or
+the instruction, with FastV and random drop at layer 2) and writes ``benchmarks/results/tokens_vla_hires.*``.
 
 python benchmarks/tokens_vla_hires.py [--resume] [--out runs/bench-tokens-hires]
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +80,18 @@ class FakeState:
         return self._s
 
 
+class LayeredState(FakeState):
+    """Planted scores per layer; records which rows each layer was asked for."""
+
+    def __init__(self, per_layer: dict[int, torch.Tensor], layer: int, asked: list) -> None:
+        super().__init__(per_layer[layer], layer)
+        self.asked = asked
+
+    def scores(self, rows: str = "instruction") -> torch.Tensor:
+        self.asked.append((self.layer, rows))
+        return self._s
+
+
 # --- pure maths --------------------------------------------------------------------------------------
 
 
@@ -140,6 +153,59 @@ def test_row_attention_matches_eager_attention_weights():
         _, weights = layer.self_attn(layer.input_layernorm(x), pe, causal)
         model.backbone.config._attn_implementation = "sdpa"
     assert torch.allclose(ours, weights[0, :, rows], atol=1e-5)
+
+
+def test_action_rows_are_the_queries_after_the_instruction():
+    """``scores("action")`` averages the action queries' rows, ``scores("instruction")`` the unpadded instruction
+    rows, and FastV's ``after_visual`` is their row-weighted mean."""
+    model, tok = policy(layers=2)
+    q = one_query(model, tok)
+    got = {}
+
+    class Probe(TokenPruner):
+        def select(self, state):
+            if state.layer == 1:
+                got.update({rows: state.scores(rows) for rows in ("instruction", "action", "after_visual")})
+                lay = model.layout(q[1].shape[1])
+                actions = torch.arange(*lay.actions)
+                probs = row_attention(
+                    state.layer_module, state.hidden, state.position_embeddings, actions, state.key_valid
+                )
+                got["manual"] = probs[..., lay.visual[0] : lay.visual[1]].mean(dim=(0, 1))
+            return None
+
+    with torch.no_grad():
+        pruned_query(model, Probe(), *q, bos_id=tok.bos_token_id)
+    n_instr, n_act = int(q[2].sum()), model.config.chunk
+    assert torch.allclose(got["action"], got["manual"], atol=1e-6)
+    mixed = (n_instr * got["instruction"] + n_act * got["action"]) / (n_instr + n_act)
+    assert torch.allclose(got["after_visual"], mixed, atol=1e-6)
+    assert not torch.allclose(got["action"], got["instruction"], rtol=0, atol=1e-6)  # different rows, other scores
+
+
+def test_specprune_scores_its_rows_at_its_local_layers_only():
+    n = 20
+    early, late = torch.linspace(1, 0, n), torch.linspace(0, 1, n)  # layers 0-1 favour tokens 0.., layer 2 ..19
+    per_layer = {0: early, 1: early, 2: late}
+    kept = {}
+    for local in (None, (2,)):
+        asked: list = []
+        settings = SpecPruneSettings(
+            cameras=[["front", 16, 4], ["wrist", 8, 4]],
+            controller=False,
+            prune_layer=2,
+            local_layers=local,
+            score_rows="action",
+            global_layers=(),
+        )
+        pruner = SpecPrune(keep=5, settings=settings)
+        for layer in range(3):
+            out = pruner.select(LayeredState(per_layer, layer, asked))
+        kept[local] = out.tolist()
+        assert {rows for _, rows in asked} == {"action"}
+        assert [layer for layer, _ in asked] == ([0, 1, 2] if local is None else [2])
+    assert kept[(2,)] == [15, 16, 17, 18, 19]  # layer 2's ranking alone
+    assert kept[None] == [0, 1, 2, 3, 4]  # the mean of three layers, two of them the early ranking
 
 
 # --- the pruned forward ----------------------------------------------------------------------------
@@ -345,6 +411,12 @@ def test_specprune_options_are_checked():
         build_token_pruner("specprune", options={"bogus": 1})
     p = build_token_pruner("specprune", options={"layer_drop": 0.0, "controller": False, "layer_dynamic": [1]})
     assert p.s.layer_dynamic == (1,) and not p.s.controller
+    with pytest.raises(EmbodiedPruneError, match="score_rows must be one of"):
+        build_token_pruner("specprune", options={"score_rows": "visual"})
+    with pytest.raises(EmbodiedPruneError, match="name no layer from 0 to prune_layer 1"):
+        build_token_pruner("specprune", options={"prune_layer": 1, "local_layers": [2]})
+    p = build_token_pruner("specprune", options={"prune_layer": 2, "local_layers": [2], "score_rows": "action"})
+    assert p.s.local_layers == (2,) and p.s.score_rows == "action"
 
 
 def test_matched_keep_gives_equal_mean_tokens_per_layer():
@@ -482,3 +554,18 @@ def test_gluestick_report_gives_the_won_back_share_with_a_ci():
     assert table[("p", "r4")][won].startswith("50 % [") and table[("p", "r4")][won] != "50 % [50, 50]"
     assert table[("p", "none")][won] == "" and table[("dense", "–")][won] == ""
     assert table[("p", "r4")]["extra parameters (% of backbone)"] == "10 (10.0 %)"
+
+
+def test_token_probe_measures_how_far_pruning_moves_the_action(saved_policy, monkeypatch):
+    """benchmarks/tokens_probe.py: keeping every token moves no action; keeping few moves some; one row per
+    (layer, ranking)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import tokens_probe
+
+    full = tokens_probe.probe(str(saved_policy), 1.0, episodes=1, steps=3, seed=0)
+    assert len(full["rows"]) == 4 * len(tokens_probe.RANKINGS) and full["queries"] == 6 * 3
+    assert all(r["mean"] == 0.0 for r in full["rows"])
+    few = tokens_probe.probe(str(saved_policy), 0.02, episodes=1, steps=3, seed=0)
+    assert max(r["mean"] for r in few["rows"]) > 0
+    table = tokens_probe.report(few)
+    assert table.count("\n| ") == 1 + len(few["rows"]) + 1  # header, a row per cell, the dense scale row

@@ -63,13 +63,16 @@ class QueryState:
             sel = (p >= lo) & (p < hi) & self.key_valid
         elif which == "after_visual":  # FastV: every token after the image (instruction and action queries)
             sel = (p >= lo) & self.key_valid
+        elif which == "action":  # the action queries (OFT-style parallel decoding): every token after the instruction
+            sel = (p >= hi) & self.key_valid
         else:
             raise ValueError(f"unknown rows {which!r}")
         return torch.nonzero(sel).flatten()
 
     def scores(self, rows: str = "instruction") -> torch.Tensor:
-        """Mean attention the current visual tokens receive from ``rows`` at this layer: (len(visual),), float32
-        on the CPU (see :attr:`visual`)."""
+        """Mean attention the current visual tokens receive from ``rows`` (``instruction``, ``action``: the tokens
+        after the instruction, or ``after_visual``: both) at this layer: (len(visual),), float32 on the CPU (see
+        :attr:`visual`)."""
         if rows not in self._cache:
             vis_idx = torch.nonzero(self._visual_mask()).flatten()
             probs = row_attention(

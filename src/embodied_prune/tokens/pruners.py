@@ -13,9 +13,9 @@ SpecPrune-VLA as built here (the paper's method on a policy whose backbone has o
   *previous* query at ``global_layers``; V_dynamic = up to ``dynamic_fraction`` of the budget among
   patches whose cosine similarity to the same patch ``frame_gap`` steps back is below
   ``similarity_threshold``, least similar first; V_local fills the rest of the budget by the current
-  query's instruction→visual attention at layers 0 … ``prune_layer``, each computed from its layer's
-  input before that layer runs (the self-speculative part: early-layer attention stands in for the
-  final layers'). The paper scores layers 1 and 2 of a 32-layer model; in a 4-layer backbone running
+  query's instruction→visual attention at layers 0 … ``prune_layer`` (or only at ``local_layers``), each
+  computed from its layer's input before that layer runs (the self-speculative part: early-layer attention
+  stands in for the final layers'). The paper scores layers 1 and 2 of a 32-layer model; in a 4-layer backbone running
   one layer on every token to score the next costs a quarter of the backbone, so the default prunes
   before the first layer (``prune_layer=0``, local scores of layer 0, computed from the embeddings)
   and takes V_global from the previous query's layer 2, whose scores the layer-level step computes
@@ -28,6 +28,9 @@ SpecPrune-VLA as built here (the paper's method on a policy whose backbone has o
   camera, so one camera's attention cannot crowd another camera out of the kept set. The paper's
   policy has one third-person camera; with ``camera_quota=False`` the three sets rank all cameras'
   tokens together, as the paper's single image does.
+- *Scoring rows* (``score_rows``, our addition): the three attention sets rank visual tokens by the attention
+  of the instruction tokens, as published; ``action`` ranks them by the attention of the action queries
+  (OpenVLA-OFT decodes its actions from those), ``after_visual`` by both.
 - *Action-aware controller*: while the hand moves slowly and not faster than at the previous query
   (fine motion), keep ``fine_scale`` × the budget and skip the layer-level pruning. Meta-World's
   action has no wrist rotation, so the controller reads translational speed only.
@@ -55,6 +58,9 @@ from .scores import (
     top_k,
 )
 
+# rows whose attention ranks the visual tokens: the instruction (as SpecPrune-VLA publishes), the action queries
+# (the tokens an OFT-style policy decodes its actions from) or both (FastV's rows)
+SCORE_ROWS = ("instruction", "action", "after_visual")
 DEFAULT_ALPHA = 0.3  # kept fraction of visual tokens when no budget is given
 
 
@@ -154,6 +160,7 @@ class SpecPruneSettings:
     """SpecPrune-VLA's knobs (see the module docstring); speeds in metres per environment step."""
 
     prune_layer: int = 0
+    local_layers: tuple[int, ...] | None = None  # layers whose scores make V_local (None: every layer to prune_layer)
     global_fraction: float = 0.3
     dynamic_fraction: float = 0.2
     global_layers: tuple[int, ...] = (2,)
@@ -169,6 +176,9 @@ class SpecPruneSettings:
     fine_scale: float = 1.25
     speed_window: int = 4
     camera_quota: bool = False
+    score_rows: str = (
+        "instruction"  # whose attention ranks visual tokens: instruction (as published), action, after_visual
+    )
     cameras: list[list] = field(default_factory=lambda: [list(c) for c in DEFAULT_CAMERAS])
 
 
@@ -272,14 +282,15 @@ class SpecPrune(TokenPruner):
             self._local, self._next_global, self._fine = [], [], False
             self._visual_total = state.visual_total
         if state.layer in {g % state.num_layers for g in s.global_layers}:
-            self._next_global.append((state.visual, state.scores()))
+            self._next_global.append((state.visual, state.scores(s.score_rows)))
         if state.layer <= s.prune_layer:
-            self._local.append(state.scores())
+            if s.local_layers is None or state.layer in s.local_layers:
+                self._local.append(state.scores(s.score_rows))
             if state.layer < s.prune_layer:
                 return None
             return self._static(state)
         if state.layer in s.layer_dynamic and not self._fine and s.layer_drop > 0:
-            scores = state.scores()
+            scores = state.scores(s.score_rows)
             self._importance = s.ema * self._importance + (1 - s.ema) * rank_confidence(scores)
             n = len(scores)
             drop = int(np.ceil(s.layer_drop * n))
@@ -318,11 +329,21 @@ def build_token_pruner(
         unknown = sorted(set(options) - known)
         if unknown:
             raise EmbodiedPruneError(f"unknown specprune option(s) {unknown}; known: {sorted(known)}.")
-        for key in ("global_layers", "layer_dynamic"):
-            if key in options:
+        if options.get("score_rows", "instruction") not in SCORE_ROWS:
+            raise EmbodiedPruneError(
+                f"specprune score_rows must be one of {list(SCORE_ROWS)}, got {options['score_rows']!r}."
+            )
+        for key in ("global_layers", "layer_dynamic", "local_layers"):
+            if options.get(key) is not None:
                 options[key] = tuple(options[key])
         if cameras:
             options["cameras"] = [list(c) for c in cameras]
+        local, prune_layer = options.get("local_layers"), options.get("prune_layer", SpecPruneSettings.prune_layer)
+        if local is not None and not any(0 <= i <= prune_layer for i in local):
+            raise EmbodiedPruneError(
+                f"specprune local_layers {list(local)} name no layer from 0 to prune_layer {prune_layer}: V_local is "
+                "scored at layers that run before the pruning; e.g. local_layers: [prune_layer]."
+            )
         return SpecPrune(keep, alpha, SpecPruneSettings(**options))
     try:
         return cls(keep, alpha, **options)

@@ -1,0 +1,170 @@
+"""Where in the backbone can a VLA's visual tokens be dropped? An offline probe, no closed loop.
+
+For each decoder layer L and each ranking — the attention the visual tokens receive from the instruction rows
+(SpecPrune-VLA's rows), from the action queries, from both (FastV's rows), or none (uniformly random) — one
+policy query keeps only the top ``alpha`` of its visual tokens from layer L on, and the probe measures how far
+its first action moves from the dense query's, on the observations of expert rollouts (every task, scenes of
+``--seed``'s evaluation stream). A ranking that finds the tokens the action reads keeps that distance small;
+the layer where the distance first falls says how much of the backbone must run on every token first.
+As a scale, the table gives how far the dense policy's own first action moves from one query to the next.
+
+python benchmarks/tokens_probe.py [--model builtin:vla-metaworld-hires] [--alpha 0.3] [--episodes 2] [--steps 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from _common import quiet_transformers, write_result
+from embodied_prune.envs.manipulation.demos import scene_seed
+from embodied_prune.envs.manipulation.env import ManipulationEnv
+from embodied_prune.envs.manipulation.render import cameras_for
+from embodied_prune.envs.manipulation.tasks import resolve_tasks
+from embodied_prune.evaluation.manipulation import EVAL_STREAM
+from embodied_prune.models.vla import encode_instructions, load_vla
+from embodied_prune.tokens import RandomDrop, TokenPruner, pruned_query
+from embodied_prune.tokens.scores import top_k
+
+RANKINGS = ("instruction", "action", "after_visual", "random")
+
+
+class RankedDrop(TokenPruner):
+    """Keeps the ``keep`` visual tokens that ``rows`` attend to most at layer ``layer``, from that layer on."""
+
+    def __init__(self, keep: int, layer: int, rows: str) -> None:
+        super().__init__(keep=keep)
+        self.layer, self.rows = layer, rows
+
+    def select(self, state):
+        if state.layer != self.layer:
+            return None
+        return torch.sort(state.visual[top_k(state.scores(self.rows), self.budget(state.visual_total))]).values
+
+
+def probe(model_spec: str, alpha: float, episodes: int, steps: int, seed: int) -> dict:
+    """Mean distance of the pruned first action from the dense one, per (layer, ranking) and task."""
+    model, tok = load_vla(model_spec)
+    model.eval()
+    layers = model.backbone.config.num_hidden_layers
+    visual = sum(model.config.visual_tokens().values())
+    keep = max(1, round(alpha * visual))
+    pruners = {
+        (layer, rank): RandomDrop(keep=keep, layer=layer) if rank == "random" else RankedDrop(keep, layer, rank)
+        for layer in range(layers)
+        for rank in RANKINGS
+    }
+    tasks = resolve_tasks(None)
+    dist: dict[tuple[int, str], dict[str, list[float]]] = {k: {} for k in pruners}
+    drift: dict[str, list[float]] = {}
+    cams = cameras_for(model.config.cameras)
+    for spec in tasks:
+        enc = encode_instructions(tok, [spec.instruction], model.config.instruction_len)
+        for ep in range(episodes):
+            env = ManipulationEnv(spec, cameras=cams)
+            obs, _ = env.reset(seed=scene_seed(seed, spec.name, ep, EVAL_STREAM))
+            for p in pruners.values():
+                p.reset(ep)
+            previous = None
+            for _ in range(steps):
+                images = {n: torch.from_numpy(obs[n][None]) for n, _, _ in model.config.cameras}
+                proprio = torch.from_numpy(obs["proprio"][None])
+                with torch.inference_mode():
+                    dense = model(images, enc["input_ids"], enc["attention_mask"], proprio, bos_id=tok.bos_token_id)
+                    dense = dense["actions"][0, 0].clamp(-1, 1)
+                    for k, p in pruners.items():
+                        a = pruned_query(
+                            model, p, images, enc["input_ids"], enc["attention_mask"], proprio, tok.bos_token_id
+                        )
+                        dist[k].setdefault(spec.name, []).append(float((a[0, 0].clamp(-1, 1) - dense).norm()))
+                if previous is not None:
+                    drift.setdefault(spec.name, []).append(float((dense - previous).norm()))
+                previous = dense
+                obs, _, done, truncated, _ = env.step(env.expert_action())
+                if done or truncated:
+                    break
+            env.close()
+        print(f"{spec.name}: {len(drift.get(spec.name, []))} query pairs", flush=True)
+    names = [t.name for t in tasks]
+    rows = []
+    for (layer, rank), per_task in dist.items():
+        means = [float(np.mean(per_task[t])) for t in names]
+        rows.append(
+            {
+                "layer": layer,
+                "ranking": rank,
+                "per_task": dict(zip(names, means, strict=True)),
+                "mean": float(np.mean(means)),
+            }
+        )
+    scale = {t: float(np.mean(drift[t])) for t in names}
+    return {
+        "model": model_spec,
+        "alpha": alpha,
+        "keep": keep,
+        "visual_tokens": visual,
+        "episodes_per_task": episodes,
+        "steps": steps,
+        "seed": seed,
+        "queries": sum(len(v) for v in dist[(0, "random")].values()),
+        "rows": rows,
+        "dense_step_change": {"per_task": scale, "mean": float(np.mean(list(scale.values())))},
+    }
+
+
+def report(d: dict) -> str:
+    tasks = list(d["dense_step_change"]["per_task"])
+    head = "| prune before layer | ranked by | " + " | ".join(tasks) + " | mean |"
+    lines = [head, "|" + "---|" * (len(tasks) + 3)]
+    for r in d["rows"]:
+        cells = " | ".join(f"{r['per_task'][t]:.3f}" for t in tasks)
+        lines.append(f"| {r['layer']} | {r['ranking']} | {cells} | **{r['mean']:.3f}** |")
+    s = d["dense_step_change"]
+    lines.append(
+        "| – | dense, query to next query | "
+        + " | ".join(f"{s['per_task'][t]:.3f}" for t in tasks)
+        + f" | {s['mean']:.3f} |"
+    )
+    return (
+        f"Policy `{d['model']}` ({d['visual_tokens']} visual tokens), keeping {d['keep']} (alpha {d['alpha']}) from "
+        f"the given layer on; {d['queries']} queries on expert rollouts ({d['episodes_per_task']} per task, up to "
+        f"{d['steps']} steps, scenes of seed {d['seed']}). Cells: mean Euclidean distance of the first action (4-D, "
+        "clipped to [-1, 1]) from the dense query's. Rankings: attention received from the instruction rows, the "
+        "action queries, both (after_visual, FastV's rows), each computed from the layer's input; random: uniform "
+        "(seeded per episode). Last row: the dense policy's own change of its first action from one query to the "
+        "next, for scale.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model", default="builtin:vla-metaworld-hires", help="policy (default builtin:vla-metaworld-hires)"
+    )
+    ap.add_argument("--alpha", type=float, default=0.3, help="kept fraction of visual tokens (default 0.3)")
+    ap.add_argument("--episodes", type=int, default=2, help="expert rollouts per task (default 2)")
+    ap.add_argument("--steps", type=int, default=80, help="queries per rollout at most (default 80)")
+    ap.add_argument("--seed", type=int, default=7, help="scenes of this seed's evaluation stream (default 7)")
+    ap.add_argument("--name", default="tokens_probe", help="result name under benchmarks/results/")
+    a = ap.parse_args(argv)
+    if not 0 < a.alpha <= 1 or a.episodes < 1 or a.steps < 2:
+        ap.error("--alpha must be in (0, 1], --episodes at least 1 and --steps at least 2.")
+    quiet_transformers()
+    torch.set_num_threads(2)
+    t0 = time.time()
+    d = probe(a.model, a.alpha, a.episodes, a.steps, a.seed)
+    write_result(
+        a.name,
+        "Visual-token pruning: where the action's tokens can be found (offline probe)",
+        report(d),
+        d,
+        time.time() - t0,
+        models=(a.model,),
+    )
+
+
+if __name__ == "__main__":
+    main()
