@@ -39,6 +39,10 @@ def ship_command(train: dict) -> str:
         "--bf16" if train.get("bf16") else "--no-bf16",  # records from before the switch trained in fp32
         f"--visual-keep {train.get('visual_keep', 1.0)}",  # records from before the switch kept every token
         f"--patch {train.get('patch', 8)}",  # records from before the option used 8-pixel patches
+        # the backbone's shape (every record has it; the flags are newer than some records)
+        f"--layers {train.get('layers', 4)} --hidden-size {train.get('hidden_size', 192)} --heads "
+        f"{train.get('heads', 6)} --kv-heads {train.get('kv_heads', 2)} --intermediate-size "
+        f"{train.get('intermediate_size', 512)}",
         f"--dagger-rounds {len(rounds)}",
     ]
     if rounds:

@@ -36,6 +36,10 @@ VARIANTS = {
     "dense": None,
     "specprune": {"name": "specprune"},
     "specprune two-layer": {"name": "specprune", "options": {"prune_layer": 1}},
+    "specprune layer 2": {
+        "name": "specprune",
+        "options": {"prune_layer": 2, "local_layers": [2], "layer_dynamic": [3]},
+    },
     "fastv": {"name": "fastv"},
     "random": {"name": "random"},
 }

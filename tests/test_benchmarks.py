@@ -64,6 +64,11 @@ def test_committed_vla_results_name_the_policy_they_measured():
             "bf16": True,
             "visual_keep": 0.5,
             "patch": 16,
+            "layers": 12,
+            "hidden_size": 128,
+            "heads": 4,
+            "kv_heads": 2,
+            "intermediate_size": 384,
             "bc": {"steps": 4500},
             "dagger": [{"episodes_per_task": 40}, {"episodes_per_task": 40}],
         },
@@ -75,6 +80,7 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
     import shlex
 
     from embodied_prune.training import ship_vla
+    from embodied_prune.training.manipulation import BCSettings
 
     monkeypatch.syspath_prepend(str(BENCH))
     from manipulation_vla import ship_command
@@ -90,6 +96,13 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
             bf16=settings.bf16,
             keep=settings.visual_keep,
             patch=settings.patch,
+            shape=(
+                settings.layers,
+                settings.hidden_size,
+                settings.heads,
+                settings.kv_heads,
+                settings.intermediate_size,
+            ),
             **kw,
         ),
     )
@@ -102,6 +115,8 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
     assert got["steps"] == (record["bc"]["steps"] if rounds else record["steps"])
     assert got["bf16"] is record.get("bf16", False) and got["dagger_rounds"] == len(rounds)
     assert got["keep"] == record.get("visual_keep", 1.0) and got["patch"] == record.get("patch", 8)
+    shape = ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size")
+    assert got["shape"] == tuple(record.get(k, getattr(BCSettings(), k)) for k in shape)
     if rounds:
         assert got["dagger_steps"] == record["steps"]
         assert got["dagger_episodes"] == rounds[0]["episodes_per_task"]

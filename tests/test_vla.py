@@ -454,6 +454,14 @@ def test_ship_script_refuses_empty_dagger_rounds(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # a patch the cameras cannot use, refused before any demonstration
         ship_main(["--out", str(tmp_path / "x"), "--work", str(tmp_path / "w"), "--patch", "12"])
     assert e.value.code == 2 and "--patch must be a multiple of 4" in capsys.readouterr().err
+    for shape, message in (
+        (["--hidden-size", "100", "--heads", "6"], "--hidden-size 100 must be a multiple of --heads 6"),
+        (["--heads", "6", "--kv-heads", "4"], "a multiple of --kv-heads 4"),
+        (["--layers", "0"], "must be at least 1"),
+    ):
+        with pytest.raises(SystemExit) as e:  # a backbone that cannot be built, refused before any demonstration
+            ship_main(["--out", str(tmp_path / "x"), "--work", str(tmp_path / "w"), *shape])
+        assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "w").exists()
 
 

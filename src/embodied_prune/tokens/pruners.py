@@ -14,12 +14,15 @@ SpecPrune-VLA as built here (the paper's method on a policy whose backbone has o
   patches whose cosine similarity to the same patch ``frame_gap`` steps back is below
   ``similarity_threshold``, least similar first; V_local fills the rest of the budget by the current
   query's instruction→visual attention at layers 0 … ``prune_layer`` (or only at ``local_layers``), each
-  computed from its layer's input before that layer runs (the self-speculative part: early-layer attention
-  stands in for the final layers'). The paper scores layers 1 and 2 of a 32-layer model; in a 4-layer backbone running
-  one layer on every token to score the next costs a quarter of the backbone, so the default prunes
-  before the first layer (``prune_layer=0``, local scores of layer 0, computed from the embeddings)
-  and takes V_global from the previous query's layer 2, whose scores the layer-level step computes
-  anyway. ``prune_layer=1`` gives the paper's two-layer variant.
+  computed from its layer's input before that layer runs (the self-speculative part: early-layer
+  attention stands in for the final layers'). The paper scores layers 1 and 2 of a 32-layer model; in a
+  4-layer backbone running one layer on every token to score the next costs a quarter of the backbone,
+  so the default prunes before the first layer (``prune_layer=0``, local scores of layer 0, computed
+  from the embeddings) and takes V_global from the previous query's layer 2, whose scores the
+  layer-level step computes anyway. ``prune_layer=1`` gives the paper's two-layer variant. On our
+  policies only pruning from layer 2 on holds success (``prune_layer=2, local_layers=(2,),
+  layer_dynamic=(3,)``; docs/tokens.md): their visual tokens are bare patch embeddings that the first
+  layers mix, so earlier attention cannot tell which tokens the action will read.
 - *Dynamic, layer-level*: at ``layer_dynamic`` layers (indices past the backbone's depth are ignored),
   drop ``layer_drop`` of the remaining visual tokens by rank weight × confidence of that layer's
   attention, smoothed with the earlier layers' by an EMA (``ema``).
@@ -176,9 +179,8 @@ class SpecPruneSettings:
     fine_scale: float = 1.25
     speed_window: int = 4
     camera_quota: bool = False
-    score_rows: str = (
-        "instruction"  # whose attention ranks visual tokens: instruction (as published), action, after_visual
-    )
+    # whose attention ranks visual tokens: instruction (as published), action or after_visual (SCORE_ROWS)
+    score_rows: str = "instruction"
     cameras: list[list] = field(default_factory=lambda: [list(c) for c in DEFAULT_CAMERAS])
 
 

@@ -10,7 +10,8 @@ fine-tuning steps at 1e-4 on the demonstrations plus every round's rollouts. The
 temporary folder, deleted at the end (``--work DIR`` keeps every stage there, and a rerun continues after
 the last finished one); the policy is saved in bfloat16 (a few MB) with its settings and every stage's
 wall time in ``embodied_prune.json``.
-``--episodes``, ``--noise``, ``--steps``, ``--patch``, ``--visual-keep``, ``--bf16/--no-bf16`` and the
+``--episodes``, ``--noise``, ``--steps``, ``--patch``, ``--visual-keep``, ``--bf16/--no-bf16``, the backbone's
+shape (``--layers``, ``--hidden-size``, ``--heads``, ``--kv-heads``, ``--intermediate-size``) and the
 ``--dagger-*`` flags try other recipes (``--dagger-rounds 0``: behaviour cloning only).
 """
 
@@ -212,6 +213,24 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="share of visual tokens each training sample keeps (see `train manipulation --visual-keep`; default 1)",
     )
+    shape = BCSettings()
+    p.add_argument("--layers", type=int, default=shape.layers, help=f"backbone decoder layers (default {shape.layers})")
+    p.add_argument(
+        "--hidden-size", type=int, default=shape.hidden_size, help=f"backbone width (default {shape.hidden_size})"
+    )
+    p.add_argument("--heads", type=int, default=shape.heads, help=f"attention heads (default {shape.heads})")
+    p.add_argument(
+        "--kv-heads",
+        type=int,
+        default=shape.kv_heads,
+        help=f"key/value heads, dividing --heads (default {shape.kv_heads})",
+    )
+    p.add_argument(
+        "--intermediate-size",
+        type=int,
+        default=shape.intermediate_size,
+        help=f"MLP width (default {shape.intermediate_size})",
+    )
     p.add_argument(
         "--work",
         type=Path,
@@ -222,7 +241,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    settings = BCSettings(steps=a.steps, bf16=a.bf16, visual_keep=a.visual_keep, patch=a.patch)
+    if min(a.layers, a.hidden_size, a.heads, a.kv_heads, a.intermediate_size) < 1:
+        p.error("--layers, --hidden-size, --heads, --kv-heads and --intermediate-size must be at least 1.")
+    if a.hidden_size % a.heads or a.heads % a.kv_heads:
+        p.error(
+            f"--hidden-size {a.hidden_size} must be a multiple of --heads {a.heads}, and --heads a multiple of "
+            f"--kv-heads {a.kv_heads} (grouped-query attention); e.g. --hidden-size 192 --heads 6 --kv-heads 2."
+        )
+    recipe = (
+        "steps",
+        "bf16",
+        "visual_keep",
+        "patch",
+        "layers",
+        "hidden_size",
+        "heads",
+        "kv_heads",
+        "intermediate_size",
+    )
+    settings = BCSettings(**{name: getattr(a, name) for name in recipe})  # the flags' names are the fields' names
     try:
         ship(
             a.out,
