@@ -3,7 +3,7 @@
 Runs ``embodied-prune experiment tokens`` with ``configs/tokens_vla.yaml`` (dense, SpecPrune-VLA pruning before
 layer 1 as published, before layer 0 and before layer 2, FastV and random at SpecPrune's mean visual tokens per
 layer; 6 tasks × 50 episodes on the same scenes), then adds the success differences to dense with 95 % CIs
-(Newcombe's method on the two Wilson intervals) and the controller's ablation row.
+(Newcombe's method on the two Wilson intervals) and, when the config has one, the controller's ablation row.
 
 python benchmarks/tokens_vla.py [--config configs/tokens_vla.yaml] [--out runs/bench-tokens] [--name tokens_vla]
 
