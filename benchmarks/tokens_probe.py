@@ -26,23 +26,9 @@ from embodied_prune.envs.manipulation.render import cameras_for
 from embodied_prune.envs.manipulation.tasks import resolve_tasks
 from embodied_prune.evaluation.manipulation import EVAL_STREAM
 from embodied_prune.models.vla import encode_instructions, load_vla
-from embodied_prune.tokens import RandomDrop, TokenPruner, pruned_query
-from embodied_prune.tokens.scores import top_k
+from embodied_prune.tokens import FastV, RandomDrop, pruned_query
 
 RANKINGS = ("instruction", "action", "after_visual", "random")
-
-
-class RankedDrop(TokenPruner):
-    """Keeps the ``keep`` visual tokens that ``rows`` attend to most at layer ``layer``, from that layer on."""
-
-    def __init__(self, keep: int, layer: int, rows: str) -> None:
-        super().__init__(keep=keep)
-        self.layer, self.rows = layer, rows
-
-    def select(self, state):
-        if state.layer != self.layer:
-            return None
-        return torch.sort(state.visual[top_k(state.scores(self.rows), self.budget(state.visual_total))]).values
 
 
 def probe(model_spec: str, alpha: float, episodes: int, steps: int, seed: int) -> dict:
@@ -53,7 +39,8 @@ def probe(model_spec: str, alpha: float, episodes: int, steps: int, seed: int) -
     visual = sum(model.config.visual_tokens().values())
     keep = max(1, round(alpha * visual))
     pruners = {
-        (layer, rank): RandomDrop(keep=keep, layer=layer) if rank == "random" else RankedDrop(keep, layer, rank)
+        # FastV's pruner with the rows to rank by: the top ``keep`` by their attention at ``layer``, from it on
+        (layer, rank): RandomDrop(keep=keep, layer=layer) if rank == "random" else FastV(keep, layer=layer, rows=rank)
         for layer in range(layers)
         for rank in RANKINGS
     }

@@ -411,6 +411,8 @@ def test_specprune_options_are_checked():
         build_token_pruner("specprune", options={"bogus": 1})
     p = build_token_pruner("specprune", options={"layer_drop": 0.0, "controller": False, "layer_dynamic": [1]})
     assert p.s.layer_dynamic == (1,) and not p.s.controller
+    with pytest.raises(EmbodiedPruneError, match="fastv rows must be one of"):
+        build_token_pruner("fastv", options={"rows": "visual"})
     with pytest.raises(EmbodiedPruneError, match="score_rows must be one of"):
         build_token_pruner("specprune", options={"score_rows": "visual"})
     with pytest.raises(EmbodiedPruneError, match="name no layer from 0 to prune_layer 1"):

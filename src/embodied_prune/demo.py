@@ -175,9 +175,9 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     from .envs.manipulation.render import cameras_for
     from .models.vla import TinyVLAConfig
 
-    config = TinyVLAConfig.from_pretrained(dense)
-    cameras = cameras_for(config.cameras)
-    n_visual = {p: sum(TinyVLAConfig.from_pretrained(p).visual_tokens().values()) for p in (dense, hires)}
+    configs = {p: TinyVLAConfig.from_pretrained(p) for p in (dense, hires)}
+    cameras = cameras_for(configs[dense].cameras)
+    n_visual = {p: sum(c.visual_tokens().values()) for p, c in configs.items()}
     calibration = generate_demos(
         out / "vla-calibration-demos", episodes=1, overwrite=overwrite, progress=progress, cameras=cameras
     )

@@ -17,6 +17,10 @@ from transformers.masking_utils import create_causal_mask
 
 from .scores import row_attention, visual_scores
 
+# rows whose attention can rank the visual tokens (QueryState.scores): the instruction (SpecPrune-VLA's rows),
+# the action queries (the tokens an OFT-style policy decodes its actions from) or both (FastV's rows)
+SCORE_ROWS = ("instruction", "action", "after_visual")
+
 
 def _is_visual(positions: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
     """Which of the tokens at original ``positions`` lie in the visual ``span``."""
@@ -148,4 +152,4 @@ def pruned_query(model, pruner, images, input_ids, attention_mask, proprio, bos_
     return model.action_head(hidden[:, -model.config.chunk :].float())
 
 
-__all__ = ["QueryState", "QueryStats", "pruned_query"]
+__all__ = ["SCORE_ROWS", "QueryState", "QueryStats", "pruned_query"]

@@ -49,7 +49,7 @@ import torch
 from ..errors import EmbodiedPruneError
 from ..models.vla import DEFAULT_CAMERAS
 from ..registry import Registry
-from .forward import QueryState, QueryStats
+from .forward import SCORE_ROWS, QueryState, QueryStats
 from .scores import (
     changed_tokens,
     direction_similarity,
@@ -60,10 +60,14 @@ from .scores import (
     top_k,
 )
 
-# rows whose attention ranks the visual tokens: the instruction (as SpecPrune-VLA publishes), the action queries
-# (the tokens an OFT-style policy decodes its actions from) or both (FastV's rows)
-SCORE_ROWS = ("instruction", "action", "after_visual")
 DEFAULT_ALPHA = 0.3  # kept fraction of visual tokens when no budget is given
+
+
+def check_rows(option: str, rows: str) -> None:
+    """Refuse, in one sentence, score rows (given as the pruner option ``option``) that :meth:`QueryState.scores`
+    does not know."""
+    if rows not in SCORE_ROWS:
+        raise EmbodiedPruneError(f"{option} must be one of {list(SCORE_ROWS)}, got {rows!r}.")
 
 
 def resolve_budget(keep: int | None, alpha: float | None, visual_total: int) -> int:
@@ -117,18 +121,22 @@ TOKEN_PRUNERS.add("none", TokenPruner)
 @TOKEN_PRUNERS.register("fastv")
 class FastV(TokenPruner):
     """FastV: after layer ``layer``, keep the visual tokens that receive the most attention from the tokens
-    after the image (instruction and action queries), averaged over heads and rows."""
+    after the image (instruction and action queries), averaged over heads and rows; ``rows`` ranks by other
+    rows instead (see :data:`~.forward.SCORE_ROWS`)."""
 
     name = "fastv"
 
-    def __init__(self, keep: int | None = None, alpha: float | None = None, layer: int = 1) -> None:
+    def __init__(
+        self, keep: int | None = None, alpha: float | None = None, layer: int = 1, rows: str = "after_visual"
+    ) -> None:
         super().__init__(keep, alpha)
-        self.layer = layer
+        check_rows("fastv rows", rows)
+        self.layer, self.rows = layer, rows
 
     def select(self, state: QueryState) -> torch.Tensor | None:
         if state.layer != self.layer:
             return None
-        kept = top_k(state.scores("after_visual"), self.budget(state.visual_total))
+        kept = top_k(state.scores(self.rows), self.budget(state.visual_total))
         return torch.sort(state.visual[kept]).values
 
 
@@ -178,7 +186,7 @@ class SpecPruneSettings:
     fine_scale: float = 1.25
     speed_window: int = 4
     camera_quota: bool = False
-    # whose attention ranks visual tokens: instruction (as published), action or after_visual (SCORE_ROWS)
+    # whose attention ranks visual tokens: instruction (as published), action or after_visual (forward.SCORE_ROWS)
     score_rows: str = "instruction"
     cameras: list[list] = field(default_factory=lambda: [list(c) for c in DEFAULT_CAMERAS])
 
@@ -330,10 +338,7 @@ def build_token_pruner(
         unknown = sorted(set(options) - known)
         if unknown:
             raise EmbodiedPruneError(f"unknown specprune option(s) {unknown}; known: {sorted(known)}.")
-        if options.get("score_rows", "instruction") not in SCORE_ROWS:
-            raise EmbodiedPruneError(
-                f"specprune score_rows must be one of {list(SCORE_ROWS)}, got {options['score_rows']!r}."
-            )
+        check_rows("specprune score_rows", options.get("score_rows", "instruction"))
         for key in ("global_layers", "layer_dynamic", "local_layers"):
             if options.get(key) is not None:
                 options[key] = tuple(options[key])

@@ -123,6 +123,21 @@ def check_patch(patch: int, sizes: list[int]) -> None:
         )
 
 
+def check_shape(s: BCSettings) -> None:
+    """Refuse, in one sentence, a backbone shape that cannot be built (sizes below 1, or a width the attention
+    heads do not divide, or query heads the key/value heads do not divide)."""
+    if min(s.layers, s.hidden_size, s.heads, s.kv_heads, s.intermediate_size) < 1:
+        raise EmbodiedPruneError(
+            "--layers, --hidden-size, --heads, --kv-heads and --intermediate-size must be at least 1, got "
+            f"{s.layers}, {s.hidden_size}, {s.heads}, {s.kv_heads} and {s.intermediate_size}."
+        )
+    if s.hidden_size % s.heads or s.heads % s.kv_heads:
+        raise EmbodiedPruneError(
+            f"--hidden-size {s.hidden_size} must be a multiple of --heads {s.heads}, and --heads a multiple of "
+            f"--kv-heads {s.kv_heads} (grouped-query attention); e.g. --hidden-size 192 --heads 6 --kv-heads 2."
+        )
+
+
 def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
     """A fresh policy and tokenizer for ``demos``' tasks and cameras, proprioception statistics set."""
     tokenizer = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
@@ -174,6 +189,8 @@ def train_bc(
     s = settings or BCSettings()
     if not 0.0 < s.visual_keep <= 1.0:
         raise EmbodiedPruneError(f"visual_keep must be in (0, 1] (--visual-keep), got {s.visual_keep}.")
+    if init is None:
+        check_shape(s)  # a fine-tuned policy keeps its own shape
     demo_set = load_demo_folders(demos)
     if init is None:
         check_patch(s.patch, [c["size"] for c in demo_set.meta["cameras"]])
@@ -273,4 +290,13 @@ def policy_calibration(
     return out
 
 
-__all__ = ["BCSettings", "DemoSteps", "build_policy", "check_patch", "fit", "policy_calibration", "train_bc"]
+__all__ = [
+    "BCSettings",
+    "DemoSteps",
+    "build_policy",
+    "check_patch",
+    "check_shape",
+    "fit",
+    "policy_calibration",
+    "train_bc",
+]

@@ -35,7 +35,7 @@ from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
 from ..models.builtin import ASSETS
 from ..models.vla import load_vla, save_vla
-from .manipulation import BCSettings, check_patch, train_bc
+from .manipulation import BCSettings, check_patch, check_shape, train_bc
 
 NAME = "vla-metaworld"
 BC_STEPS = 5000  # the recipe's behaviour-cloning steps (BCSettings' default is a shorter run)
@@ -113,6 +113,7 @@ def ship(
         )
     s = settings or BCSettings(steps=BC_STEPS, patch=PATCH)
     check_patch(s.patch, [c.size for c in DEFAULT_CAMERAS])  # before minutes of demonstrations, not after
+    check_shape(s)
     recipe = {
         "episodes": episodes,
         "noise": noise,
@@ -241,13 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    if min(a.layers, a.hidden_size, a.heads, a.kv_heads, a.intermediate_size) < 1:
-        p.error("--layers, --hidden-size, --heads, --kv-heads and --intermediate-size must be at least 1.")
-    if a.hidden_size % a.heads or a.heads % a.kv_heads:
-        p.error(
-            f"--hidden-size {a.hidden_size} must be a multiple of --heads {a.heads}, and --heads a multiple of "
-            f"--kv-heads {a.kv_heads} (grouped-query attention); e.g. --hidden-size 192 --heads 6 --kv-heads 2."
-        )
     recipe = (
         "steps",
         "bf16",
