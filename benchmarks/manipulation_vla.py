@@ -25,16 +25,36 @@ from embodied_prune.models.checkpoint import resolve_model_path
 from embodied_prune.models.vla import compute_split, load_vla
 
 
+def source_record(data_from: dict) -> dict:
+    """A training record's shape for the run whose data a ``--data-from`` policy borrowed: that run's recipe with
+    as many DAgger rounds as it had finished rollouts."""
+    r = data_from["recipe"]
+    rounds = sum(name.startswith("corrections") for name in data_from["stages"])
+    return {
+        **r["bc"],
+        "demo_episodes_per_task": r["episodes"],
+        "demo_noise": r["noise"],
+        "bc": {"steps": r["bc"]["steps"]},
+        "steps": r["dagger_steps"] if rounds else r["bc"]["steps"],
+        "dagger": [{"episodes_per_task": r["dagger_episodes"]}] * rounds,
+    }
+
+
 def ship_command(train: dict) -> str:
     """The ``ship_vla`` command that regenerates a policy, from its training record; every recipe flag is
-    spelled out, so that the command stays right when ``ship_vla``'s defaults change."""
+    spelled out, so that the command stays right when ``ship_vla``'s defaults change. A policy trained on another
+    run's data (``--data-from``) gets two commands: that run's, keeping its stages, then its own."""
     cmd = "python -m embodied_prune.training.ship_vla"
-    if "demo_episodes_per_task" not in train:  # trained some other way
+    if "data_from" in train:
+        first = f"{ship_command(source_record(train['data_from']))} --work W"
+        args = ["--data-from W"]
+    elif "demo_episodes_per_task" in train:
+        first = None
+        args = [f"--episodes {train['demo_episodes_per_task']}", f"--noise {train.get('demo_noise', 0.0)}"]
+    else:  # trained some other way
         return cmd
     rounds = train.get("dagger") or []
-    args = [
-        f"--episodes {train['demo_episodes_per_task']}",
-        f"--noise {train.get('demo_noise', 0.0)}",
+    args += [
         f"--steps {train['bc']['steps'] if rounds else train['steps']}",
         "--bf16" if train.get("bf16") else "--no-bf16",  # records from before the switch trained in fp32
         f"--visual-keep {train.get('visual_keep', 1.0)}",  # records from before the switch kept every token
@@ -49,7 +69,8 @@ def ship_command(train: dict) -> str:
         args.append(f"--dagger-steps {train['steps']}")
         if "episodes_per_task" in rounds[0]:
             args.append(f"--dagger-episodes {rounds[0]['episodes_per_task']}")
-    return f"{cmd} {' '.join(args)}"
+    own = f"{cmd} {' '.join(args)}"
+    return own if first is None else f"{first} && {own}"
 
 
 def main() -> None:
@@ -92,7 +113,14 @@ def main() -> None:
             ("wall", "eval min"),
         ],
     )
-    demo_min = train.get("demos_wall_s", float("nan")) / 60
+    if "data_from" in train:  # ship_vla --data-from: another run's demonstrations and rollouts
+        src = train["data_from"]
+        data = (
+            f"data borrowed from another run's work folder ({', '.join(src['stages'])}; recorded there in "
+            f"{src['wall_s'] / 60:.1f} min)"
+        )
+    else:
+        data = f"demonstrations {train.get('demos_wall_s', float('nan')) / 60:.1f} min"
     regen = ship_command(train)
     keep = train.get("visual_keep", 1.0)
     dropout = f", each training sample keeping a random {100 * keep:.0f} % of its visual tokens" if keep < 1 else ""
@@ -125,8 +153,8 @@ def main() -> None:
         f"Policy `{a.model}`: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; one query is "
         f"{split['total_gflops']:.2f} GFLOPs, of which the backbone {100 * split['backbone']:.0f} %, vision encoder "
         f"and projector {100 * split['vision']:.0f} %, action head {100 * split['action_head']:.1f} %. "
-        f"Its training record (regenerate with `{regen}`): demonstrations "
-        f"{demo_min:.1f} min, {recipe}, on the machine that trained it{reused}. Episodes: per task, scenes from "
+        f"Its training record (regenerate with `{regen}`): {data}, {recipe}, on the machine that trained "
+        f"it{reused}. Episodes: per task, scenes from "
         "`--seed`'s evaluation stream, never a demonstration's.\n"
     )
     write_result(

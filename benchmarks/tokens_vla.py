@@ -7,8 +7,8 @@ layer; 6 tasks × 50 episodes on the same scenes), then adds the success differe
 
 python benchmarks/tokens_vla.py [--config configs/tokens_vla.yaml] [--out runs/bench-tokens] [--name tokens_vla]
 
-``--name`` is the result's name under benchmarks/results/ (``benchmarks/tokens_vla_hires.py`` runs this
-script on the 324-token policy as ``tokens_vla_hires``).
+``--name`` is the result's name under benchmarks/results/ (``benchmarks/tokens_vla_hires.py`` and
+``benchmarks/tokens_vla_deep.py`` run this script on the 324-token policies through :func:`run_named`).
 """
 
 from __future__ import annotations
@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         time.time() - t0,
         models=(cfg["model"],),
     )
+
+
+def run_named(name: str, out: str, argv: list[str]) -> None:
+    """This script on ``configs/<name>.yaml``, its runs in ``runs/<out>``, its result named ``name``."""
+    main(["--config", str(ROOT / "configs" / f"{name}.yaml"), "--out", str(ROOT / "runs" / out), "--name", name, *argv])
 
 
 if __name__ == "__main__":

@@ -11,21 +11,8 @@ python benchmarks/tokens_vla_hires.py [--resume] [--out runs/bench-tokens-hires]
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import tokens_vla
 
-ROOT = Path(__file__).resolve().parent.parent
-
 if __name__ == "__main__":
-    tokens_vla.main(
-        [
-            "--config",
-            str(ROOT / "configs" / "tokens_vla_hires.yaml"),
-            "--out",
-            str(ROOT / "runs" / "bench-tokens-hires"),
-            "--name",
-            "tokens_vla_hires",
-            *sys.argv[1:],
-        ]
-    )
+    tokens_vla.run_named("tokens_vla_hires", "bench-tokens-hires", sys.argv[1:])

@@ -72,18 +72,37 @@ def test_committed_vla_results_name_the_policy_they_measured():
             "bc": {"steps": 4500},
             "dagger": [{"episodes_per_task": 40}, {"episodes_per_task": 40}],
         },
+        {  # trained on another run's data (ship_vla --data-from): that run's recipe, then this one
+            "data_from": {
+                "work": "/somewhere/w",
+                "recipe": {
+                    "episodes": 120,
+                    "noise": 0.05,
+                    "bc": {"steps": 5000, "patch": 16, "bf16": False, "visual_keep": 1.0, "layers": 4},
+                    "dagger_episodes": 30,
+                    "dagger_steps": 1500,
+                },
+                "stages": ["demos", "corrections0", "corrections1"],
+                "wall_s": 100.0,
+            },
+            "steps": 4000,
+            "patch": 8,
+            "layers": 16,
+            "hidden_size": 128,
+            "heads": 4,
+        },
     ],
 )
 def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
     """``manipulation_vla.ship_command`` names every recipe setting: ``ship_vla`` run with it trains with
-    the recorded values (bf16 included, ``--bf16`` or ``--no-bf16``, and the visual-token share)."""
+    the recorded values (bf16 included, ``--bf16`` or ``--no-bf16``, and the visual-token share); a policy
+    trained on another run's data gets that run's command (keeping its work folder) before its own."""
     import shlex
 
     from embodied_prune.training import ship_vla
-    from embodied_prune.training.manipulation import BCSettings
 
     monkeypatch.syspath_prepend(str(BENCH))
-    from manipulation_vla import ship_command
+    from manipulation_vla import ship_command, source_record
 
     got: dict = {}
     monkeypatch.setattr(
@@ -106,12 +125,28 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
             **kw,
         ),
     )
-    words = shlex.split(ship_command(record))
-    assert words[:3] == ["python", "-m", "embodied_prune.training.ship_vla"]
-    assert ship_vla.main(words[3:]) == 0
+    commands = [shlex.split(c) for c in ship_command(record).split(" && ")]
     sys.modules.pop("manipulation_vla", None)
+    for words in commands:
+        assert words[:3] == ["python", "-m", "embodied_prune.training.ship_vla"]
+    if "data_from" in record:  # the data's own run first, its stages kept in W; then this recipe on them
+        assert len(commands) == 2
+        assert ship_vla.main(commands[0][3:]) == 0 and got["work"] == Path("W") and got["data_from"] is None
+        assert_recipe(got, source_record(record["data_from"]))
+        assert got["dagger_rounds"] == 2 and got["episodes"] == 120
+        got.clear()
+        assert ship_vla.main(commands[1][3:]) == 0 and got["data_from"] == Path("W") and got["work"] is None
+    else:
+        assert len(commands) == 1 and ship_vla.main(commands[0][3:]) == 0
+        assert got["episodes"] == record["demo_episodes_per_task"] and got["noise"] == record["demo_noise"]
+    assert_recipe(got, record)
+
+
+def assert_recipe(got: dict, record: dict) -> None:
+    """The training settings ``ship`` was called with (``got``) are the record's."""
+    from embodied_prune.training.manipulation import BCSettings
+
     rounds = record.get("dagger", [])
-    assert got["episodes"] == record["demo_episodes_per_task"] and got["noise"] == record["demo_noise"]
     assert got["steps"] == (record["bc"]["steps"] if rounds else record["steps"])
     assert got["bf16"] is record.get("bf16", False) and got["dagger_rounds"] == len(rounds)
     assert got["keep"] == record.get("visual_keep", 1.0) and got["patch"] == record.get("patch", 8)

@@ -25,11 +25,14 @@ from embodied_prune.models.openvla import (
     load_openvla,
     openvla_calibration,
     to_metaworld,
+    token_cameras,
     visual_token_count,
 )
 from embodied_prune.models.vla import build_tokenizer
 from embodied_prune.pruning.structured import prune_structured
 from embodied_prune.pruning.unstructured import prune_unstructured
+from embodied_prune.tokens import TokenPruner, build_token_pruner
+from embodied_prune.tokens.hooks import TokenPruningHooks
 
 STANDIN = Path(__file__).parent / "standin_openvla" / "modeling_standin.py"
 BINS = 32
@@ -139,8 +142,8 @@ def test_openvla_cli_errors_and_action_mapping(checkpoint, capsys):
     assert main(["eval", "manipulation", "--model", str(checkpoint), "--episodes", "1"]) == 2
     assert "pass --trust-remote-code" in capsys.readouterr().err
     args = ["eval", "manipulation", "--model", str(checkpoint), "--trust-remote-code", "--token-pruner", "fastv"]
-    assert main([*args, "--keep", "4"]) == 2
-    assert "not on OpenVLA models" in capsys.readouterr().err
+    assert main([*args, "--keep", "99", "--episodes", "1"]) == 2  # more than the 16 patch tokens
+    assert "--keep must be between 1 and the 16 visual tokens" in capsys.readouterr().err
     model, processor = load_openvla(checkpoint, trust_remote_code=True)
     model.norm_stats = {"bridge": {}, "metaworld": {}}
     with pytest.raises(EmbodiedPruneError, match="pick one with --unnorm-key"):
@@ -150,3 +153,99 @@ def test_openvla_cli_errors_and_action_mapping(checkpoint, capsys):
     assert np.allclose(to_metaworld([0.5, 2.0, -3.0, 0.0]), [0.5, 1.0, -1.0, 0.0])
     with pytest.raises(EmbodiedPruneError, match="expected 4"):
         to_metaworld([0.0] * 5)
+
+
+class _Fixed(TokenPruner):
+    """Keeps the visual tokens ``keep`` from layer ``layer`` on."""
+
+    def __init__(self, layer: int, keep: list[int]) -> None:
+        super().__init__()
+        self.layer, self.keep = layer, torch.tensor(keep)
+
+    def select(self, state):
+        return self.keep if state.layer == self.layer else None
+
+
+def _sequence(model, processor):
+    """The stand-in's input sequence for one prompt: embeddings, 2-D mask, and where patches and prompt lie."""
+    inputs = processor(PROMPT.format(instruction="close the drawer"), _image())
+    patches = model.projector(model.vision_backbone(inputs["pixel_values"]))
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    x = torch.cat([embeds[:, :1], patches, embeds[:, 1:]], dim=1)
+    n = visual_token_count(model)
+    return x, (1, 1 + n), (1 + n, x.shape[1])
+
+
+def test_token_pruning_hooks_drop_tokens_inside_the_checkpoints_own_forward(checkpoint):
+    """Hooks on the language model: keeping everything changes nothing (bit-identical); dropping tokens before
+    layer 0 equals running the stack on the kept tokens at their original positions; the output comes back at
+    full length (dropped rows zero); cached decoding after a pruned prefill matches recomputing without cache."""
+    model, processor = load_openvla(checkpoint, trust_remote_code=True)
+    stack = model.language_model.model
+    x, visual, instruction = _sequence(model, processor)
+    n = x.shape[1]
+    with torch.no_grad():
+        dense = stack(inputs_embeds=x).last_hidden_state
+        hooks = TokenPruningHooks(stack, TokenPruner())
+        hooks.set_spans(visual, instruction)
+        assert torch.equal(stack(inputs_embeds=x).last_hidden_state, dense)
+        hooks.remove()
+
+        keep = [0, 3, 5, 9, 12]
+        pruner = _Fixed(0, keep)
+        hooks = TokenPruningHooks(stack, pruner)
+        hooks.set_spans(visual, instruction)
+        out = stack(inputs_embeds=x, output_hidden_states=True)
+        rows = torch.tensor([0, *(1 + k for k in keep), *range(visual[1], n)])
+        hooks.remove()
+        ref = stack(inputs_embeds=x[:, rows], position_ids=rows[None]).last_hidden_state
+        assert out.last_hidden_state.shape == dense.shape
+        assert torch.allclose(out.last_hidden_state[:, rows], ref, atol=1e-5)
+        dropped = sorted(set(range(n)) - set(rows.tolist()))
+        assert torch.count_nonzero(out.last_hidden_state[:, dropped]) == 0
+        assert all(h.shape[1] == n for h in out.hidden_states)
+        assert not torch.allclose(out.last_hidden_state[:, -1], dense[:, -1], atol=1e-5)  # pruning did something
+        assert pruner.queries[-1].visual_per_layer == [len(keep)] * 2
+
+        # cached decoding: the prefill pruned once (before layer 0: every layer's cache short; before layer 1:
+        # layer 0's whole), then one new token through each layer's cache
+        lm = model.language_model
+        for layer in (0, 1):
+            hooks = TokenPruningHooks(stack, _Fixed(layer, keep))
+            hooks.set_spans(visual, instruction)
+            pre = lm(inputs_embeds=x, use_cache=True)
+            nxt = pre.logits[:, -1].argmax(-1, keepdim=True)
+            step = lm(input_ids=nxt, cache=pre.cache, use_cache=True).logits[:, -1]
+            full = lm(inputs_embeds=torch.cat([x, lm.get_input_embeddings()(nxt)], dim=1)).logits[:, -1]
+            hooks.remove()
+            assert torch.allclose(step, full, atol=1e-5), layer
+
+
+def test_openvla_policy_prunes_visual_tokens_in_closed_loop(checkpoint, capsys):
+    from embodied_prune.cli import main
+
+    model, processor = load_openvla(checkpoint, trust_remote_code=True)
+    assert token_cameras(model) == [["front", 32, 8]]
+    pruner = build_token_pruner("specprune", alpha=0.5, cameras=token_cameras(model), options={"prune_layer": 1})
+    policy = OpenVLAPolicy(model, processor, execute=1, token_pruner=pruner)
+    env = ManipulationEnv("reach", cameras=cameras_for([["front", 32]]), max_steps=4)
+    try:
+        result = run_episode(env, policy, "reach", 0, seed=3)
+    finally:
+        env.close()
+    # every forward that carries the image is a query: the stand-in decodes its 4 action values one forward each
+    assert result.failure is None and len(result.kept_tokens) == 4 * 4
+    assert all(k < 16 for k in result.kept_tokens) and all(f < 1.0 for f in result.backbone_flops)
+    report = evaluate_manipulation(
+        checkpoint,
+        tasks="drawer-close",
+        episodes=1,
+        workers=1,
+        progress=False,
+        openvla={"trust_remote_code": True},
+        token_pruner={"name": "fastv", "keep": 4},
+    ).to_dict()
+    assert report["failed_episodes"] == 0 and report["kept_tokens_mean"] < 16
+    args = ["eval", "manipulation", "--model", str(checkpoint), "--trust-remote-code", "--tasks", "reach"]
+    assert main([*args, "--episodes", "1", "--token-pruner", "random", "--keep", "4", "--workers", "1"]) == 0
+    assert "Token pruner random" in capsys.readouterr().out

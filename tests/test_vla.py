@@ -444,6 +444,43 @@ def test_ship_script_resumes_from_its_work_folder(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_ship_script_trains_on_another_runs_data(tmp_path):
+    """``data_from``: a policy of another patch size and depth is trained on the demonstrations and rollouts that
+    another run kept in its work folder; nothing is recorded again, and the record names the borrowed stages."""
+    from embodied_prune.training.ship_vla import STAGES_FILE, ship
+
+    tiny = BCSettings(
+        steps=1, batch_size=2, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, patch=16
+    )
+    work = tmp_path / "work"
+    kw = dict(episodes=1, progress=False, dagger_episodes=1, dagger_steps=2)
+    ship(tmp_path / "a", settings=tiny, dagger_rounds=1, work=work, **kw)
+    data = [work / "demos", work / "corrections0"]
+    stamps = [(d / "meta.json").stat().st_mtime_ns for d in data]
+    own = tmp_path / "own"
+    path = ship(
+        tmp_path / "b", settings=replace(tiny, patch=8, layers=3), dagger_rounds=0, data_from=work, work=own, **kw
+    )
+    assert sorted(p.name for p in own.iterdir()) == ["bc", STAGES_FILE]  # no demonstrations of its own
+    assert [(d / "meta.json").stat().st_mtime_ns for d in data] == stamps
+    record = json.loads((path / "embodied_prune.json").read_text())["history"][0]
+    assert record["data_from"]["work"] == str(work) and record["data_from"]["stages"] == ["demos", "corrections0"]
+    assert record["data_from"]["recipe"]["bc"]["patch"] == 16 and record["data_from"]["wall_s"] > 0
+    assert record["demos"] == [str(d) for d in data] and "demos_wall_s" not in record
+    assert record["recipe_wall_s"] == record["bc"]["wall_s"]
+    model, _ = load_vla(path)
+    visual = model.layout().visual
+    assert model.config.backbone_config.num_hidden_layers == 3 and visual[1] - visual[0] == 196 + 64 + 64
+
+    with pytest.raises(EmbodiedPruneError, match=r"holds no stages\.json: point it at the --work folder"):
+        ship(tmp_path / "c", settings=tiny, dagger_rounds=0, data_from=tmp_path / "nothing", **kw)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / STAGES_FILE).write_text(json.dumps({"recipe": {}, "stages": {}}))
+    with pytest.raises(EmbodiedPruneError, match="has no finished demonstrations stage"):
+        ship(tmp_path / "c", settings=tiny, dagger_rounds=0, data_from=tmp_path / "bare", **kw)
+    assert not (tmp_path / "c").exists()
+
+
 def test_ship_script_refuses_empty_dagger_rounds(tmp_path, capsys):
     from embodied_prune.training.ship_vla import main as ship_main
 

@@ -19,7 +19,8 @@ EVAL_HELP = (
     "the median policy-query latency. --seed picks fresh object positions (never a demonstration's).\n"
     "  embodied-prune eval manipulation --model builtin:vla-metaworld --episodes 50 --json runs/vla.json\n"
     "With --token-pruner specprune|fastv|random [--keep K | --alpha A] each policy query drops visual\n"
-    "tokens inside the backbone; the JSON gains kept_tokens_mean and backbone_flops_ratio.\n"
+    "tokens inside the backbone (an OpenVLA folder's too, through hooks on its language model); the JSON\n"
+    "gains kept_tokens_mean and backbone_flops_ratio.\n"
     "  embodied-prune eval manipulation --model builtin:vla-metaworld --token-pruner specprune --alpha 0.5"
 )
 
@@ -96,25 +97,26 @@ def cmd_eval(a: argparse.Namespace) -> None:
     token_pruner, openvla = None, None
     wants_tokens = a.token_pruner != "none" or a.keep is not None or a.alpha is not None
     if is_openvla_folder(resolve_model_path(a.model)):
-        from .models.openvla import OpenVLAPolicy, load_openvla
+        from .models.openvla import OpenVLAPolicy, load_openvla, token_cameras, visual_token_count
 
-        if wants_tokens:
-            raise EmbodiedPruneError("visual-token pruning runs on this toolkit's VLA policies, not on OpenVLA models.")
         openvla = {"trust_remote_code": a.trust_remote_code, "unnorm_key": a.unnorm_key}
         # fail here, once, with a clear message (not inside every worker): the code flag, the action statistics
         model, processor = load_openvla(resolve_model_path(a.model), trust_remote_code=a.trust_remote_code)
         OpenVLAPolicy(model, processor, unnorm_key=a.unnorm_key)
+        if wants_tokens:  # the patch grid a pruner's frame differences compare, the visual tokens to budget
+            cameras, visual_total = token_cameras(model), visual_token_count(model)
     else:
         model, _ = load_vla(a.model)  # fail here, with a clear message, rather than inside every worker
+        visual = model.layout().visual
+        cameras, visual_total = model.config.cameras, visual[1] - visual[0]
     if wants_tokens:
         from .tokens import build_token_pruner
 
         if a.token_pruner == "none":
             raise EmbodiedPruneError("--keep and --alpha set a token pruner's budget: add --token-pruner NAME.")
         token_pruner = {"name": a.token_pruner, "keep": a.keep, "alpha": a.alpha}
-        # checks the name and the budget against this policy's visual tokens before any worker starts
-        visual = model.layout().visual
-        build_token_pruner(**token_pruner, cameras=model.config.cameras).budget(visual[1] - visual[0])
+        # checks the name, the camera grid and the budget against this policy's visual tokens before any worker starts
+        build_token_pruner(**token_pruner, cameras=cameras).budget(visual_total)
     del model
     report = evaluate_manipulation(
         a.model,

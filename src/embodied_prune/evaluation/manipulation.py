@@ -56,6 +56,12 @@ class VLAPolicy:
 
         return pruned_query(self.model, self.pruner, images, enc["input_ids"], enc["attention_mask"], proprio, bos)[0]
 
+    def relative_flops(self, visual_per_layer: list[int]) -> float:
+        """Backbone FLOPs of a pruned query that kept ``visual_per_layer`` visual tokens, relative to dense."""
+        from ..tokens.flops import relative_backbone_flops
+
+        return relative_backbone_flops(self.model, visual_per_layer)
+
     def act(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         if self.pruner is not None:
             self.pruner.observe(obs)
@@ -169,10 +175,8 @@ def run_episode(env, policy: VLAPolicy, task: str, index: int, seed: int) -> Epi
     result = EpisodeResult(task, index, seed, bool(success), steps, counts, policy.latencies_ms[n_lat:], failure)
     result.wall_s = time.perf_counter() - t0
     if pruner is not None:
-        from ..tokens.flops import relative_backbone_flops
-
         result.kept_tokens = [q.kept_tokens_mean for q in pruner.queries]
-        result.backbone_flops = [relative_backbone_flops(policy.model, q.visual_per_layer) for q in pruner.queries]
+        result.backbone_flops = [policy.relative_flops(q.visual_per_layer) for q in pruner.queries]
         result.fine_queries = sum(pruner.fine_queries)
     return result
 
@@ -200,7 +204,15 @@ def _init_worker(
 
         opts = openvla or {}
         model, processor = load_openvla(model_path, trust_remote_code=opts.get("trust_remote_code", False))
-        policy = OpenVLAPolicy(model, processor, unnorm_key=opts.get("unnorm_key"), execute=execute)
+        pruner = None
+        if token_pruner is not None and token_pruner.get("name", "none") != "none":
+            from ..models.openvla import token_cameras
+            from ..tokens import build_token_pruner
+
+            pruner = build_token_pruner(cameras=token_cameras(model), **token_pruner)
+        policy = OpenVLAPolicy(
+            model, processor, unnorm_key=opts.get("unnorm_key"), execute=execute, token_pruner=pruner
+        )
         size = int((getattr(model.config, "image_sizes", None) or [224])[0])
         cameras = cameras_for([[c, size] for c in policy.cameras])
         _WORKER.update(policy=policy, envs={}, blank=blank_images, cameras=cameras)

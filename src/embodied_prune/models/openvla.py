@@ -19,9 +19,13 @@ What plugs in where:
   :func:`load_openvla` loads the folder's own classes from its ``auto_map`` (transformers 5 no longer
   has ``AutoModelForVision2Seq``, the auto class OpenVLA's config names).
 
-Not covered: visual-token pruning (our ``pruned_query`` builds the tiny VLA's sequence itself) and a
-real 7 B checkpoint in our tests (nothing is downloaded here); the tests run every path above on a tiny
-stand-in with the same module names, code loaded from its folder exactly as a hub checkpoint's is.
+- **visual-token pruning** — ``OpenVLAPolicy(token_pruner=...)`` (``eval manipulation --token-pruner``) lets a
+  pruner drop patch tokens between ``language_model.model``'s decoder layers through forward hooks
+  (:class:`~embodied_prune.tokens.hooks.TokenPruningHooks`), whatever the checkpoint's own code does around
+  them; SpecPrune's frame differences compare the camera images on the model's patch grid (:func:`token_cameras`).
+
+Not covered: a real 7 B checkpoint in our tests (nothing is downloaded here); the tests run every path above on
+a tiny stand-in with the same module names, code loaded from its folder exactly as a hub checkpoint's is.
 OpenVLA's remote code was written for transformers 4.40; whether it imports under transformers 5 is up
 to that code.
 """
@@ -29,6 +33,7 @@ to that code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
@@ -100,6 +105,20 @@ def visual_token_count(model) -> int:
     return per_image * int(getattr(vb, "num_images_in_input", 1))
 
 
+def token_cameras(model, cameras: tuple[str, ...] = ("front",)) -> list[list]:
+    """``[name, image size, patch]`` per input image of an OpenVLA model, on its patch grid (what a token
+    pruner's frame differences compare): the processor's image size and the ViT's patches per side."""
+    per_image = visual_token_count(model) // int(getattr(model.vision_backbone, "num_images_in_input", 1))
+    size = int((getattr(model.config, "image_sizes", None) or [224])[0])
+    side = math.isqrt(per_image)
+    if side * side != per_image or size % side:
+        raise EmbodiedPruneError(
+            f"this OpenVLA model's {per_image} patches per image do not tile its {size}-pixel image in a square "
+            "grid; token pruning here needs one (or use --token-pruner fastv/random, which compare no frames)."
+        )
+    return [[name, size, size // side] for name in cameras]
+
+
 def to_metaworld(action: np.ndarray) -> np.ndarray:
     """One OpenVLA action as Meta-World's 4-D action.
 
@@ -120,9 +139,9 @@ def to_metaworld(action: np.ndarray) -> np.ndarray:
 class OpenVLAPolicy:
     """An OpenVLA / OpenVLA-OFT model behind :class:`~embodied_prune.evaluation.manipulation.VLAPolicy`'s
     interface: the prompt and the camera image(s) through the checkpoint's processor, ``predict_action``
-    (greedy), and the first ``execute`` actions of a returned chunk executed in turn."""
-
-    pruner = None  # visual-token pruning is not wired for Prismatic sequences (see the module docstring)
+    (greedy), and the first ``execute`` actions of a returned chunk executed in turn. With a ``token_pruner``
+    (see :mod:`embodied_prune.tokens`), every forward that carries the image drops visual tokens between the
+    language model's layers (:class:`~embodied_prune.tokens.hooks.TokenPruningHooks`)."""
 
     def __init__(
         self,
@@ -132,6 +151,7 @@ class OpenVLAPolicy:
         unnorm_key: str | None = None,
         execute: int | None = None,
         prompt: str = PROMPT,
+        token_pruner=None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -141,17 +161,40 @@ class OpenVLAPolicy:
         self.prompt = prompt
         self._queue: deque = deque()
         self.latencies_ms: list[float] = []
+        self.pruner = token_pruner
+        self.hooks = None
+        self._other = 0  # non-visual tokens of the last query
+        if token_pruner is not None:
+            from ..tokens.hooks import TokenPruningHooks
+
+            self.hooks = TokenPruningHooks(model.language_model.model, token_pruner)
 
     def reset(self, seed: int | None = None) -> None:
         self._queue.clear()
+        if self.pruner is not None:
+            self.pruner.reset(seed)
+
+    def relative_flops(self, visual_per_layer: list[int]) -> float:
+        """Language-model FLOPs of a pruned query that kept ``visual_per_layer`` visual tokens, relative to dense."""
+        from ..tokens.flops import relative_flops
+
+        return relative_flops(
+            self.model.language_model.config, visual_token_count(self.model), self._other, visual_per_layer
+        )
 
     def act(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        if self.pruner is not None:
+            self.pruner.observe(obs)
         if not self._queue:
             from PIL import Image
 
             images = [Image.fromarray(obs[c]) for c in self.cameras]
             text = self.prompt.format(instruction=instruction)
             inputs = self.processor(text, images[0] if len(images) == 1 else images)
+            if self.hooks is not None:  # the sequence: BOS, the patches, the prompt, then anything the model adds
+                n, prompt = visual_token_count(self.model), inputs["input_ids"].shape[1] - 1
+                self.hooks.set_spans((1, 1 + n), (1 + n, 1 + n + prompt))
+                self._other = 1 + prompt
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.predict_action(**inputs, unnorm_key=self.unnorm_key, do_sample=False)
@@ -199,5 +242,6 @@ __all__ = [
     "load_openvla",
     "openvla_calibration",
     "to_metaworld",
+    "token_cameras",
     "visual_token_count",
 ]

@@ -13,11 +13,16 @@ def layer_flops(tokens: int, hidden: int, q_dim: int, kv_dim: int, intermediate:
 
 
 def relative_backbone_flops(model, visual_per_layer: list[int]) -> float:
-    """Backbone FLOPs of a query that kept ``visual_per_layer`` visual tokens, relative to the dense query."""
-    cfg = model.backbone.config
+    """Backbone FLOPs of a query of our VLA (``model``) that kept ``visual_per_layer`` visual tokens, relative to
+    the dense query."""
     lay = model.layout()
     visual = lay.visual[1] - lay.visual[0]
-    other = lay.length - visual
+    return relative_flops(model.backbone.config, visual, lay.length - visual, visual_per_layer)
+
+
+def relative_flops(cfg, visual: int, other: int, visual_per_layer: list[int]) -> float:
+    """Decoder FLOPs (config ``cfg``) of a query of ``visual`` visual and ``other`` other tokens that kept
+    ``visual_per_layer`` visual tokens, relative to the same query unpruned."""
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     dims = (cfg.hidden_size, cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim)
 
@@ -27,4 +32,4 @@ def relative_backbone_flops(model, visual_per_layer: list[int]) -> float:
     return sum(f(n) for n in visual_per_layer) / (len(visual_per_layer) * f(visual))
 
 
-__all__ = ["layer_flops", "relative_backbone_flops"]
+__all__ = ["layer_flops", "relative_backbone_flops", "relative_flops"]

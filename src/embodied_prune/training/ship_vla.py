@@ -13,6 +13,14 @@ wall time in ``embodied_prune.json``.
 ``--episodes``, ``--noise``, ``--steps``, ``--patch``, ``--visual-keep``, ``--bf16/--no-bf16``, the backbone's
 shape (``--layers``, ``--hidden-size``, ``--heads``, ``--kv-heads``, ``--intermediate-size``) and the
 ``--dagger-*`` flags try other recipes (``--dagger-rounds 0``: behaviour cloning only).
+``--data-from WORK`` trains on another run's data instead of recording its own: the demonstrations and every
+DAgger round's expert-labelled rollouts kept in that run's ``--work`` folder (the cameras' images do not depend
+on the patch size, so a 16-pixel recipe's data trains an 8-pixel policy). ``builtin:vla-metaworld-deep``, the
+16-layer policy for token pruning, is made this way from the default recipe's data::
+
+    python -m embodied_prune.training.ship_vla --work W                  # the default recipe, its stages kept in W
+    python -m embodied_prune.training.ship_vla --data-from W --name vla-metaworld-deep --patch 8 --layers 16 \
+        --hidden-size 128 --heads 4 --kv-heads 2 --intermediate-size 256 --steps 4000 --dagger-rounds 0
 """
 
 from __future__ import annotations
@@ -45,6 +53,29 @@ PATCH = 16
 
 
 STAGES_FILE = "stages.json"
+
+
+def borrowed_data(work: Path) -> tuple[list[Path], dict]:
+    """The data folders another recipe run kept in its work folder ``work``: its demonstrations and every finished
+    DAgger round's rollouts, in the order made; and a record of them (that run's recipe, the stages, their
+    recording wall time)."""
+    file = Path(work) / STAGES_FILE
+    if not file.is_file():
+        raise EmbodiedPruneError(
+            f"--data-from {work} holds no {STAGES_FILE}: point it at the --work folder of an earlier ship_vla run."
+        )
+    saved = json.loads(file.read_text())
+    names = [n for n in saved["stages"] if (n == "demos" or n.startswith("corrections")) and (Path(work) / n).is_dir()]
+    if "demos" not in names:
+        raise EmbodiedPruneError(
+            f"--data-from {work} has no finished demonstrations stage: let its ship_vla run record them first."
+        )
+    record = {
+        "recipe": saved["recipe"],
+        "stages": names,
+        "wall_s": sum(saved["stages"][n]["wall_s"] for n in names),
+    }
+    return [Path(work) / n for n in names], record
 
 
 class _Stages:
@@ -91,6 +122,7 @@ def ship(
     dagger_episodes: int = 50,
     dagger_steps: int = 1500,
     work: Path | None = None,
+    data_from: Path | None = None,
 ) -> Path:
     """Record the demonstrations, train the policy, save it as ``out/name`` (bfloat16); the policy folder.
 
@@ -103,6 +135,10 @@ def ship(
     same recipe (more rounds allowed) continues after the last stage it finished; its record names the
     reused stages, and its wall times are those measured when each stage was made. A stage whose folder
     was deleted is made again, and so is every stage after it.
+
+    With ``data_from`` (another run's ``work`` folder) no demonstrations are recorded (``episodes`` and ``noise``
+    are unused): behaviour cloning and the rounds train on that run's demonstrations and rollouts
+    (:func:`borrowed_data`), and the record names them (``data_from``) instead of ``demo_*`` fields.
     """
     if dagger_rounds < 0:
         raise EmbodiedPruneError(f"dagger_rounds must be 0 or more (--dagger-rounds), got {dagger_rounds}.")
@@ -114,9 +150,9 @@ def ship(
     s = settings or BCSettings(steps=BC_STEPS, patch=PATCH)
     check_patch(s.patch, [c.size for c in DEFAULT_CAMERAS])  # before minutes of demonstrations, not after
     check_shape(s)
+    borrowed, data = borrowed_data(Path(data_from)) if data_from is not None else (None, None)
     recipe = {
-        "episodes": episodes,
-        "noise": noise,
+        **({"data_from": data} if data else {"episodes": episodes, "noise": noise}),
         "bc": asdict(s),
         "dagger_episodes": dagger_episodes,
         "dagger_steps": dagger_steps,
@@ -131,16 +167,21 @@ def ship(
         def record_demos(folder: Path) -> None:
             generate_demos(folder, episodes=episodes, progress=progress, noise=noise, overwrite=True)
 
-        demos, info = stages.run("demos", record_demos)
-        record = {"demos_wall_s": info["wall_s"], "demo_episodes_per_task": episodes, "demo_noise": noise}
-        print(f"demonstrations: {record['demos_wall_s']:.0f} s", flush=True)
+        if borrowed is None:
+            demos, info = stages.run("demos", record_demos)
+            record = {"demos_wall_s": info["wall_s"], "demo_episodes_per_task": episodes, "demo_noise": noise}
+            print(f"demonstrations: {record['demos_wall_s']:.0f} s", flush=True)
+            folders = [demos]
+        else:  # the recording time was spent by the other run: recorded apart, not in this recipe's wall time
+            record = {"data_from": {"work": str(data_from), **data}}
+            folders = list(borrowed)
 
-        def behaviour_cloning(folder: Path) -> None:
-            train_bc(demos, folder, s, overwrite=True, progress=progress)
+        def behaviour_cloning(folder: Path, data: tuple = tuple(folders)) -> None:
+            train_bc(list(data) if len(data) > 1 else data[0], folder, s, overwrite=True, progress=progress)
 
         policy, info = stages.run("bc", behaviour_cloning)
         record["bc"] = {"steps": s.steps, "wall_s": info["wall_s"]}
-        folders, rounds = [demos], []
+        rounds = []
         tune = replace(s, steps=dagger_steps, learning_rate=1e-4)
         for r in range(dagger_rounds):
 
@@ -168,7 +209,11 @@ def ship(
             )
         # the shipped record is the last stage's training record plus the recipe's stages and wall times
         last = json.loads((policy / "embodied_prune.json").read_text())["history"][-1]
-        total = record["demos_wall_s"] + record["bc"]["wall_s"] + sum(x["collect_s"] + x["train_s"] for x in rounds)
+        total = (
+            record.get("demos_wall_s", 0.0)
+            + record["bc"]["wall_s"]
+            + sum(x["collect_s"] + x["train_s"] for x in rounds)
+        )
         final = {**last, **record, "recipe_wall_s": total}
         if rounds:
             final["dagger"] = rounds
@@ -240,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         "and, run again with the same settings, continue after the last finished stage "
         "(default: a temporary folder, deleted at the end)",
     )
+    p.add_argument(
+        "--data-from",
+        type=Path,
+        default=None,
+        metavar="WORK",
+        help="train on the demonstrations and DAgger rollouts kept in another run's --work folder instead of "
+        "recording new demonstrations (--episodes and --noise unused; e.g. an 8-pixel or deeper policy from the "
+        "default recipe's data)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     recipe = (
@@ -266,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             dagger_steps=a.dagger_steps,
             work=a.work,
             name=a.name,
+            data_from=a.data_from,
         )
     except EmbodiedPruneError as e:
         p.error(str(e))
