@@ -28,6 +28,7 @@ SCRIPTS = [
     "manipulation_vla",
     "tokens_vla",
     "tokens_vla_hires",
+    "tokens_vla_deep",
     "tokens_probe",
     "gluestick_vla",
     "gluestick_driving",

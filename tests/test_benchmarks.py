@@ -47,6 +47,7 @@ def test_committed_vla_results_name_the_policy_they_measured():
         ("manipulation_vla", "builtin:vla-metaworld"),
         ("tokens_vla", "builtin:vla-metaworld"),
         ("tokens_vla_hires", "builtin:vla-metaworld-hires"),
+        ("tokens_vla_deep", "builtin:vla-metaworld-deep"),
         ("gluestick_vla", "builtin:vla-metaworld"),
     ):
         data = json.loads((BENCH / "results" / f"{name}.json").read_text())
