@@ -209,16 +209,21 @@ def test_token_pruning_hooks_drop_tokens_inside_the_checkpoints_own_forward(chec
 
         # cached decoding: the prefill pruned once (before layer 0: every layer's cache short; before layer 1:
         # layer 0's whole), then one new token through each layer's cache
+        # (with the new token's position ids given by the caller, as generate does, or not); a later sequence
+        # without the patches is left alone
         lm = model.language_model
-        for layer in (0, 1):
+        for layer, given in ((0, False), (1, False), (0, True)):
             hooks = TokenPruningHooks(stack, _Fixed(layer, keep))
             hooks.set_spans(visual, instruction)
             pre = lm(inputs_embeds=x, use_cache=True)
             nxt = pre.logits[:, -1].argmax(-1, keepdim=True)
-            step = lm(input_ids=nxt, cache=pre.cache, use_cache=True).logits[:, -1]
+            where = {"position_ids": torch.tensor([[n]])} if given else {}
+            step = lm(input_ids=nxt, cache=pre.cache, use_cache=True, **where).logits[:, -1]
             full = lm(inputs_embeds=torch.cat([x, lm.get_input_embeddings()(nxt)], dim=1)).logits[:, -1]
+            text = lm(input_ids=nxt.repeat(1, 3)).logits
             hooks.remove()
-            assert torch.allclose(step, full, atol=1e-5), layer
+            assert torch.allclose(step, full, atol=1e-5), (layer, given)
+            assert torch.equal(text, lm(input_ids=nxt.repeat(1, 3)).logits)
 
 
 def test_openvla_policy_prunes_visual_tokens_in_closed_loop(checkpoint, capsys):

@@ -73,20 +73,27 @@ class TokenPruningHooks:
             n = embeds.shape[1]
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None else 0
-        if past == 0 and self.visual_span is not None and self.visual_span[1] <= n:
-            mask = kwargs.get("attention_mask")
-            valid = torch.ones(n, dtype=torch.bool) if mask is None or mask.dim() != 2 else mask[0, -n:].bool().cpu()
-            self._query = {"n": n, "rows": torch.arange(n), "key_valid": valid, "counts": [], "kept": {}}
-            self._cached = None
-            return None
         self._query = None
-        if self._cached is not None and past > 0 and kwargs.get("position_ids") is None:
-            # cached decoding after a pruned prefill: layer 0's cache may be shorter than the sequence, so the
-            # stack would count positions from it; give the new tokens their true positions
-            start = self._cached["n"] + self._cached["decoded"]
+        if past == 0:  # a new sequence: a query when it carries the patches
+            self._cached = None
+            if self.visual_span is not None and self.visual_span[1] <= n:
+                batch = (embeds if embeds is not None else ids).shape[0]
+                if batch != 1:
+                    raise ValueError("token pruning keeps a different token set per query: one observation at a time.")
+                mask = kwargs.get("attention_mask")
+                padded = mask is not None and mask.dim() == 2
+                valid = mask[0, -n:].bool().cpu() if padded else torch.ones(n, dtype=torch.bool)
+                self._query = {"n": n, "rows": torch.arange(n), "key_valid": valid, "counts": [], "kept": {}}
+            return None
+        if self._cached is None:
+            return None
+        # cached decoding after a pruned prefill: the new tokens' place, for their positions and masks
+        start = self._cached["n"] + self._cached["decoded"]
+        self._cached["decoded"] += n
+        self._cached["q"] = n
+        if kwargs.get("position_ids") is None:
+            # layer 0's cache may be shorter than the sequence, so the stack would count positions from it
             kwargs["position_ids"] = torch.arange(start, start + n, device=self._device()).unsqueeze(0)
-            self._cached["decoded"] += n
-            self._cached["q"] = n
             return args, kwargs
         return None
 
