@@ -198,33 +198,25 @@ def _init_worker(
         torch.set_num_threads(1)
     from ..envs.manipulation.render import cameras_for
     from ..models.openvla import is_openvla_folder
+    from ..tokens import build_token_pruner
 
+    wants_tokens = token_pruner is not None and token_pruner.get("name", "none") != "none"
     if is_openvla_folder(model_path):
-        from ..models.openvla import OpenVLAPolicy, load_openvla
+        from ..models.openvla import OpenVLAPolicy, image_size, load_openvla, token_cameras
 
         opts = openvla or {}
         model, processor = load_openvla(model_path, trust_remote_code=opts.get("trust_remote_code", False))
-        pruner = None
-        if token_pruner is not None and token_pruner.get("name", "none") != "none":
-            from ..models.openvla import token_cameras
-            from ..tokens import build_token_pruner
-
-            pruner = build_token_pruner(cameras=token_cameras(model), **token_pruner)
+        pruner = build_token_pruner(cameras=token_cameras(model), **token_pruner) if wants_tokens else None
         policy = OpenVLAPolicy(
             model, processor, unnorm_key=opts.get("unnorm_key"), execute=execute, token_pruner=pruner
         )
-        size = int((getattr(model.config, "image_sizes", None) or [224])[0])
-        cameras = cameras_for([[c, size] for c in policy.cameras])
+        cameras = cameras_for([[c, image_size(model)] for c in policy.cameras])
         _WORKER.update(policy=policy, envs={}, blank=blank_images, cameras=cameras)
         return
     from ..models.vla import load_vla
 
     model, tok = load_vla(model_path)
-    pruner = None
-    if token_pruner is not None and token_pruner.get("name", "none") != "none":
-        from ..tokens import build_token_pruner
-
-        pruner = build_token_pruner(cameras=model.config.cameras, **token_pruner)
+    pruner = build_token_pruner(cameras=model.config.cameras, **token_pruner) if wants_tokens else None
     cameras = cameras_for(model.config.cameras)  # render what this policy was trained to see
     _WORKER.update(policy=VLAPolicy(model, tok, execute, pruner), envs={}, blank=blank_images, cameras=cameras)
 

@@ -105,11 +105,16 @@ def visual_token_count(model) -> int:
     return per_image * int(getattr(vb, "num_images_in_input", 1))
 
 
+def image_size(model) -> int:
+    """The side in pixels of the images an OpenVLA model's processor feeds it (224 unless its config says)."""
+    return int((getattr(model.config, "image_sizes", None) or [224])[0])
+
+
 def token_cameras(model, cameras: tuple[str, ...] = ("front",)) -> list[list]:
     """``[name, image size, patch]`` per input image of an OpenVLA model, on its patch grid (what a token
     pruner's frame differences compare): the processor's image size and the ViT's patches per side."""
     per_image = visual_token_count(model) // int(getattr(model.vision_backbone, "num_images_in_input", 1))
-    size = int((getattr(model.config, "image_sizes", None) or [224])[0])
+    size = image_size(model)
     side = math.isqrt(per_image)
     if side * side != per_image or size % side:
         raise EmbodiedPruneError(
@@ -238,6 +243,7 @@ __all__ = [
     "OPENVLA_ADAPTER",
     "PROMPT",
     "OpenVLAPolicy",
+    "image_size",
     "is_openvla_folder",
     "load_openvla",
     "openvla_calibration",

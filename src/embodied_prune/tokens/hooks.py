@@ -83,7 +83,14 @@ class TokenPruningHooks:
                 mask = kwargs.get("attention_mask")
                 padded = mask is not None and mask.dim() == 2
                 valid = mask[0, -n:].bool().cpu() if padded else torch.ones(n, dtype=torch.bool)
-                self._query = {"n": n, "rows": torch.arange(n), "key_valid": valid, "counts": [], "kept": {}}
+                self._query = {
+                    "n": n,
+                    "rows": torch.arange(n),
+                    "key_valid": valid,
+                    "counts": [],  # visual tokens per layer
+                    "row_history": [],  # each layer's input rows (original indices)
+                    "kept": {},  # key_valid of each pruned layer's rows, for cached decoding
+                }
             return None
         if self._cached is None:
             return None
@@ -168,7 +175,6 @@ class TokenPruningHooks:
             self.visual_span[1] - self.visual_span[0],
         )
         keep = self.pruner.select(state)
-        q.setdefault("row_history", [])
         if keep is not None:
             sel = _kept_rows(positions, self.visual_span, keep)
             hidden = hidden[:, sel]
@@ -179,7 +185,7 @@ class TokenPruningHooks:
             return None
         rows = q["rows"].to(device)
         q["kept"][i] = q["key_valid"][q["rows"]]
-        allowed = (rows[None, :] <= rows[:, None]) & q["key_valid"][q["rows"]].to(device)[None, :]
+        allowed = (rows[None, :] <= rows[:, None]) & q["kept"][i].to(device)[None, :]
         kwargs = {
             **kwargs,
             "attention_mask": self._mask(allowed, hidden.dtype),
