@@ -145,6 +145,7 @@ def _recipe(record: dict) -> str:
     return (
         f"GRPO: {record['steps']} steps × {record['prompts_per_step']} prompts × {record['num_generations']}, "
         f"lr {record['learning_rate']:g}, β {record['beta']:g}"
+        + (f", LoRA rank {record['lora_rank']}" if record.get("lora_rank") else ", every weight")
         + (f", teacher anchor {record['anchor_coef']:g}" if record.get("anchor_coef") else "")
     )
 

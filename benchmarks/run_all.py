@@ -24,6 +24,7 @@ SCRIPTS = [
     "llmcompressor_compare",
     "driving_controllers",
     "driving_ladder",
+    "driving_headroom",
     "bpf_study",
     "manipulation_vla",
     "tokens_vla",

@@ -52,7 +52,7 @@ def main(out: Path) -> None:
     train_grpo(
         sft,
         out / "grpo",
-        GRPOSettings(steps=3, prompts_per_step=2, num_generations=2, workers=1, scenarios=1, n_train=16),
+        GRPOSettings.full_weights(steps=3, prompts_per_step=2, num_generations=2, workers=1, scenarios=1, n_train=16),
         callbacks=[grpo_cut, Probe(out, "grpo", grpo_cut)],
         progress=False,
     )

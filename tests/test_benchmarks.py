@@ -197,3 +197,23 @@ def test_tokens_benchmark_reports_the_controller_ablation(monkeypatch):
     (line,) = controller_lines(variants)
     assert line.startswith("- controller: specprune − specprune without controller: +10.0 points [")
     assert "30 % of queries fine motion" in line and "kept 150 visual tokens" in line and "against 140" in line
+
+
+def test_headroom_improved_teacher_composes_like_the_teacher(monkeypatch):
+    """The improved teacher answers each constraint by its type's selected answer and combines them as the
+    teacher does (later constraints win a shared parameter); with nothing selected it is the teacher."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import driving_headroom as h
+
+    from embodied_prune.envs.driving.instructions import teacher_params
+
+    cs = [{"type": "speed_min", "limit": 23.0}, {"type": "headway", "min_s": 3.0}, {"type": "overtake", "count": 2}]
+    assert h.improved(cs, {}) == teacher_params(cs)
+    best = {"speed_min": h._shift("target_speed", 4), "headway": h._plus(min_distance=20.0)}
+    got = h.improved(cs[:2], best)
+    assert got == {"target_speed": 27.0, "time_gap": 3.0, "min_distance": 20.0}
+    assert h.improved(cs, best)["target_speed"] == teacher_params(cs[2:])["target_speed"]  # overtake comes last
+    for kind, options in h.ALTERNATIVES.items():  # every alternative is a different, valid answer
+        c = next(x for x in [*cs, {"type": kind, "target": 15.0, "limit": 15.0, "lane": 1}] if x["type"] == kind)
+        answers = [f(c) for _, f in options]
+        assert teacher_params([c]) not in answers and len({str(a) for a in answers}) == len(answers)

@@ -352,8 +352,9 @@ def test_anchored_grpo_keeps_the_teacher_loss_down(smoke_controllers, tmp_path):
 
     sft, _ = smoke_controllers
     common = dict(steps=3, prompts_per_step=2, num_generations=2, workers=1, n_train=8, learning_rate=3e-3)
-    plain = train_grpo(sft, tmp_path / "plain", GRPOSettings(**common), progress=False)
-    anchored = train_grpo(sft, tmp_path / "anchored", GRPOSettings(**common, anchor_coef=5.0), progress=False)
+    full = GRPOSettings.full_weights
+    plain = train_grpo(sft, tmp_path / "plain", full(**common), progress=False)
+    anchored = train_grpo(sft, tmp_path / "anchored", full(**common, anchor_coef=5.0), progress=False)
     rows = sft_dataset(generate_split("train", 64), seed=0)
     batch = AnchorBatches(rows, load_tokenizer(sft), batch_size=64).sample()
     with torch.no_grad():
@@ -364,6 +365,38 @@ def test_anchored_grpo_keeps_the_teacher_loss_down(smoke_controllers, tmp_path):
     with pytest.raises(EmbodiedPruneError, match="anchor_coef"):
         train_grpo(sft, tmp_path / "bad", GRPOSettings(**common, anchor_coef=-1.0), progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_lora_grpo_saves_a_plain_checkpoint_with_the_update_merged(smoke_controllers, tmp_path):
+    """GRPO through a PEFT LoRA adapter: the saved controller is an ordinary Qwen2 checkpoint (no adapter
+    weights) whose linear weights moved from the SFT controller's by a low-rank step, embeddings untouched.
+    (The teacher anchor gives the two-step controller a gradient even where every sampled answer scores alike.)"""
+    from safetensors.torch import load_file
+
+    from embodied_prune.models import load_model
+    from embodied_prune.training.driving import GRPOSettings, train_grpo
+
+    sft, _ = smoke_controllers
+    settings = GRPOSettings(
+        steps=3,
+        prompts_per_step=2,
+        num_generations=2,
+        workers=1,
+        n_train=8,
+        learning_rate=5e-2,
+        lora_rank=2,
+        anchor_coef=1.0,
+    )
+    out = train_grpo(sft, tmp_path / "lora", settings, progress=False)
+    keys = load_file(out / "model.safetensors").keys()
+    assert not any("lora" in k for k in keys)
+    before, after = load_model(sft).state_dict(), load_model(out).state_dict()
+    assert before.keys() == after.keys()
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    delta = after["model.layers.0.mlp.up_proj.weight"] - before["model.layers.0.mlp.up_proj.weight"]
+    assert delta.abs().max() > 0 and torch.linalg.matrix_rank(delta.float(), rtol=1e-2) <= 2
+    record = json.loads((out / "embodied_prune.json").read_text())["history"][-1]
+    assert record["lora_rank"] == 2 and record["steps_done"] == 3
 
 
 def test_grpo_rewards_prefer_the_answer_that_drives_better():
@@ -424,9 +457,13 @@ def test_eval_cli_rejects_a_malformed_file(smoke_controllers, tmp_path, capsys):
     [
         ("train driving --stage grpo --out {out}", "--init"),
         ("train driving --stage sft --init x --out {out}", "--init is for --stage grpo"),
-        ("train driving --stage sft --anchor 1 --out {out}", "--anchor are for --stage grpo"),
+        ("train driving --stage sft --anchor 1 --out {out}", "--lora are for --stage grpo"),
+        ("train driving --stage sft --lora 4 --out {out}", "--lora are for --stage grpo"),
+        ("train driving --stage grpo --init builtin:driving-s-sft --lora -1 --out {out}", "LoRA rank"),
+        ("train driving --stage grpo --init builtin:driving-s-sft --lora 4 --prune-to 0.5 --out {out}", "LoRA"),
         ("train driving --stage grpo --init builtin:driving-s-sft --anchor -1 --out {out}", "anchor_coef ≥ 0"),
-        ("train manipulation --demos x --beta 0.1 --out {out}", "--beta and --anchor are for train driving"),
+        ("train manipulation --demos x --beta 0.1 --out {out}", "--lora are for train driving"),
+        ("train manipulation --demos x --lora 4 --out {out}", "--lora are for train driving"),
         ("train driving --stage sft --size xl --out {out}", "invalid choice"),
         ("train driving --stage sft --cuts 3 --out {out}", "need --prune-to"),
         ("train driving --stage sft --prune-to 0.5 --cuts 3 --cut-every 40 --max-steps 100 --out {out}", "step 120"),

@@ -143,7 +143,7 @@ def test_callback_reaches_the_target_inside_sft_and_grpo(tmp_path):
     grpo = train_grpo(
         sft,
         tmp_path / "grpo",
-        GRPOSettings(steps=3, prompts_per_step=2, num_generations=2, workers=1, n_train=8),
+        GRPOSettings.full_weights(steps=3, prompts_per_step=2, num_generations=2, workers=1, n_train=8),
         callbacks=[cb, watch],
         progress=False,
     )

@@ -26,8 +26,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.stage == "sft":
         if a.init:
             raise EmbodiedPruneError("--init is for --stage grpo; SFT trains a fresh controller of --size.")
-        if a.beta is not None or a.anchor is not None:
-            raise EmbodiedPruneError("--beta and --anchor are for --stage grpo.")
+        if a.beta is not None or a.anchor is not None or a.lora is not None:
+            raise EmbodiedPruneError("--beta, --anchor and --lora are for --stage grpo.")
         given = {"epochs": a.epochs, "learning_rate": a.learning_rate, "max_steps": a.max_steps}
         s = SFTSettings(size=a.size, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
         from .training.controller import train_tokenizer
@@ -38,8 +38,17 @@ def cmd_train(a: argparse.Namespace) -> None:
             raise EmbodiedPruneError(
                 "--stage grpo needs --init, the SFT controller to start from (e.g. builtin:driving-l-sft)."
             )
-        given = {"learning_rate": a.learning_rate, "steps": a.max_steps, "beta": a.beta, "anchor_coef": a.anchor}
-        s = GRPOSettings(seed=a.seed, workers=a.workers, **{k: v for k, v in given.items() if v is not None})
+        given = {
+            "learning_rate": a.learning_rate,
+            "steps": a.max_steps,
+            "beta": a.beta,
+            "anchor_coef": a.anchor,
+            "lora_rank": a.lora,
+        }
+        given = {k: v for k, v in given.items() if v is not None}
+        # pruning during GRPO cuts the model's own weights: every weight trains (no LoRA) unless told otherwise
+        make = GRPOSettings.full_weights if a.prune_to is not None or a.lora == 0 else GRPOSettings
+        s = make(seed=a.seed, workers=a.workers, **given)
         from .models.checkpoint import load_tokenizer
 
         path = train_grpo(a.init, a.out, s, callbacks=_pruning(a, s.steps, lambda: load_tokenizer(a.init)), **run)
@@ -166,8 +175,13 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "manipulation: the VLA policy to fine-tune",
     )
     sp.add_argument("--epochs", type=float, help="sft: epochs over the 16,000 training instructions (default 1.5)")
-    sp.add_argument("--max-steps", type=int, help="optimizer steps (sft: overrides --epochs; grpo default 150)")
-    sp.add_argument("--learning-rate", type=float, help="learning rate (sft default 2e-3, grpo default 2e-4)")
+    sp.add_argument("--max-steps", type=int, help="optimizer steps (sft: overrides --epochs; grpo default 300)")
+    sp.add_argument(
+        "--learning-rate",
+        type=float,
+        help="learning rate (sft default 2e-3; grpo default 1e-3 for the LoRA update, "
+        "2e-4 with --lora 0 or --prune-to)",
+    )
     sp.add_argument("--beta", type=float, help="grpo: KL coefficient to the --init controller (default 0.02)")
     sp.add_argument(
         "--anchor",
@@ -175,6 +189,13 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="COEF",
         help="grpo: add COEF × the SFT loss on teacher-labelled training instructions to every step "
         "(InstructGPT's PPO-ptx; keeps what RL does not sample, e.g. unseen constraint combinations; default 0)",
+    )
+    sp.add_argument(
+        "--lora",
+        type=int,
+        metavar="RANK",
+        help="grpo: rank of the LoRA update (PEFT), merged before saving; a low-rank update forgets less of "
+        "what RL never samples (default 8; 0 = every weight trains, as pruning during GRPO needs)",
     )
     sp.add_argument("--workers", type=int, default=2, help="grpo: simulator processes (default 2)")
     sp.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

@@ -61,9 +61,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError(
             "train manipulation needs --demos DIR (make one with `embodied-prune demos manipulation`)."
         )
-    if a.stage or a.beta is not None or a.anchor is not None:
+    if a.stage or a.beta is not None or a.anchor is not None or a.lora is not None:
         raise EmbodiedPruneError(
-            "--stage, --beta and --anchor are for train driving; manipulation trains by behaviour cloning."
+            "--stage, --beta, --anchor and --lora are for train driving; manipulation trains by behaviour cloning."
         )
     if a.prune_to is not None or a.save_every or a.resume:
         raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")

@@ -295,7 +295,7 @@ def _driving_section(
     if overwrite or not (bpf / "config.json").is_file():
         calibration = teacher_calibration(load_tokenizer(SFT_CONTROLLER))  # PTP's Taylor calibration text
         cut = PruningCallback(BPF_SPARSITY, cuts=4, interval=max(1, bpf_steps // 5), calibration=calibration)
-        settings = GRPOSettings(steps=bpf_steps, prompts_per_step=2, num_generations=4, scenarios=1)
+        settings = GRPOSettings.full_weights(steps=bpf_steps, prompts_per_step=2, num_generations=4, scenarios=1)
         train_grpo(SFT_CONTROLLER, bpf, settings, callbacks=[cut], overwrite=True, progress=progress)
     variants = {
         "dense": load_model(CONTROLLER),

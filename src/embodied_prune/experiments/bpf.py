@@ -214,7 +214,8 @@ class Builder:
     def grpo(self, init: Path, name: str, target: float | None = None) -> Path:
         from ..training.driving import GRPOSettings, train_grpo
 
-        s = GRPOSettings(seed=self.seed, workers=self.cfg["workers"], **self.cfg["grpo"])
+        # every strategy's GRPO trains every weight, pruned or not, so they differ only in what they prune
+        s = GRPOSettings.full_weights(seed=self.seed, workers=self.cfg["workers"], **self.cfg["grpo"])
         from ..models.checkpoint import load_tokenizer
 
         cbs = [] if target is None else [self._callback(target, s.steps, load_tokenizer(init))]
