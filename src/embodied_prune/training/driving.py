@@ -5,6 +5,8 @@
 * GRPO (``GRPOTrainer``): prompts from the train split; rewards = the closed-loop relative error
   reduction (RobotxR1's clip to [−4, 1]) plus small format, parse and parameter-name rewards. Rollouts
   are memoised and run in a process pool; each prompt's scenario is its instruction's own traffic seed.
+  By default the policy update is a PEFT LoRA adapter, merged into the weights before saving
+  (:attr:`GRPOSettings.lora_rank`); with pruning callbacks every weight trains (:meth:`GRPOSettings.full_weights`).
 
 Both accept extra ``callbacks`` (e.g. :class:`~..schedules.PruningCallback`) and save an ordinary HF checkpoint.
 With ``checkpoint_every=N`` they keep a trainer checkpoint every N steps in a scratch folder beside the
