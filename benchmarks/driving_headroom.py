@@ -44,7 +44,12 @@ def _teacher(c: dict[str, Any]) -> dict[str, Any]:
 
 def _shift(key: str, by: float) -> Answer:
     """The teacher's answer with ``key`` moved by ``by``."""
-    return lambda c: {**_teacher(c), key: _teacher(c)[key] + by}
+
+    def answer(c: dict[str, Any]) -> dict[str, Any]:
+        params = _teacher(c)
+        return {**params, key: params[key] + by}
+
+    return answer
 
 
 def _plus(**extra: Any) -> Answer:
