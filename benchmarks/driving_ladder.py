@@ -3,10 +3,13 @@
 For every size (s, m, l) the SFT recipe the shipped controllers were made with (``SFTSettings`` defaults) is
 run with each of ``--seeds``; seed 0 is the shipped ``builtin:driving-<size>-sft`` itself (its recorded recipe
 is checked against the defaults), other seeds are trained here (kept under ``--out``; a rerun reuses them)
-and saved in bfloat16 as shipping does. Every controller answers the same test-split instructions, each
-answer driven in ``--episodes`` traffic scenarios (the instruction's own first). Reported per size: each
-seed's adaptability and the mean over seeds with a 95 % CI (bootstrap over instructions of the seed-averaged
-reductions), and the paired differences between every two sizes.
+and saved in bfloat16 as shipping does. Every controller, and the teacher whose labels SFT imitates, answers
+the same instructions of the test split and of the val split (training phrasings and combinations: where
+SFT's own target is measured), each answer driven in ``--episodes`` traffic scenarios (the instruction's own
+first). Reported per size: each seed's test adaptability; the mean over seeds with a 95 % CI (bootstrap over
+instructions of the seed-averaged reductions) on test, on the test instructions pairing each held-out
+combination's two constraint types and on the rest, and on val;
+and the paired differences between every two sizes on both splits.
 
 python benchmarks/driving_ladder.py [--seeds 0 1 2] [--instructions 200] [--episodes 3]
 """
@@ -23,9 +26,15 @@ import numpy as np
 import torch
 
 from _common import RESULTS, write_result
-from embodied_prune.envs.driving.instructions import generate_split
+from embodied_prune.envs.driving.instructions import (
+    HELD_OUT_COMBOS,
+    generate_split,
+    has_held_out_combo,
+    teacher_params,
+)
+from embodied_prune.envs.driving.params import format_answer
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
-from embodied_prune.evaluation.driving import evaluate_driving
+from embodied_prune.evaluation.driving import evaluate_driving, score_completions
 from embodied_prune.evaluation.report import markdown_table, percent_ci
 from embodied_prune.evaluation.stats import bootstrap_mean_ci, paired_diff_ci
 from embodied_prune.models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path
@@ -54,73 +63,118 @@ def controller(size: str, seed: int, out: Path) -> str:
     return str(path)
 
 
+SPLITS = ("test", "val")
+
+
+def _mean(r: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """The mean reduction of ``r`` (over ``mask``) in %, one decimal."""
+    return f"{100 * np.nanmean(r if mask is None else r[mask]):.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="SFT seeds (0 = the shipped ones)")
-    ap.add_argument("--instructions", type=int, default=200, help="test instructions (default 200)")
+    ap.add_argument("--instructions", type=int, default=200, help="instructions per split (default 200)")
     ap.add_argument("--episodes", type=int, default=3, help="traffic scenarios per instruction (default 3)")
     ap.add_argument("--out", type=Path, default=RESULTS.parent.parent / "runs" / "driving_ladder")
     a = ap.parse_args()
     if a.episodes < 1 or a.instructions < 1:
         ap.error("--episodes and --instructions must be at least 1.")
     t0 = time.time()
-    test = generate_split("test", a.instructions)
-    red: dict[str, list[np.ndarray]] = {}
+    splits = {split: generate_split(split, a.instructions) for split in SPLITS}
+    held_out = np.array([has_held_out_combo(x) for x in splits["test"]])
+    # test instructions that pair the two constraint types of each held-out combination
+    combos = {
+        " + ".join(pair): np.array([set(pair) <= {c["type"] for c in x.constraints} for x in splits["test"]])
+        for pair in sorted(sorted(p) for p in HELD_OUT_COMBOS)
+    }
+    # red[split][size]: one reductions array per seed; the teacher's under the name "teacher"
+    red: dict[str, dict[str, list[np.ndarray]]] = {split: {} for split in SPLITS}
     params: dict[str, int] = {}
-    rows, data = [], {"seeds": a.seeds, "instructions": a.instructions, "episodes": a.episodes, "runs": []}
+    data = {"seeds": a.seeds, "instructions": a.instructions, "episodes": a.episodes, "runs": []}
     with ClosedLoopScorer(workers=2) as scorer:
+        for split, items in splits.items():
+            teacher = [format_answer(teacher_params(x.constraints)) for x in items]
+            d = score_completions(items, teacher, None, a.episodes, name="teacher", scorer=scorer, progress=False)
+            red[split]["teacher"] = [_reductions(d.to_dict())]
         for size in SIZES:
-            red[size] = []
             for seed in a.seeds:
                 name = controller(size, seed, a.out)
                 model = load_model(name)
                 params[size] = sum(p.numel() for p in model.parameters())  # the same for every seed of a size
-                d = evaluate_driving(
-                    model, load_tokenizer(name), test, None, a.episodes, scorer=scorer, progress=False
-                ).to_dict()
-                r = np.array([np.nan if x is None else x for x in d["reductions"]])
-                red[size].append(r)
-                data["runs"].append(
-                    {
-                        "size": size,
-                        "seed": seed,
-                        "model": name,
-                        **{k: d[k] for k in ("adaptability", "ci95", "parse_failures", "collisions", "reductions")},
-                    }
-                )
-                print(f"{size} seed {seed}: {100 * d['adaptability']:.1f} %", flush=True)
-    mean = {size: np.nanmean(np.stack(v), axis=0) for size, v in red.items()}
-    for size in SIZES:
-        ok = ~np.isnan(mean[size])
-        row = {"size": size, "params": f"{params[size]:,}"}
-        for seed, r in zip(a.seeds, red[size], strict=True):
-            row[f"seed{seed}"] = f"{100 * np.nanmean(r):.1f}"
-        row["mean"] = percent_ci(float(mean[size][ok].mean()), bootstrap_mean_ci(mean[size][ok]), unit="")
+                for split, items in splits.items():
+                    d = evaluate_driving(
+                        model, load_tokenizer(name), items, None, a.episodes, scorer=scorer, progress=False
+                    ).to_dict()
+                    red[split].setdefault(size, []).append(_reductions(d))
+                    keys = ("adaptability", "ci95", "parse_failures", "collisions", "reductions")
+                    data["runs"].append(
+                        {"size": size, "seed": seed, "split": split, "model": name, **{k: d[k] for k in keys}}
+                    )
+                    print(f"{size} seed {seed} {split}: {100 * d['adaptability']:.1f} %", flush=True)
+    # each instruction's reductions averaged over seeds first
+    mean = {split: {k: np.nanmean(np.stack(v), axis=0) for k, v in by.items()} for split, by in red.items()}
+    rows = []
+    for size in ("teacher", *SIZES):
+        test, val = mean["test"][size], mean["val"][size]
+        row = {"size": size, "params": f"{params[size]:,}" if size in params else "–"}
+        for seed, r in zip(a.seeds, red["test"][size] if size in params else [], strict=False):
+            row[f"seed{seed}"] = _mean(r)
+        row["test"] = percent_ci(float(np.nanmean(test)), bootstrap_mean_ci(test[~np.isnan(test)]), unit="")
+        row.update({combo: _mean(test, mask) for combo, mask in combos.items()})
+        row["rest"] = _mean(test, ~held_out)
+        row["val"] = percent_ci(float(np.nanmean(val)), bootstrap_mean_ci(val[~np.isnan(val)]), unit="")
         rows.append(row)
     diffs = []
     for small, large in itertools.combinations(SIZES, 2):
-        ok = ~np.isnan(mean[small]) & ~np.isnan(mean[large])
-        m, lo, hi = paired_diff_ci(mean[small][ok], mean[large][ok])
-        diffs.append({"pair": f"{large} − {small}", "diff": percent_ci(m, (lo, hi), unit=""), "n": int(ok.sum())})
+        row = {"pair": f"{large} − {small}"}
+        for split in SPLITS:
+            x, y = mean[split][small], mean[split][large]
+            ok = ~np.isnan(x) & ~np.isnan(y)
+            m, lo, hi = paired_diff_ci(x[ok], y[ok])
+            row[split] = percent_ci(m, (lo, hi), unit="")
+        diffs.append(row)
     data["differences"] = diffs
-    seed_cols = [(f"seed{s}", f"seed {s}" + (" (shipped)" if s == 0 else "")) for s in a.seeds]
+    data["held_out"] = {combo: mask.tolist() for combo, mask in combos.items()}
+    seed_cols = [(f"seed{s}", f"test, seed {s}" + (" (shipped)" if s == 0 else "")) for s in a.seeds]
     table = markdown_table(
-        rows, [("size", "size"), ("params", "params"), *seed_cols, ("mean", "mean over seeds % [95 % CI]")]
+        rows,
+        [
+            ("size", "size"),
+            ("params", "params"),
+            *seed_cols,
+            ("test", "test, mean over seeds % [95 % CI]"),
+            *[(combo, f"test: {combo} ({int(mask.sum())}, held out)") for combo, mask in combos.items()],
+            ("rest", f"test: the rest ({int((~held_out).sum())})"),
+            ("val", "val (training phrasings and combinations), mean over seeds % [95 % CI]"),
+        ],
     )
     diff_table = markdown_table(
-        diffs, [("pair", "larger − smaller"), ("diff", "adaptability points, paired [95 % CI]"), ("n", "instructions")]
+        diffs,
+        [
+            ("pair", "larger − smaller"),
+            ("test", "test, points, paired [95 % CI]"),
+            ("val", "val, points, paired [95 % CI]"),
+        ],
     )
     body = (
         f"SFT controllers of every size, seeds {', '.join(map(str, a.seeds))} of the shipped recipe (seed 0: the "
-        f"shipped checkpoint; others trained by this script, saved in bfloat16 as shipping does); "
-        f"{a.instructions} test-split instructions, one greedy answer each, driven in {a.episodes} 15 s episodes "
-        "(the instruction's own traffic first). Adaptability in % per seed; the mean over seeds averages each "
-        "instruction's reductions over seeds first, then bootstraps over instructions (5000 resamples); the "
-        "paired differences pair those seed means by instruction. These intervals resample instructions, not "
-        "seeds: how far one seed lands from another (the per-seed columns) is not inside them.\n\n"
+        f"shipped checkpoint; others trained by this script, saved in bfloat16 as shipping does), and the teacher "
+        f"whose labels SFT imitates (no jitter); {a.instructions} instructions of the test split (new paraphrase "
+        "pairs, joiners and prefixes; every third a constraint combination training never pairs) and of the val "
+        "split (training phrasings and combinations, new instructions), one greedy answer each, driven in "
+        f"{a.episodes} 15 s episodes (the instruction's own traffic first). Adaptability in %; the mean over seeds "
+        "averages each instruction's reductions over seeds first, then bootstraps over instructions (5000 "
+        "resamples); the paired differences pair those seed means by instruction. These intervals resample "
+        "instructions, not seeds: how far one seed lands from another (the per-seed columns) is not inside them.\n\n"
         f"{table}\n\n{diff_table}\n"
     )
     write_result("driving_ladder", "Driving controllers: the size ladder over SFT seeds", body, data, time.time() - t0)
+
+
+def _reductions(d: dict) -> np.ndarray:
+    """Per-instruction reductions of an evaluation's JSON, None as NaN."""
+    return np.array([np.nan if x is None else x for x in d["reductions"]], dtype=float)
 
 
 if __name__ == "__main__":
