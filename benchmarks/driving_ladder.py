@@ -8,8 +8,8 @@ the same instructions of the test split and of the val split (training phrasings
 SFT's own target is measured), each answer driven in ``--episodes`` traffic scenarios (the instruction's own
 first). Reported per size: each seed's test adaptability; the mean over seeds with a 95 % CI (bootstrap over
 instructions of the seed-averaged reductions) on test, on the test instructions pairing each held-out
-combination's two constraint types and on the rest, and on val;
-and the paired differences between every two sizes on both splits.
+combination's two constraint types and on the rest, and on val; and the paired differences between every
+two sizes on both splits.
 
 python benchmarks/driving_ladder.py [--seeds 0 1 2] [--instructions 200] [--episodes 3]
 """
