@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -486,3 +487,20 @@ def test_driving_cli_usage_errors(tmp_path, capsys, line, needle):
         code, err = e.code, capsys.readouterr().err
     assert code == 2 and needle in err
     assert not (tmp_path / "o").exists()
+
+
+def test_ship_starts_grpo_from_the_sft_it_just_wrote(monkeypatch, tmp_path):
+    """Shipping into the assets folder names the SFT start as a builtin (the same folder); elsewhere by path."""
+    from embodied_prune.models.builtin import ASSETS
+    from embodied_prune.models.checkpoint import resolve_model_path
+    from embodied_prune.training import ship
+
+    calls = []
+    monkeypatch.setattr(ship, "train_grpo", lambda init, out, *a, **k: calls.append((init, out)))
+    ship.ship(["s"], ASSETS, stages=("grpo",), progress=False)
+    ship.ship(["m"], tmp_path, stages=("grpo",), progress=False)
+    (named, named_out), (path, path_out) = calls
+    assert named == "builtin:driving-s-sft"
+    assert Path(resolve_model_path(named)).resolve() == (ASSETS / "driving-s-sft").resolve()
+    assert named_out == ASSETS / "driving-s-grpo"
+    assert path == str(tmp_path / "driving-m-sft") and path_out == tmp_path / "driving-m-grpo"

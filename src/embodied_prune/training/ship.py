@@ -29,7 +29,16 @@ def ship(sizes: list[str], out: Path, stages: tuple[str, ...] = ("sft", "grpo"),
         if "grpo" in stages:
             grpo = out / f"driving-{size}-grpo"
             print(f"[{size}] GRPO → {grpo}", flush=True)
-            train_grpo(sft, grpo, GRPOSettings(), overwrite=True, save_dtype=torch.bfloat16, progress=progress)
+            init = grpo_init(size, out)
+            train_grpo(init, grpo, GRPOSettings(), overwrite=True, save_dtype=torch.bfloat16, progress=progress)
+
+
+def grpo_init(size: str, out: Path) -> str:
+    """What GRPO of ``size`` starts from: the SFT checkpoint in ``out``, named ``builtin:driving-<size>-sft`` when
+    ``out`` is the package's assets folder (so the GRPO checkpoint records a name, not this machine's path)."""
+    if out.resolve() == ASSETS.resolve():
+        return f"builtin:driving-{size}-sft"
+    return str(out / f"driving-{size}-sft")
 
 
 def main(argv: list[str] | None = None) -> int:
