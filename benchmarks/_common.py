@@ -15,8 +15,10 @@ import platform
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The language backbone of OpenVLA / OpenVLA-OFT (Llama 2 7B): the widths the GPU latency scripts build at.
@@ -188,3 +190,8 @@ def stale_models(data: dict) -> list[str]:
         for spec, fp in (data.get("model_fingerprints") or {}).items()
         if spec.startswith("builtin:") and changed(spec, fp)
     ]
+
+
+def nan_array(values: Iterable[float | None]) -> np.ndarray:
+    """Per-instruction values as a float array, None (an instruction no episode could score) as NaN."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import write_result
+from _common import nan_array, write_result
 from embodied_prune.envs.driving.instructions import GENERATED_KINDS, generate_split, teacher_params
 from embodied_prune.envs.driving.params import format_answer
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
@@ -97,7 +97,7 @@ def main() -> None:
 
         def adaptability(items, answers, episodes=1) -> np.ndarray:
             report = score_completions(items, answers, None, episodes, scorer=scorer, progress=False)
-            return np.array([np.nan if r is None else r for r in report.instruction_reductions()])
+            return nan_array(report.instruction_reductions())
 
         for kind in GENERATED_KINDS:
             items = [x for x in pool if [c["type"] for c in x.constraints] == [kind]][: a.per_type]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, write_result
+from _common import RESULTS, nan_array, write_result
 from embodied_prune.envs.driving.instructions import (
     HELD_OUT_COMBOS,
     generate_split,
@@ -67,8 +67,9 @@ SPLITS = ("test", "val")
 
 
 def _mean(r: np.ndarray, mask: np.ndarray | None = None) -> str:
-    """The mean reduction of ``r`` (over ``mask``) in %, one decimal."""
-    return f"{100 * np.nanmean(r if mask is None else r[mask]):.1f}"
+    """The mean reduction of ``r`` (over ``mask``) in %, one decimal; "–" when nothing was scored there."""
+    r = r if mask is None else r[mask]
+    return f"{100 * np.nanmean(r):.1f}" if np.isfinite(r).any() else "–"
 
 
 def main() -> None:
@@ -96,7 +97,7 @@ def main() -> None:
         for split, items in splits.items():
             teacher = [format_answer(teacher_params(x.constraints)) for x in items]
             d = score_completions(items, teacher, None, a.episodes, name="teacher", scorer=scorer, progress=False)
-            red[split]["teacher"] = [_reductions(d.to_dict())]
+            red[split]["teacher"] = [nan_array(d.instruction_reductions())]
         for size in SIZES:
             for seed in a.seeds:
                 name = controller(size, seed, a.out)
@@ -106,7 +107,7 @@ def main() -> None:
                     d = evaluate_driving(
                         model, load_tokenizer(name), items, None, a.episodes, scorer=scorer, progress=False
                     ).to_dict()
-                    red[split].setdefault(size, []).append(_reductions(d))
+                    red[split].setdefault(size, []).append(nan_array(d["reductions"]))
                     keys = ("adaptability", "ci95", "parse_failures", "collisions", "reductions")
                     data["runs"].append(
                         {"size": size, "seed": seed, "split": split, "model": name, **{k: d[k] for k in keys}}
@@ -170,11 +171,6 @@ def main() -> None:
         f"{table}\n\n{diff_table}\n"
     )
     write_result("driving_ladder", "Driving controllers: the size ladder over SFT seeds", body, data, time.time() - t0)
-
-
-def _reductions(d: dict) -> np.ndarray:
-    """Per-instruction reductions of an evaluation's JSON, None as NaN."""
-    return np.array([np.nan if x is None else x for x in d["reductions"]], dtype=float)
 
 
 if __name__ == "__main__":

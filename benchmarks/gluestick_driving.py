@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from _common import quiet_transformers, write_result
+from _common import nan_array, quiet_transformers, write_result
 from embodied_prune.api import prune, recover
 from embodied_prune.envs.driving.instructions import generate_split
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
@@ -65,7 +65,7 @@ def main() -> None:
                 model, tok, instructions, name=name, progress=False, scorer=scorer
             ).to_dict()
             print(f"{name}: adaptability {100 * reports[name]['adaptability']:.1f} %", flush=True)
-    red = {n: np.array([np.nan if r is None else r for r in d["reductions"]]) for n, d in reports.items()}
+    red = {n: nan_array(d["reductions"]) for n, d in reports.items()}
     ok = np.all([~np.isnan(v) for v in red.values()], axis=0)
     red = {n: 100 * v[ok] for n, v in red.items()}
     rows = []

@@ -29,16 +29,14 @@ def ship(sizes: list[str], out: Path, stages: tuple[str, ...] = ("sft", "grpo"),
         if "grpo" in stages:
             grpo = out / f"driving-{size}-grpo"
             print(f"[{size}] GRPO → {grpo}", flush=True)
-            init = grpo_init(size, out)
-            train_grpo(init, grpo, GRPOSettings(), overwrite=True, save_dtype=torch.bfloat16, progress=progress)
+            settings = GRPOSettings()
+            train_grpo(grpo_init(sft), grpo, settings, overwrite=True, save_dtype=torch.bfloat16, progress=progress)
 
 
-def grpo_init(size: str, out: Path) -> str:
-    """What GRPO of ``size`` starts from: the SFT checkpoint in ``out``, named ``builtin:driving-<size>-sft`` when
-    ``out`` is the package's assets folder (so the GRPO checkpoint records a name, not this machine's path)."""
-    if out.resolve() == ASSETS.resolve():
-        return f"builtin:driving-{size}-sft"
-    return str(out / f"driving-{size}-sft")
+def grpo_init(sft: Path) -> str:
+    """How GRPO names the SFT checkpoint ``sft`` it starts from: ``builtin:<folder>`` when it lies in the package's
+    assets folder (so the GRPO checkpoint records a name, not this machine's path), else its path."""
+    return f"builtin:{sft.name}" if sft.parent.resolve() == ASSETS.resolve() else str(sft)
 
 
 def main(argv: list[str] | None = None) -> int:
