@@ -31,6 +31,7 @@ SCRIPTS = [
     "tokens_vla_hires",
     "tokens_vla_deep",
     "tokens_probe",
+    "tokens_probe_deep",
     "gluestick_vla",
     "gluestick_driving",
 ]

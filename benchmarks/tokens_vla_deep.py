@@ -2,7 +2,8 @@
 
 Runs ``configs/tokens_vla_deep.yaml`` (``builtin:vla-metaworld-deep``: SpecPrune-VLA pruning before layer 2, so
 that 14 of the 16 layers run on the kept tokens, with FastV and random drop at layer 2 at its mean visual tokens per
-layer, and its ablations) and writes ``benchmarks/results/tokens_vla_deep.*``.
+layer; the same three before layer 6; SpecPrune before layer 4 with V_global from layer 6) and writes
+``benchmarks/results/tokens_vla_deep.*``.
 
 python benchmarks/tokens_vla_deep.py [--resume] [--out runs/bench-tokens-deep]
 """
