@@ -31,10 +31,16 @@ from embodied_prune.envs.manipulation.tasks import resolve_tasks
 from embodied_prune.evaluation.manipulation import EVAL_STREAM
 from embodied_prune.models.vla import encode_instructions, load_vla
 from embodied_prune.tokens import FastV, RandomDrop, TokenPruner, pruned_query
+from embodied_prune.tokens.forward import QueryState
 from embodied_prune.tokens.scores import top_k
 
 RANKINGS = ("instruction", "action", "after_visual", "random")
 DEFAULT_MODEL = "builtin:vla-metaworld-hires"
+
+
+def _previous(layer: int) -> str:
+    """The ranking's name in the table: the action queries' attention at ``layer`` of the previous query."""
+    return f"action, layer {layer} of the previous query"
 
 
 class _Recorder(TokenPruner):
@@ -44,7 +50,7 @@ class _Recorder(TokenPruner):
         super().__init__(keep=1)
         self.layers, self.scores = set(layers), {}
 
-    def select(self, state):
+    def select(self, state: QueryState) -> None:
         if state.layer in self.layers:
             self.scores[state.layer] = state.scores("action")
         return None
@@ -57,7 +63,7 @@ class _Fixed(TokenPruner):
         super().__init__(keep=1)
         self.kept, self.layer = torch.sort(kept).values, layer
 
-    def select(self, state):
+    def select(self, state: QueryState) -> torch.Tensor | None:
         return self.kept if state.layer == self.layer else None
 
 
@@ -80,7 +86,7 @@ def probe(
     bad = [s for s in score_layers if not 0 < s < layers]
     if bad:
         raise SystemExit(f"--score-layers {bad} are not layers 1..{layers - 1} of this policy's backbone.")
-    later = [(layer, f"action, layer {s} of the previous query") for s in score_layers for layer in range(s)]
+    later = [(layer, _previous(s)) for s in score_layers for layer in range(s)]
     tasks = resolve_tasks(None)
     dist: dict[tuple[int, str], dict[str, list[float]]] = {k: {} for k in [*pruners, *later]}
     drift: dict[str, list[float]] = {}
@@ -107,9 +113,7 @@ def probe(
                         for layer in range(s):
                             a = pruned_query(model, _Fixed(top_k(earlier[s], keep), layer), *args)
                             d = float((a[0, 0].clamp(-1, 1) - dense).norm())
-                            dist[(layer, f"action, layer {s} of the previous query")].setdefault(spec.name, []).append(
-                                d
-                            )
+                            dist[(layer, _previous(s))].setdefault(spec.name, []).append(d)
                     if score_layers:
                         rec = _Recorder(tuple(score_layers))
                         pruned_query(model, rec, *args)

@@ -22,7 +22,7 @@ SpecPrune-VLA as built here (the paper's method on a policy whose backbone has o
   layer-level step computes anyway. ``prune_layer=1`` gives the paper's two-layer variant. On the
   324-token policy only pruning from layer 2 on holds success (``prune_layer=2, local_layers=(2,),
   layer_dynamic=(3,)``); on the 81-token one no pruning point does at 30 % of the tokens, and on the 16-layer
-  one attention ranks the tokens no better than random drop does, at layer 2 or at layer 6 (docs/tokens.md).
+  one SpecPrune keeps no more success than random drop does, pruning at layer 2 or at layer 6 (docs/tokens.md).
 - *Dynamic, layer-level*: at ``layer_dynamic`` layers (indices past the backbone's depth are ignored),
   drop ``layer_drop`` of the remaining visual tokens by rank weight × confidence of that layer's
   attention, smoothed with the earlier layers' by an EMA (``ema``).
