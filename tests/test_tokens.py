@@ -560,14 +560,20 @@ def test_gluestick_report_gives_the_won_back_share_with_a_ci():
 
 def test_token_probe_measures_how_far_pruning_moves_the_action(saved_policy, monkeypatch):
     """benchmarks/tokens_probe.py: keeping every token moves no action; keeping few moves some; one row per
-    (layer, ranking)."""
+    (layer, ranking), ordered by layer; score_layers adds the previous query's ranking below each such layer."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import tokens_probe
 
-    full = tokens_probe.probe(str(saved_policy), 1.0, episodes=1, steps=3, seed=0)
-    assert len(full["rows"]) == 4 * len(tokens_probe.RANKINGS) and full["queries"] == 6 * 3
+    full = tokens_probe.probe(str(saved_policy), 1.0, episodes=1, steps=3, seed=0, score_layers=(2,))
+    # 4 layers x the rankings, and the previous query's layer 2 ranking the tokens dropped before layers 0 and 1
+    assert len(full["rows"]) == 4 * len(tokens_probe.RANKINGS) + 2 and full["queries"] == 6 * 3
+    assert [r["layer"] for r in full["rows"]] == sorted(r["layer"] for r in full["rows"])
     assert all(r["mean"] == 0.0 for r in full["rows"])
-    few = tokens_probe.probe(str(saved_policy), 0.02, episodes=1, steps=3, seed=0)
+    few = tokens_probe.probe(str(saved_policy), 0.02, episodes=1, steps=3, seed=0, score_layers=(2,))
     assert max(r["mean"] for r in few["rows"]) > 0
+    later = [r for r in few["rows"] if "previous query" in r["ranking"]]
+    assert len(later) == 2 and all(r["mean"] > 0 for r in later)
+    with pytest.raises(SystemExit, match="score-layers"):
+        tokens_probe.probe(str(saved_policy), 0.3, episodes=1, steps=3, seed=0, score_layers=(4,))
     table = tokens_probe.report(few)
     assert table.count("\n| ") == 1 + len(few["rows"]) + 1  # header, a row per cell, the dense scale row
