@@ -65,6 +65,8 @@ def ship_command(train: dict) -> str:
         f"{train.get('intermediate_size', 512)}",
         f"--dagger-rounds {len(rounds)}",
     ]
+    if train.get("vision_layers"):  # records from before the option, and policies without, have none
+        args.append(f"--vision-layers {train['vision_layers']}")
     if rounds:
         args.append(f"--dagger-steps {train['steps']}")
         if "episodes_per_task" in rounds[0]:

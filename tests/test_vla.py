@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ from embodied_prune.pruning.unstructured import prune_unstructured
 from embodied_prune.training.manipulation import BCSettings, train_bc
 
 
-def tiny_policy(seed: int = 0) -> tuple[TinyVLA, object]:
+def tiny_policy(seed: int = 0, vision_layers: int = 0) -> tuple[TinyVLA, object]:
     torch.manual_seed(seed)
     tok = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
     backbone = LlamaConfig(
@@ -42,7 +44,8 @@ def tiny_policy(seed: int = 0) -> tuple[TinyVLA, object]:
         vocab_size=len(tok),
         tie_word_embeddings=False,
     )
-    return TinyVLA(TinyVLAConfig(backbone_config=backbone, vision_dim=32, stem_channels=8)), tok
+    config = TinyVLAConfig(backbone_config=backbone, vision_dim=32, stem_channels=8, vision_layers=vision_layers)
+    return TinyVLA(config), tok
 
 
 def query(model, tok, batch: int = 2, seed: int = 0):
@@ -131,6 +134,53 @@ def test_save_load_round_trip(tmp_path):
     assert tok2("close the drawer")["input_ids"] == tok("close the drawer")["input_ids"]
     with pytest.raises(EmbodiedPruneError, match=r"no config\.json"):
         load_vla(tmp_path)
+
+
+def test_vision_layers_mix_each_cameras_patches_and_round_trip(tmp_path):
+    """``vision_layers``: transformer layers over each camera's patch tokens — a patch's token then depends on the
+    other patches of its camera (never on another camera's), the vision share of a query's compute grows, and the
+    policy saves and loads to the same actions; at 0 a policy has no such module (older checkpoints load as is)."""
+    bare, tok = tiny_policy()
+    assert all(e.mixer is None for e in bare.encoders.values())
+    model, _ = tiny_policy(vision_layers=2)
+    model.eval()
+    images, ids, mask, proprio = query(model, tok, batch=1)
+    name = model.config.cameras[0][0]
+    enc = model.encoders[name]
+    changed = {**images, name: images[name].clone()}
+    changed[name][0, :8, :8] = 255 - changed[name][0, :8, :8]  # the first patch only
+    with torch.no_grad():
+        before, after = enc(images[name]), enc(changed[name])
+        # the conv stem's receptive field reaches into neighbouring patches: compare the far corner's token
+        assert not torch.allclose(before[0, -1], after[0, -1])  # mixed: the far patch of that camera sees it
+        for other, _, _ in model.config.cameras[1:]:
+            assert torch.equal(model.encoders[other](images[other]), model.encoders[other](changed[other]))
+        bare_enc = bare.encoders[name]
+        assert torch.equal(bare_enc(images[name])[0, -1], bare_enc(changed[name])[0, -1])  # bare: no mixing
+    assert compute_split(model)["vision"] > compute_split(bare)["vision"]
+    path = save_vla(model, tok, tmp_path / "vla")
+    loaded, _ = load_vla(path)
+    assert loaded.config.vision_layers == 2
+    with torch.no_grad():
+        assert torch.equal(model(images, ids, mask, proprio)["actions"], loaded(images, ids, mask, proprio)["actions"])
+
+
+def test_vision_layers_in_the_recipe_and_the_ship_command():
+    """``ship``'s recipe names ``vision_layers`` only when set (older work folders' recipes lack it and must still
+    match), a shipped record's command spells it out, and a negative count is refused in one sentence."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from manipulation_vla import ship_command
+
+    from embodied_prune.training.manipulation import check_shape
+    from embodied_prune.training.ship_vla import bc_recipe
+
+    assert "vision_layers" not in bc_recipe(BCSettings())
+    assert bc_recipe(BCSettings(vision_layers=2))["vision_layers"] == 2
+    record = {"demo_episodes_per_task": 5, "demo_noise": 0.05, "steps": 10, "bc": {"steps": 10}}
+    assert "--vision-layers" not in ship_command(record)
+    assert ship_command({**record, "vision_layers": 2}).endswith("--dagger-rounds 0 --vision-layers 2")
+    with pytest.raises(EmbodiedPruneError, match="--vision-layers must be 0 or more"):
+        check_shape(BCSettings(vision_layers=-1))
 
 
 @pytest.mark.parametrize("how", ["structured", "magnitude-2:4"])

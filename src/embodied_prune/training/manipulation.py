@@ -55,6 +55,7 @@ class BCSettings:
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast for the forward and backward passes (weights and optimizer stay fp32)
     visual_keep: float = 1.0  # share of visual tokens each training sample keeps (random; 1: all; see TinyVLA)
+    vision_layers: int = 0  # transformer layers mixing each camera's patch tokens before the projector (0: none)
 
 
 class DemoSteps(Dataset):
@@ -131,6 +132,8 @@ def check_shape(s: BCSettings) -> None:
             "--layers, --hidden-size, --heads, --kv-heads and --intermediate-size must be at least 1, got "
             f"{s.layers}, {s.hidden_size}, {s.heads}, {s.kv_heads} and {s.intermediate_size}."
         )
+    if s.vision_layers < 0:
+        raise EmbodiedPruneError(f"--vision-layers must be 0 or more, got {s.vision_layers}.")
     if s.hidden_size % s.heads or s.heads % s.kv_heads:
         raise EmbodiedPruneError(
             f"--hidden-size {s.hidden_size} must be a multiple of --heads {s.heads}, and --heads a multiple of "
@@ -165,6 +168,7 @@ def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
             tie_word_embeddings=False,
         ),
         cameras=cameras,
+        vision_layers=s.vision_layers,
         chunk=s.chunk,
         proprio_mean=proprio.mean(0).tolist(),
         proprio_std=np.maximum(proprio.std(0), 1e-3).tolist(),

@@ -78,6 +78,15 @@ def borrowed_data(work: Path) -> tuple[list[Path], dict]:
     return [Path(work) / n for n in names], record
 
 
+def bc_recipe(s: BCSettings) -> dict:
+    """The behaviour-cloning settings as a recipe records them: ``vision_layers`` only when set, so that work
+    folders from before the option (whose recipes lack it) still match a run of their settings."""
+    d = asdict(s)
+    if d["vision_layers"] == 0:
+        del d["vision_layers"]
+    return d
+
+
 class _Stages:
     """The stages a recipe run has finished in its work folder, with their records (``stages.json``):
     a finished stage's folder is reused by a later run of the same recipe instead of being made again."""
@@ -153,7 +162,7 @@ def ship(
     borrowed, data = borrowed_data(Path(data_from)) if data_from is not None else (None, None)
     recipe = {
         **({"data_from": data} if data else {"episodes": episodes, "noise": noise}),
-        "bc": asdict(s),
+        "bc": bc_recipe(s),
         "dagger_episodes": dagger_episodes,
         "dagger_steps": dagger_steps,
     }
@@ -260,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         help="share of visual tokens each training sample keeps (see `train manipulation --visual-keep`; default 1)",
     )
     shape = BCSettings()
+    p.add_argument(
+        "--vision-layers",
+        type=int,
+        default=shape.vision_layers,
+        help="transformer layers mixing each camera's patch tokens before the backbone, as a VLA's vision tower "
+        f"does (default {shape.vision_layers}: bare patch embeddings)",
+    )
     p.add_argument("--layers", type=int, default=shape.layers, help=f"backbone decoder layers (default {shape.layers})")
     p.add_argument(
         "--hidden-size", type=int, default=shape.hidden_size, help=f"backbone width (default {shape.hidden_size})"
@@ -306,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "heads",
         "kv_heads",
         "intermediate_size",
+        "vision_layers",
     )
     settings = BCSettings(**{name: getattr(a, name) for name in recipe})  # the flags' names are the fields' names
     try:
