@@ -117,14 +117,15 @@ def main() -> None:
     mean = {split: {k: np.nanmean(np.stack(v), axis=0) for k, v in by.items()} for split, by in red.items()}
     rows = []
     for size in ("teacher", *SIZES):
-        test, val = mean["test"][size], mean["val"][size]
+        test = mean["test"][size]
         row = {"size": size, "params": f"{params[size]:,}" if size in params else "–"}
         for seed, r in zip(a.seeds, red["test"][size] if size in params else [], strict=False):
             row[f"seed{seed}"] = _mean(r)
-        row["test"] = percent_ci(float(np.nanmean(test)), bootstrap_mean_ci(test[~np.isnan(test)]), unit="")
+        for split in SPLITS:
+            r = mean[split][size]
+            row[split] = percent_ci(float(np.nanmean(r)), bootstrap_mean_ci(r[~np.isnan(r)]), unit="")
         row.update({combo: _mean(test, mask) for combo, mask in combos.items()})
         row["rest"] = _mean(test, ~held_out)
-        row["val"] = percent_ci(float(np.nanmean(val)), bootstrap_mean_ci(val[~np.isnan(val)]), unit="")
         rows.append(row)
     diffs = []
     for small, large in itertools.combinations(SIZES, 2):

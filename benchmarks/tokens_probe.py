@@ -103,9 +103,11 @@ def probe(
                 images = {n: torch.from_numpy(obs[n][None]) for n, _, _ in model.config.cameras}
                 proprio = torch.from_numpy(obs["proprio"][None])
                 with torch.inference_mode():
-                    dense = model(images, enc["input_ids"], enc["attention_mask"], proprio, bos_id=tok.bos_token_id)
-                    dense = dense["actions"][0, 0].clamp(-1, 1)
                     args = (images, enc["input_ids"], enc["attention_mask"], proprio, tok.bos_token_id)
+                    # the dense query (keeping every token is bit-identical to the model), recording the
+                    # score layers' attention for the next step's query
+                    rec = _Recorder(score_layers)
+                    dense = pruned_query(model, rec, *args)[0, 0].clamp(-1, 1)
                     for k, p in pruners.items():
                         a = pruned_query(model, p, *args)
                         dist[k].setdefault(spec.name, []).append(float((a[0, 0].clamp(-1, 1) - dense).norm()))
@@ -114,10 +116,7 @@ def probe(
                             a = pruned_query(model, _Fixed(top_k(earlier[s], keep), layer), *args)
                             d = float((a[0, 0].clamp(-1, 1) - dense).norm())
                             dist[(layer, _previous(s))].setdefault(spec.name, []).append(d)
-                    if score_layers:
-                        rec = _Recorder(tuple(score_layers))
-                        pruned_query(model, rec, *args)
-                        earlier = rec.scores
+                    earlier = rec.scores
                 if previous is not None:
                     drift.setdefault(spec.name, []).append(float((dense - previous).norm()))
                 previous = dense

@@ -70,6 +70,7 @@ def test_committed_vla_results_name_the_policy_they_measured():
             "heads": 4,
             "kv_heads": 2,
             "intermediate_size": 384,
+            "vision_layers": 2,
             "bc": {"steps": 4500},
             "dagger": [{"episodes_per_task": 40}, {"episodes_per_task": 40}],
         },
@@ -116,6 +117,7 @@ def test_regenerate_command_reproduces_the_recorded_recipe(monkeypatch, record):
             bf16=settings.bf16,
             keep=settings.visual_keep,
             patch=settings.patch,
+            vision_layers=settings.vision_layers,
             shape=(
                 settings.layers,
                 settings.hidden_size,
@@ -151,6 +153,7 @@ def assert_recipe(got: dict, record: dict) -> None:
     assert got["steps"] == (record["bc"]["steps"] if rounds else record["steps"])
     assert got["bf16"] is record.get("bf16", False) and got["dagger_rounds"] == len(rounds)
     assert got["keep"] == record.get("visual_keep", 1.0) and got["patch"] == record.get("patch", 8)
+    assert got["vision_layers"] == record.get("vision_layers", 0)
     shape = ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size")
     assert got["shape"] == tuple(record.get(k, getattr(BCSettings(), k)) for k in shape)
     if rounds:

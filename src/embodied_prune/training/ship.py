@@ -29,8 +29,9 @@ def ship(sizes: list[str], out: Path, stages: tuple[str, ...] = ("sft", "grpo"),
         if "grpo" in stages:
             grpo = out / f"driving-{size}-grpo"
             print(f"[{size}] GRPO → {grpo}", flush=True)
-            settings = GRPOSettings()
-            train_grpo(grpo_init(sft), grpo, settings, overwrite=True, save_dtype=torch.bfloat16, progress=progress)
+            train_grpo(
+                grpo_init(sft), grpo, GRPOSettings(), overwrite=True, save_dtype=torch.bfloat16, progress=progress
+            )
 
 
 def grpo_init(sft: Path) -> str:
