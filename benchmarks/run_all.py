@@ -30,8 +30,10 @@ SCRIPTS = [
     "tokens_vla",
     "tokens_vla_hires",
     "tokens_vla_deep",
+    "tokens_vla_vit",
     "tokens_probe",
     "tokens_probe_deep",
+    "tokens_probe_vit",
     "gluestick_vla",
     "gluestick_driving",
 ]

@@ -48,6 +48,7 @@ def test_committed_vla_results_name_the_policy_they_measured():
         ("tokens_vla", "builtin:vla-metaworld"),
         ("tokens_vla_hires", "builtin:vla-metaworld-hires"),
         ("tokens_vla_deep", "builtin:vla-metaworld-deep"),
+        ("tokens_vla_vit", "builtin:vla-metaworld-vit"),
         ("gluestick_vla", "builtin:vla-metaworld"),
     ):
         data = json.loads((BENCH / "results" / f"{name}.json").read_text())

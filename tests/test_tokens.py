@@ -29,7 +29,7 @@ from embodied_prune.tokens.scores import (
 )
 
 
-def policy(layers: int = 4, seed: int = 0) -> tuple[TinyVLA, object]:
+def policy(layers: int = 4, seed: int = 0, vision_layers: int = 0) -> tuple[TinyVLA, object]:
     torch.manual_seed(seed)
     tok = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
     backbone = LlamaConfig(
@@ -42,7 +42,9 @@ def policy(layers: int = 4, seed: int = 0) -> tuple[TinyVLA, object]:
         tie_word_embeddings=False,
     )
     cameras = [["front", 128, 8], ["wrist", 64, 8]]  # 320 visual tokens; evaluation renders these cameras
-    config = TinyVLAConfig(backbone_config=backbone, cameras=cameras, vision_dim=32, stem_channels=8)
+    config = TinyVLAConfig(
+        backbone_config=backbone, cameras=cameras, vision_dim=32, stem_channels=8, vision_layers=vision_layers
+    )
     return TinyVLA(config).eval(), tok
 
 
@@ -211,8 +213,10 @@ def test_specprune_scores_its_rows_at_its_local_layers_only():
 # --- the pruned forward ----------------------------------------------------------------------------
 
 
-def test_no_pruning_is_bit_identical_to_the_model():
-    model, tok = policy()
+@pytest.mark.parametrize("vision_layers", [0, 2])
+def test_no_pruning_is_bit_identical_to_the_model(vision_layers):
+    """Keeping every token runs the model's own forward, vision layers (a ViT-like stem) included."""
+    model, tok = policy(vision_layers=vision_layers)
     q = one_query(model, tok)
     with torch.no_grad():
         ref = model(*q, bos_id=tok.bos_token_id)["actions"]

@@ -192,3 +192,17 @@ BUILTINS.add(
         "--dagger-rounds 0`",
     ),
 )
+BUILTINS.add(
+    "vla-metaworld-vit",
+    BuiltinModel(
+        "vla-metaworld-vit",
+        "8-pixel patches (324 visual tokens) mixed by two transformer layers per camera before the projector, as a "
+        "VLA's vision tower mixes them, into an 8-layer, 192-wide backbone: the token study's policy whose tokens "
+        "arrive mixed; behaviour-cloned (4,000 steps) on the default recipe's demonstrations and DAgger rollouts "
+        "(47.0 % over the six tasks); "
+        "regenerate with `python -m embodied_prune.training.ship_vla --work W` then "
+        "`python -m embodied_prune.training.ship_vla --data-from W --name vla-metaworld-vit --patch 8 "
+        "--vision-layers 2 --layers 8 --hidden-size 192 --heads 6 --kv-heads 2 --intermediate-size 512 "
+        "--steps 4000 --dagger-rounds 0`",
+    ),
+)
