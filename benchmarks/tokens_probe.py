@@ -214,5 +214,12 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def run_named(name: str, model: str, score_layers: str, argv: list[str]) -> None:
+    """The probe on ``model`` with the previous query's attention at ``score_layers``, one expert rollout per task
+    of up to 30 queries (a deep backbone makes every query layers × rankings pruned ones), its result named
+    ``name``; ``argv`` overrides any of it."""
+    main(["--model", model, "--episodes", "1", "--steps", "30", "--score-layers", score_layers, "--name", name, *argv])
+
+
 if __name__ == "__main__":
     main()

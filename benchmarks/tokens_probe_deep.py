@@ -15,18 +15,4 @@ import sys
 import tokens_probe
 
 if __name__ == "__main__":
-    tokens_probe.main(
-        [
-            "--model",
-            "builtin:vla-metaworld-deep",
-            "--episodes",
-            "1",
-            "--steps",
-            "30",
-            "--score-layers",
-            "6,10",
-            "--name",
-            "tokens_probe_deep",
-            *sys.argv[1:],
-        ]
-    )
+    tokens_probe.run_named("tokens_probe_deep", "builtin:vla-metaworld-deep", "6,10", sys.argv[1:])

@@ -16,18 +16,4 @@ import sys
 import tokens_probe
 
 if __name__ == "__main__":
-    tokens_probe.main(
-        [
-            "--model",
-            "builtin:vla-metaworld-vit",
-            "--episodes",
-            "1",
-            "--steps",
-            "30",
-            "--score-layers",
-            "2,4",
-            "--name",
-            "tokens_probe_vit",
-            *sys.argv[1:],
-        ]
-    )
+    tokens_probe.run_named("tokens_probe_vit", "builtin:vla-metaworld-vit", "2,4", sys.argv[1:])
