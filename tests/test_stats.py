@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from embodied_prune.evaluation.stats import bootstrap_mean_ci, paired_diff_ci, recovered_share_ci, wilson_ci
+from embodied_prune.evaluation.stats import (
+    bootstrap_mean_ci,
+    paired_diff_ci,
+    recovered_share_ci,
+    seeds_and_items_ci,
+    wilson_ci,
+)
 
 
 def test_wilson_matches_the_closed_form():
@@ -43,3 +49,34 @@ def test_recovered_share_is_the_won_back_fraction_of_the_loss():
     assert np.isnan(recovered_share_ci(dense, dense, model)[0])  # nothing lost, nothing to win back
     with pytest.raises(ValueError):
         recovered_share_ci(dense, pruned, model[:10])
+
+
+def test_seed_spread_widens_the_interval_that_item_resampling_alone_hides():
+    rng = np.random.default_rng(4)
+    items = rng.normal(0.0, 1.0, 200)  # what every seed shares: how hard each item is
+    calm = items + rng.normal(0, 0.05, (4, 200))
+    lottery = items + rng.normal(0, 0.05, (4, 200)) + np.array([[-0.6], [0.5], [-0.4], [0.7]])  # per-seed offsets
+    for x in (calm, lottery):
+        point, lo, hi = seeds_and_items_ci(x)
+        assert point == pytest.approx(x.mean()) and lo < point < hi
+    calm_w = np.subtract(*seeds_and_items_ci(calm)[2:0:-1])
+    lottery_w = np.subtract(*seeds_and_items_ci(lottery)[2:0:-1])
+    items_only = np.subtract(*bootstrap_mean_ci(lottery.mean(0))[::-1])
+    assert lottery_w > 2 * items_only and lottery_w > 2 * calm_w
+
+
+def test_seed_and_item_difference_is_paired_by_item_and_keeps_the_seed_spread():
+    rng = np.random.default_rng(5)
+    items = rng.normal(0.0, 2.0, 300)
+    small = items + rng.normal(0, 0.05, (3, 300))
+    large = items + 0.3 + rng.normal(0, 0.05, (5, 300))
+    diff, lo, hi = seeds_and_items_ci(small, large)
+    assert diff == pytest.approx(large.mean() - small.mean()) and 0.2 < lo < diff < hi < 0.4  # paired: tight
+    shaky = large + np.array([[-1.0], [1.2], [-0.8], [0.9], [-0.5]])  # same mean shift, seed lottery on top
+    assert seeds_and_items_ci(small, shaky)[1] < 0 < seeds_and_items_ci(small, shaky)[2]
+    nan_item = large.copy()
+    nan_item[:, 0] = np.nan  # an item no large seed could be scored on is left out of the means, not NaN
+    paired = seeds_and_items_ci(small, nan_item)
+    assert np.isfinite(paired).all() and paired[0] == pytest.approx((large - small.mean(0)).mean(0)[1:].mean())
+    with pytest.raises(ValueError):
+        seeds_and_items_ci(small, large[:, :10])

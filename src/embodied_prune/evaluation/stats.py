@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -28,6 +29,49 @@ def paired_diff_ci(a, b, level: float = 0.95, resamples: int = 5000, seed: int =
     d = b - a
     lo, hi = bootstrap_mean_ci(d, level, resamples, seed)
     return (float(d.mean()) if len(d) else float("nan"), lo, hi)
+
+
+def seeds_and_items_ci(
+    a, b=None, level: float = 0.95, resamples: int = 5000, seed: int = 0
+) -> tuple[float, float, float]:
+    """A mean over training seeds and items whose interval counts both sources of spread: ``a`` is a
+    (seeds × items) array of per-item scores, one row per independently trained model; NaN marks an item
+    a model could not be scored on. Without ``b``: the mean of ``a`` (each item averaged over seeds first).
+    With ``b`` (its own seeds, the same items): the difference ``mean(b) − mean(a)``, paired by item.
+
+    Two-level percentile bootstrap: each resample draws seeds with replacement (for ``a`` and ``b``
+    independently, as they are different models) and items with replacement (shared, as both answered the
+    same items). With few seeds it is somewhat narrow (the seed spread is resampled from the seeds at hand).
+    """
+    groups = [np.atleast_2d(np.asarray(x, dtype=float)) for x in ((a,) if b is None else (a, b))]
+    n_items = groups[0].shape[1]
+    if any(g.shape[1] != n_items for g in groups):
+        raise ValueError(f"both arrays need the same items (columns): {[g.shape for g in groups]}")
+
+    def score(per_item: list[np.ndarray]) -> np.ndarray:
+        # paired: an item counts where every group could be scored on it
+        return _nanmean(per_item[-1] - per_item[0] if b is not None else per_item[0], axis=-1)
+
+    def seed_mean(g: np.ndarray) -> np.ndarray:
+        return _nanmean(g, axis=-2)
+
+    point = score([seed_mean(g) for g in groups])
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0, n_items, size=(resamples, n_items))
+    per_item = []
+    for g in groups:
+        seeds = rng.integers(0, g.shape[0], size=(resamples, g.shape[0]))
+        per_item.append(np.take_along_axis(seed_mean(g[seeds]), items, axis=1))  # (resamples, items)
+    samples = score(per_item)
+    lo, hi = np.nanquantile(samples, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(point), float(lo), float(hi))
+
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    """``np.nanmean`` without its warning for an all-NaN slice (NaN there, as nanmean returns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
 
 
 def recovered_share_ci(
