@@ -6,12 +6,13 @@ is checked against the defaults), other seeds are trained here (kept under ``--o
 and saved in bfloat16 as shipping does. Every controller, and the teacher whose labels SFT imitates, answers
 the same instructions of the test split and of the val split (training phrasings and combinations: where
 SFT's own target is measured), each answer driven in ``--episodes`` traffic scenarios (the instruction's own
-first). Reported per size: each seed's test adaptability; the mean over seeds with a 95 % CI (bootstrap over
-instructions of the seed-averaged reductions) on test, on the test instructions pairing each held-out
-combination's two constraint types and on the rest, and on val; and the paired differences between every
-two sizes on both splits.
+first). Reported per size: each seed's test adaptability; the mean over seeds with a 95 % CI that resamples
+both seeds and instructions (so one seed's luck is inside it) on test and on val, and the means on the test
+instructions pairing each held-out combination's two constraint types and on the rest; the differences
+between every two sizes on both splits (paired by instruction, seeds resampled per size); and whether the
+test means rise with size.
 
-python benchmarks/driving_ladder.py [--seeds 0 1 2] [--instructions 200] [--episodes 3]
+python benchmarks/driving_ladder.py [--seeds 0 1 2 3 4 5 6 7] [--instructions 200] [--episodes 3]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from embodied_prune.envs.driving.params import format_answer
 from embodied_prune.envs.driving.scoring import ClosedLoopScorer
 from embodied_prune.evaluation.driving import evaluate_driving, score_completions
 from embodied_prune.evaluation.report import markdown_table, percent_ci
-from embodied_prune.evaluation.stats import bootstrap_mean_ci, paired_diff_ci
+from embodied_prune.evaluation.stats import seeds_and_items_ci
 from embodied_prune.models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path
 from embodied_prune.training.controller import SIZES
 from embodied_prune.training.driving import SFTSettings, train_sft
@@ -74,7 +75,7 @@ def _mean(r: np.ndarray, mask: np.ndarray | None = None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="SFT seeds (0 = the shipped ones)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="SFT seeds (0 = the shipped ones)")
     ap.add_argument("--instructions", type=int, default=200, help="instructions per split (default 200)")
     ap.add_argument("--episodes", type=int, default=3, help="traffic scenarios per instruction (default 3)")
     ap.add_argument("--out", type=Path, default=RESULTS.parent.parent / "runs" / "driving_ladder")
@@ -113,17 +114,18 @@ def main() -> None:
                         {"size": size, "seed": seed, "split": split, "model": name, **{k: d[k] for k in keys}}
                     )
                     print(f"{size} seed {seed} {split}: {100 * d['adaptability']:.1f} %", flush=True)
-    # each instruction's reductions averaged over seeds first
-    mean = {split: {k: np.nanmean(np.stack(v), axis=0) for k, v in by.items()} for split, by in red.items()}
-    rows = []
+    # (seeds × instructions) reductions per split and size; the teacher is one row
+    runs = {split: {k: np.stack(v) for k, v in by.items()} for split, by in red.items()}
+    rows, means = [], {}
     for size in ("teacher", *SIZES):
-        test = mean["test"][size]
+        test = np.nanmean(runs["test"][size], axis=0)  # each instruction's reductions averaged over seeds first
         row = {"size": size, "params": f"{params[size]:,}" if size in params else "–"}
-        for seed, r in zip(a.seeds, red["test"][size] if size in params else [], strict=False):
-            row[f"seed{seed}"] = _mean(r)
+        if size in params:
+            row["seeds"] = ", ".join(_mean(r) for r in runs["test"][size])
         for split in SPLITS:
-            r = mean[split][size]
-            row[split] = percent_ci(float(np.nanmean(r)), bootstrap_mean_ci(r[~np.isnan(r)]), unit="")
+            m, lo, hi = seeds_and_items_ci(runs[split][size])
+            row[split] = percent_ci(m, (lo, hi), unit="")
+            means.setdefault(split, {})[size] = m
         row.update({combo: _mean(test, mask) for combo, mask in combos.items()})
         row["rest"] = _mean(test, ~held_out)
         rows.append(row)
@@ -131,20 +133,23 @@ def main() -> None:
     for small, large in itertools.combinations(SIZES, 2):
         row = {"pair": f"{large} − {small}"}
         for split in SPLITS:
-            x, y = mean[split][small], mean[split][large]
-            ok = ~np.isnan(x) & ~np.isnan(y)
-            m, lo, hi = paired_diff_ci(x[ok], y[ok])
+            m, lo, hi = seeds_and_items_ci(runs[split][small], runs[split][large])
             row[split] = percent_ci(m, (lo, hi), unit="")
+            row[f"{split}_lo"], row[f"{split}_separated"] = lo, bool(lo > 0 or hi < 0)
         diffs.append(row)
-    data["differences"] = diffs
+    ladder = [means["test"][size] for size in SIZES]
+    # shown monotone: each size above the next smaller one with the difference's interval above zero
+    steps = [d for d in diffs if d["pair"] in {f"{y} − {x}" for x, y in itertools.pairwise(SIZES)}]
+    shown = all(d["test_lo"] > 0 for d in steps)
+    rises = all(x < y for x, y in itertools.pairwise(ladder))
+    data.update(differences=diffs, means=means, means_rise_on_test=rises, monotone_on_test=shown)
     data["held_out"] = {combo: mask.tolist() for combo, mask in combos.items()}
-    seed_cols = [(f"seed{s}", f"test, seed {s}" + (" (shipped)" if s == 0 else "")) for s in a.seeds]
     table = markdown_table(
         rows,
         [
             ("size", "size"),
             ("params", "params"),
-            *seed_cols,
+            ("seeds", f"test, per seed ({', '.join(map(str, a.seeds))}; 0 is shipped)"),
             ("test", "test, mean over seeds % [95 % CI]"),
             *[(combo, f"test: {combo} ({int(mask.sum())}, held out)") for combo, mask in combos.items()],
             ("rest", f"test: the rest ({int((~held_out).sum())})"),
@@ -166,10 +171,21 @@ def main() -> None:
         "pairs, joiners and prefixes; every third a constraint combination training never pairs) and of the val "
         "split (training phrasings and combinations, new instructions), one greedy answer each, driven in "
         f"{a.episodes} 15 s episodes (the instruction's own traffic first). Adaptability in %; the mean over seeds "
-        "averages each instruction's reductions over seeds first, then bootstraps over instructions (5000 "
-        "resamples); the paired differences pair those seed means by instruction. These intervals resample "
-        "instructions, not seeds: how far one seed lands from another (the per-seed columns) is not inside them.\n\n"
-        f"{table}\n\n{diff_table}\n"
+        "averages each instruction's reductions over seeds. Every interval is a two-level bootstrap (5000 "
+        "resamples) that draws seeds (per size) and instructions (shared, so differences are paired by "
+        "instruction): how far one seed lands from another is inside it.\n\n"
+        f"{table}\n\n{diff_table}\n\n"
+        f"Test means in size order: {', '.join(f'{s} {100 * m:.1f}' for s, m in zip(SIZES, ladder, strict=True))}: "
+        + (
+            "each size is better than the next smaller one, the differences' intervals above zero"
+            if shown
+            else "the means rise with size, but not beyond the differences' intervals"
+            if rises
+            else "they do **not** rise with size"
+        )
+        + "; larger − smaller separated from zero on test: "
+        + (", ".join(d["pair"] for d in diffs if d["test_separated"]) or "none")
+        + ".\n"
     )
     write_result("driving_ladder", "Driving controllers: the size ladder over SFT seeds", body, data, time.time() - t0)
 
