@@ -129,20 +129,19 @@ def main() -> None:
         row.update({combo: _mean(test, mask) for combo, mask in combos.items()})
         row["rest"] = _mean(test, ~held_out)
         rows.append(row)
-    diffs = []
+    diffs: dict[tuple[str, str], dict] = {}  # (smaller, larger) → row
     for small, large in itertools.combinations(SIZES, 2):
         row = {"pair": f"{large} − {small}"}
         for split in SPLITS:
             m, lo, hi = seeds_and_items_ci(runs[split][small], runs[split][large])
             row[split] = percent_ci(m, (lo, hi), unit="")
             row[f"{split}_lo"], row[f"{split}_separated"] = lo, bool(lo > 0 or hi < 0)
-        diffs.append(row)
+        diffs[small, large] = row
     ladder = [means["test"][size] for size in SIZES]
     # shown monotone: each size above the next smaller one with the difference's interval above zero
-    steps = [d for d in diffs if d["pair"] in {f"{y} − {x}" for x, y in itertools.pairwise(SIZES)}]
-    shown = all(d["test_lo"] > 0 for d in steps)
+    shown = all(diffs[step]["test_lo"] > 0 for step in itertools.pairwise(SIZES))
     rises = all(x < y for x, y in itertools.pairwise(ladder))
-    data.update(differences=diffs, means=means, means_rise_on_test=rises, monotone_on_test=shown)
+    data.update(differences=list(diffs.values()), means=means, means_rise_on_test=rises, monotone_on_test=shown)
     data["held_out"] = {combo: mask.tolist() for combo, mask in combos.items()}
     table = markdown_table(
         rows,
@@ -157,7 +156,7 @@ def main() -> None:
         ],
     )
     diff_table = markdown_table(
-        diffs,
+        list(diffs.values()),
         [
             ("pair", "larger − smaller"),
             ("test", "test, points, paired [95 % CI]"),
@@ -184,7 +183,7 @@ def main() -> None:
             else "they do **not** rise with size"
         )
         + "; larger − smaller separated from zero on test: "
-        + (", ".join(d["pair"] for d in diffs if d["test_separated"]) or "none")
+        + (", ".join(d["pair"] for d in diffs.values() if d["test_separated"]) or "none")
         + ".\n"
     )
     write_result("driving_ladder", "Driving controllers: the size ladder over SFT seeds", body, data, time.time() - t0)
