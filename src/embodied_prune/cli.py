@@ -184,13 +184,10 @@ def _unique_names(specs: Sequence[str]) -> list[str]:
 
 
 def cmd_models(a: argparse.Namespace) -> None:
-    from .models.builtin import ASSETS, list_builtins
+    from .models.builtin import list_builtins
 
     for m in list_builtins():
-        kind = "built on first use"
-        if m.shipped:
-            kind = "shipped" if (ASSETS / m.name / "config.json").is_file() else "not installed: regenerate it"
-        print(f"builtin:{m.name:<14} [{kind}] {m.description}")
+        print(f"builtin:{m.name:<14} [{m.status()}] {m.description}")
 
 
 def cmd_experiment(a: argparse.Namespace) -> None:

@@ -165,12 +165,18 @@ def check_checkpoint_dir(path: Path) -> None:
 
 
 def resolve_model_path(spec: str | os.PathLike) -> str:
-    """Turn ``builtin:NAME``, a local folder or a hub id into something ``from_pretrained`` takes."""
+    """Turn ``builtin:NAME``, a local folder, a GGUF file (``gguf:PATH`` or ``PATH.gguf``, converted once into a
+    cached folder) or a hub id into something ``from_pretrained`` takes."""
     spec = str(spec)
     if spec.startswith("builtin:"):
         from .builtin import builtin_path
 
         return str(builtin_path(spec.removeprefix("builtin:")))
+    from .pretrained import gguf_folder, gguf_spec_path
+
+    gguf_file = gguf_spec_path(spec)
+    if gguf_file is not None:
+        return str(gguf_folder(gguf_file))
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():

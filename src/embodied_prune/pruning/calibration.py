@@ -22,8 +22,9 @@ from ..errors import EmbodiedPruneError
 from ..models.adapters import DecoderAdapter
 
 CALIBRATION_HELP = (
-    "calibration data: 'random' (uniform random token ids), a .txt file (its text, cut into samples) "
-    "or a .jsonl file with a 'text' field per line"
+    "calibration data: 'random' (uniform random token ids), a .txt file (its text, cut into samples), "
+    "a .jsonl file with a 'text' field per line, or builtin:python-docstrings (real English text from this "
+    "Python's standard library; builtin:python-topics is the held-out text benchmarks evaluate on)"
 )
 
 
@@ -38,8 +39,9 @@ def calibration_ids(
     """Token ids of shape ``[n_samples, seq_len]`` for calibration.
 
     ``spec`` is a tensor of ids (used as is), ``"random"``/``None`` (random ids in ``[0, vocab_size)``),
-    or a path to a ``.txt`` or ``.jsonl`` (field ``text``) file, tokenised with ``tokenizer`` and cut
-    into ``n_samples`` windows of ``seq_len`` tokens taken at seeded random offsets.
+    ``builtin:NAME`` (a text of :mod:`embodied_prune.data.texts`) or a path to a ``.txt`` or ``.jsonl``
+    (field ``text``) file; text is tokenised with ``tokenizer`` and cut into ``n_samples`` windows of
+    ``seq_len`` tokens taken at seeded random offsets.
     """
     if n_samples < 1 or seq_len < 2:
         raise EmbodiedPruneError(f"calibration needs n_samples >= 1 and seq_len >= 2, got {n_samples} and {seq_len}.")
@@ -51,22 +53,42 @@ def calibration_ids(
             raise EmbodiedPruneError("random calibration needs the model's vocab_size.")
         return torch.randint(0, vocab_size, (n_samples, seq_len), generator=gen)
     path = Path(spec)
-    if not path.is_file():
-        raise EmbodiedPruneError(f"calibration file {path} does not exist; pass 'random' or a .txt/.jsonl file.")
+    if str(spec).startswith("builtin:"):
+        from ..data.texts import builtin_text
+
+        text = builtin_text(str(spec).removeprefix("builtin:"))
+    elif not path.is_file():
+        raise EmbodiedPruneError(
+            f"calibration file {path} does not exist; pass 'random', builtin:python-docstrings or a .txt/.jsonl file."
+        )
     if tokenizer is None:
         raise EmbodiedPruneError(
-            f"calibration file {path} needs a tokenizer, but the model folder has none; "
+            f"calibration text {spec} needs a tokenizer, but the model folder has none; "
             "save a tokenizer beside the model or use --calibration random."
         )
-    text = _read_text(path)
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if not str(spec).startswith("builtin:"):
+        text = _read_text(path)
+    ids = text_ids(text, tokenizer)
     if ids.numel() < seq_len + 1:
         raise EmbodiedPruneError(
-            f"calibration file {path} has {ids.numel()} tokens, fewer than --calibration-seq-len {seq_len}; "
+            f"calibration text {spec} has {ids.numel()} tokens, fewer than --calibration-seq-len {seq_len}; "
             "use a longer file or a shorter sequence length."
         )
     starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=gen)
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+
+
+def text_ids(text: str, tokenizer) -> torch.Tensor:
+    """``text`` as one long row of token ids (no special tokens), tokenised in blocks of ~100 k characters cut
+    after a blank line, so a multi-megabyte text is not one huge tokenizer call."""
+    out: list[int] = []
+    start = 0
+    while start < len(text):
+        cut = text.find("\n\n", start + 100_000)
+        end = len(text) if cut < 0 else cut + 2
+        out.extend(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+        start = end
+    return torch.tensor(out, dtype=torch.long)
 
 
 def _read_text(path: Path) -> str:
