@@ -3,11 +3,12 @@
 llm-compressor 0.14 pins transformers <= 5.17, so it lives in its own virtual environment
 (``make llmc-venv`` creates ``.venv-llmc`` with torch==2.13.0 first, then ``llmcompressor``); this
 script runs it there through ``_llmc_oneshot.py`` and compares in ours. Both sides prune every decoder
-linear of the same checkpoint at 50 % unstructured and 2:4, from the same calibration ids (corpus
-text of seed 1), sequentially layer by layer, SparseGPT with damping 0.01 and block 128. Layer error
-is ‖(W − W')X‖² / ‖WX‖² per linear layer with X the *dense* model's inputs to that layer on held-out
-text (seed 2), averaged over layers; KL is the model output's KL to dense on the same text. Wall time
-is the pruning call alone (model loading excluded), one run each.
+linear of the same checkpoint at 50 % unstructured and 2:4, from the same calibration ids (``--text corpus``:
+corpus text of seed 1; ``--text real``: ``builtin:python-docstrings``), sequentially layer by layer, SparseGPT
+with damping 0.01 and block 128. Layer error is ‖(W − W')X‖² / ‖WX‖² per linear layer with X the *dense*
+model's inputs to that layer on held-out text (corpus seed 2, or windows of ``builtin:python-topics``), averaged
+over layers; KL is the model output's KL to dense on the same text. Wall time is the pruning call alone (model
+loading excluded), one run each.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from transformers import AutoModelForCausalLM
 
 from _common import write_result
 from embodied_prune.data.corpus import instruction_corpus
+from embodied_prune.data.texts import python_topics
 from embodied_prune.evaluation.fidelity import layer_output_error, logit_fidelity
 from embodied_prune.evaluation.report import markdown_table
 from embodied_prune.models import adapter_for, builtin_path, load_model, load_tokenizer
 from embodied_prune.pruning import prune_unstructured
+from embodied_prune.pruning.calibration import calibration_ids, text_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,13 +64,24 @@ def mean_layer_error(dense, pruned, inputs: dict[str, torch.Tensor]) -> float:
     return sum(errs) / len(errs)
 
 
-def main() -> None:
+def real_ids(tok, n: int, seq_len: int, held_out: bool) -> torch.Tensor:
+    """``n`` windows of real text: evenly spaced over the held-out topics, or seeded calibration windows."""
+    if not held_out:
+        return calibration_ids("builtin:python-docstrings", n, seq_len, tokenizer=tok, seed=1)
+    ids = text_ids(python_topics(), tok)
+    step = (ids.numel() - seq_len) // n
+    return torch.stack([ids[i * step : i * step + seq_len] for i in range(n)])
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["builtin:tinylm", "builtin:qwen2-30m"])
+    ap.add_argument("--text", choices=("corpus", "real"), default="corpus", help="calibration and held-out text")
+    ap.add_argument("--name", default="llmcompressor_compare", help="results name")
     ap.add_argument("--llmc-python", default=os.environ.get("LLMC_PYTHON", str(ROOT / ".venv-llmc" / "bin" / "python")))
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=128)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if not Path(a.llmc_python).exists():
         raise SystemExit(f"no llm-compressor environment at {a.llmc_python}; run `make llmc-venv` first.")
     t0 = time.time()
@@ -76,8 +90,10 @@ def main() -> None:
     for spec in a.models:
         folder = builtin_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else Path(spec)
         tok = load_tokenizer(spec)
-        calib = corpus_ids(tok, 1, a.samples, a.seq_len)
-        heldout = corpus_ids(tok, 2, 16, a.seq_len)
+        if a.text == "real":
+            calib, heldout = real_ids(tok, a.samples, a.seq_len, False), real_ids(tok, 16, a.seq_len, True)
+        else:
+            calib, heldout = corpus_ids(tok, 1, a.samples, a.seq_len), corpus_ids(tok, 2, 16, a.seq_len)
         dense = load_model(spec)
         inputs = dense_layer_inputs(dense, heldout)
         rows = []
@@ -139,18 +155,24 @@ def main() -> None:
                 ],
             )
         )
+    text = (
+        "calibration: `builtin:python-docstrings`, held-out: 16 windows spread over `builtin:python-topics`"
+        if a.text == "real"
+        else "calibration: corpus text of seed 1, held-out: 16 sequences of corpus seed 2"
+    )
     body = (
-        "Same checkpoint, same calibration ids "
-        f"({a.samples} × {a.seq_len} tokens), same sparsity, both sequential layer by layer. llm-compressor "
+        f"Same checkpoint, same calibration ids ({text}; "
+        f"{a.samples} × {a.seq_len} tokens), same sparsity, both sequential layer by layer. llm-compressor "
         f"{versions.get('llmcompressor')} ran with transformers {versions.get('transformers')} in its own venv "
         "(it pins transformers <= 5.17), ours with the version named below. SparseGPT: damping 0.01, block 128. "
         "Layer error is ‖(W − W')X‖² / ‖WX‖² per decoder linear with X the dense model's inputs to that layer on "
-        "16 held-out sequences (corpus seed 2), averaged over layers; KL is the output's KL to dense on the same "
+        "the held-out sequences, averaged over layers; KL is the output's KL to dense on the same "
         "text; wall time is the pruning call alone (loading excluded), one run each.\n\n" + "\n\n".join(sections)
     )
-    write_result(
-        "llmcompressor_compare", "Wanda and SparseGPT: embodied-prune vs llm-compressor", body, data, time.time() - t0
-    )
+    title = "Wanda and SparseGPT: embodied-prune vs llm-compressor"
+    if a.name != "llmcompressor_compare":
+        title += f" ({', '.join(a.models)})"
+    write_result(a.name, title, body, data, time.time() - t0)
 
 
 if __name__ == "__main__":

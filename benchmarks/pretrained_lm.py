@@ -10,8 +10,9 @@ is pruned by every method of the toolkit and compared with the dense model on he
   ``builtin:python-docstrings`` (the standard library's docstrings; no paragraph shared with the topics);
 - cells: magnitude / Wanda / SparseGPT at 30, 50, 70 % and 2:4 (every decoder projection); GLUESTICK on the
   2:4 models (rank sweep; per-layer budgets, calibrated); structured 20 / 30 / 50 % (LLM-Pruner groups, L2 and
-  Taylor importance), without and with LoRA recovery (LLM-Pruner's protocol at our budget: rank 8 on every
-  projection, ``--lora-steps`` steps of 4 × 128 tokens, merged);
+  Taylor importance, and random groups as the reference), L2 and Taylor without and with LoRA recovery
+  (LLM-Pruner's protocol at our budget: rank 8 on every projection, ``--lora-steps`` steps of 4 × 128 tokens,
+  merged);
 - speed (``--speed``): greedy decode tokens/s at batch 1 and peak memory of the dense, 2:4 and structured models,
   side by side in one run (run it on an otherwise idle machine).
 
@@ -53,7 +54,9 @@ BUDGETS = (0.05, 0.15)
 STRUCTURED = ("20", "30", "50")
 IMPORTANCE = ("l2", "taylor")
 # The published picture (Wanda paper, Table 3: Llama-2-7B, WikiText-2 perplexity).
-PUBLISHED = "dense 5.12; 50 %: magnitude 14.9, SparseGPT 6.51, Wanda 6.42; 2:4: magnitude 54.6, SparseGPT 10.2, Wanda 11.0"
+PUBLISHED = (
+    "dense 5.12; 50 %: magnitude 14.9, SparseGPT 6.51, Wanda 6.42; 2:4: magnitude 54.6, SparseGPT 10.2, Wanda 11.0"
+)
 
 
 def cell_names() -> list[str]:
@@ -64,6 +67,8 @@ def cell_names() -> list[str]:
     for imp in IMPORTANCE:
         for lv in STRUCTURED:
             names += [f"structured-{imp}-{lv}", f"structured-{imp}-{lv}+lora"]
+    # random group choice: the reference LLM-Pruner measures every criterion against
+    names += [f"structured-random-{lv}" for lv in STRUCTURED]
     return names
 
 
@@ -98,7 +103,7 @@ class Bench:
             agree += int((p.argmax(-1) == q.argmax(-1)).sum())
             count += b.numel()
         tokens = self.heldout[:, 1:].numel()
-        params, nonzero, nbytes = count_parameters(model)
+        params, nonzero, _ = count_parameters(model)
         return {
             "ppl": math.exp(nll / tokens),
             "kl": kl / count,
@@ -256,7 +261,9 @@ def report(a: argparse.Namespace, cells: dict[str, dict], speed_rows: dict | Non
         "(or factor, or pruning + LoRA) call, calibration included; the cells ran while the machine did other work, "
         "so these times are indicative only.\n\n"
         f"Published picture to hold it against (Wanda paper, Llama-2-7B, WikiText perplexity): {PUBLISHED}.\n\n"
-        + table
+        f"Regenerate with `python benchmarks/pretrained_lm.py --speed` (it resumes from the kept cells in "
+        f"`benchmarks/results/pretrained_lm_cells/`; `--overwrite` starts afresh); the {len(names)} cells took "
+        f"{sum(cells[n].get('cell_s', 0) for n in names) / 60:.0f} min of compute on 2 cores in all.\n\n" + table
     )
     if speed_rows:
         srows = [
@@ -334,8 +341,11 @@ def main() -> None:
             result = bench.run_cell(name) | {"date": today(), "cell_s": time.time() - t}
             cells[name] = result
             (a.cells / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-            print(f"    ppl {result['ppl']:.2f}  kl {result['kl']:.4f}  top1 {result['top1']:.3f}  "
-                  f"({time.time() - t:.0f} s)", flush=True)
+            print(
+                f"    ppl {result['ppl']:.2f}  kl {result['kl']:.4f}  top1 {result['top1']:.3f}  "
+                f"({time.time() - t:.0f} s)",
+                flush=True,
+            )
         del bench
     speed_file = a.cells / "speed.json.keep"
     speed_rows = json.loads(speed_file.read_text()) if speed_file.is_file() else None

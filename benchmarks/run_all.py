@@ -21,7 +21,9 @@ from _common import stale_models  # noqa: E402
 SCRIPTS = [
     "structured_decode",
     "unstructured_fidelity",
+    "pretrained_lm",
     "llmcompressor_compare",
+    "llmcompressor_smollm2",
     "driving_controllers",
     "driving_ladder",
     "driving_headroom",

@@ -16,8 +16,16 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """Built-in models are built into a per-session cache, never the user's."""
-    os.environ["EMBODIED_PRUNE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    """Built-in models are built into a per-session cache, never the user's — except the pretrained
+    conversions (hundreds of MB, ~30 s to convert, deterministic and written atomically), which the session
+    cache takes from the user's cache folder so the suite converts them once per machine, not once per run."""
+    from pathlib import Path
+
+    user = Path(os.environ.get("EMBODIED_PRUNE_CACHE", Path.home() / ".cache" / "embodied_prune"))
+    (user / "pretrained").mkdir(parents=True, exist_ok=True)
+    session = tmp_path_factory.mktemp("cache")
+    (session / "pretrained").symlink_to(user / "pretrained", target_is_directory=True)
+    os.environ["EMBODIED_PRUNE_CACHE"] = str(session)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from transformers.utils import logging
 

@@ -19,7 +19,15 @@ from typing import Any
 
 from ..errors import EmbodiedPruneError
 from ..registry import Registry
-from .pretrained import DINOV2_WHEEL, SMOLLM2_WHEEL, WheelFile
+from .pretrained import (
+    DINOV2_WHEEL,
+    SMOLLM2_WHEEL,
+    WheelFile,
+    converted_path,
+    converted_path_if_built,
+    dinov2_from_onnx,
+    gguf_to_hf,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -47,8 +55,6 @@ class BuiltinModel:
     def status(self) -> str:
         """How the model is had here, for ``embodied-prune models``."""
         if self.pretrained:
-            from .pretrained import converted_path_if_built
-
             try:
                 source = self.wheel.path()
             except EmbodiedPruneError:
@@ -70,8 +76,6 @@ def builtin_path(name: str) -> Path:
     """The folder of built-in model ``name``, building it into the cache on first use."""
     entry = BUILTINS.get(name)
     if entry.pretrained:
-        from .pretrained import converted_path
-
         return converted_path(name, entry.wheel.path(), entry.convert)
     if entry.shipped:
         path = ASSETS / name
@@ -236,8 +240,6 @@ BUILTINS.add(
 
 
 def _register_pretrained() -> None:
-    from .pretrained import dinov2_from_onnx, gguf_to_hf
-
     BUILTINS.add(
         "smollm2-135m-instruct",
         BuiltinModel(

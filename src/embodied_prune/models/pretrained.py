@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import EmbodiedPruneError
 
 # Bump when a conversion's output changes, so cached folders are rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 # GGUF architectures that transformers' GGUF reader loads and that this toolkit has a decoder adapter for.
 GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -185,7 +185,9 @@ def gguf_to_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: str = "
     _copy_buffers(quantised, model)  # rotary buffers are not in the state dict: take the loaded model's
     record = {"op": "convert", "from": "gguf", "file": source.name, "sha256": file_sha256(source), "architecture": arch}
     save_model(model, out, tokenizer, [record], overwrite=True, dtype=getattr(torch, dtype))
-    _check_logits(model, out, tokenizer)
+    record["kl_to_source"] = _check_logits(quantised, out, tokenizer)
+    side = out / "embodied_prune.json"
+    side.write_text(json.dumps(json.loads(side.read_text()) | {"history": [record]}, indent=2) + "\n")
 
 
 def _copy_buffers(src, dst) -> None:
@@ -201,9 +203,10 @@ def _copy_buffers(src, dst) -> None:
 CHECK_TEXT = "The robot arm picks up the red cube and places it on the shelf."
 
 
-def _check_logits(model, folder: Path, tokenizer, tolerance: float = 0.05) -> None:
-    """The saved folder must predict what the in-memory model predicts: next-token distributions within
-    ``tolerance`` nats of KL (bf16 rounding of the weights gives ~1e-3 here) and the same greedy tokens."""
+def _check_logits(model, folder: Path, tokenizer, tolerance: float = 0.05) -> float:
+    """The saved folder must predict what ``model`` (loaded from the source file) predicts: mean per-token
+    KL of the next-token distributions within ``tolerance`` nats (bf16 rounding of the weights costs ~1e-3).
+    Returns the KL."""
     import torch
     import torch.nn.functional as F
 
@@ -219,6 +222,7 @@ def _check_logits(model, folder: Path, tokenizer, tolerance: float = 0.05) -> No
             f"the converted model in {folder} predicts differently from its source (KL {kl:.3g} nats per token); "
             "this is a bug in the conversion: report it with the source file."
         )
+    return kl
 
 
 def gguf_spec_path(spec: str) -> Path | None:
@@ -272,7 +276,7 @@ def dinov2_state_dict(onnx_path: str | os.PathLike) -> dict[str, Any]:
         if node.op_type == "MatMul" and node.name.startswith("/backbone/encoder/"):
             weight = next((i for i in node.input if i in inits), None)
             if weight is not None:
-                # /backbone/encoder/layer.3/attention/attention/query/MatMul -> encoder.layer.3.attention.attention.query
+                # /backbone/encoder/layer.3/attention/attention/query/MatMul: encoder.layer.3.attention.attention.query
                 module = node.name.removeprefix("/backbone/").removesuffix("/MatMul").replace("/", ".")
                 state[f"{module}.weight"] = inits[weight].T.copy()
         if node.name == "/backbone/embeddings/Concat_6":  # [class-token position row, interpolated patch grid]
@@ -383,7 +387,8 @@ def check_image(seed: int = 0, size: int = 224):
 
     gen = torch.Generator().manual_seed(seed)
     ramp = torch.linspace(0, 1, size)
-    rgb = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size), 0.5 * torch.ones(size, size)])
+    flat = 0.5 * torch.ones(size, size)
+    rgb = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size), flat])
     rgb = (rgb + 0.1 * torch.randn(3, size, size, generator=gen)).clamp(0, 1)
     mean, std = torch.tensor(IMAGE_MEAN)[:, None, None], torch.tensor(IMAGE_STD)[:, None, None]
     return ((rgb - mean) / std)[None]

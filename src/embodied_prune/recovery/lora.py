@@ -174,7 +174,7 @@ def lora_recover_text(model, token_ids, settings: TextLoRASettings | None = None
         loss.backward()
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     merged = peft_model.merge_and_unload().to(dtype).eval()
     tenth = max(1, len(losses) // 10)
     return merged, (sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth)
