@@ -17,14 +17,15 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Built-in models are built into a per-session cache, never the user's — except the pretrained
-    conversions (hundreds of MB, ~30 s to convert, deterministic and written atomically), which the session
-    cache takes from the user's cache folder so the suite converts them once per machine, not once per run."""
+    conversions (hundreds of MB, ~30 s to convert) and the built-in texts, deterministic and written atomically,
+    which the session cache takes from the user's cache folder so the suite builds them once per machine."""
     from pathlib import Path
 
     user = Path(os.environ.get("EMBODIED_PRUNE_CACHE", Path.home() / ".cache" / "embodied_prune"))
-    (user / "pretrained").mkdir(parents=True, exist_ok=True)
     session = tmp_path_factory.mktemp("cache")
-    (session / "pretrained").symlink_to(user / "pretrained", target_is_directory=True)
+    for shared in ("pretrained", "texts"):  # the texts: the docstrings take ~7 s to collect
+        (user / shared).mkdir(parents=True, exist_ok=True)
+        (session / shared).symlink_to(user / shared, target_is_directory=True)
     os.environ["EMBODIED_PRUNE_CACHE"] = str(session)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from transformers.utils import logging

@@ -9,6 +9,7 @@ the calibration set for Taylor importance.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -52,26 +53,27 @@ def calibration_ids(
         if vocab_size is None:
             raise EmbodiedPruneError("random calibration needs the model's vocab_size.")
         return torch.randint(0, vocab_size, (n_samples, seq_len), generator=gen)
-    path = Path(spec)
-    if str(spec).startswith("builtin:"):
-        from ..data.texts import builtin_text
+    name = str(spec)
+    if name.startswith("builtin:"):
+        from ..data.texts import TEXTS
 
-        text = builtin_text(str(spec).removeprefix("builtin:"))
-    elif not path.is_file():
+        reader = TEXTS.get(name.removeprefix("builtin:"))  # an unknown name lists the known ones
+    elif Path(name).is_file():
+        reader = functools.partial(_read_text, Path(name))
+    else:
         raise EmbodiedPruneError(
-            f"calibration file {path} does not exist; pass 'random', builtin:python-docstrings or a .txt/.jsonl file."
+            f"calibration file {name} does not exist; pass 'random', builtin:python-docstrings or a .txt/.jsonl file."
         )
     if tokenizer is None:
         raise EmbodiedPruneError(
-            f"calibration text {spec} needs a tokenizer, but the model folder has none; "
+            f"calibration text {name} needs a tokenizer, but the model folder has none; "
             "save a tokenizer beside the model or use --calibration random."
         )
-    if not str(spec).startswith("builtin:"):
-        text = _read_text(path)
+    text = reader()
     ids = text_ids(text, tokenizer)
     if ids.numel() < seq_len + 1:
         raise EmbodiedPruneError(
-            f"calibration text {spec} has {ids.numel()} tokens, fewer than --calibration-seq-len {seq_len}; "
+            f"calibration text {name} has {ids.numel()} tokens, fewer than --calibration-seq-len {seq_len}; "
             "use a longer file or a shorter sequence length."
         )
     starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=gen)
