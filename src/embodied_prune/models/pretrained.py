@@ -175,7 +175,6 @@ def gguf_to_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: str = "
     config = quantised.config
     config.quantization_config = None
     del config.quantization_config
-    config._name_or_path = ""
     with torch.device("meta"):
         model = type(quantised)(config)
     model.load_state_dict(quantised.state_dict(), assign=True)
@@ -261,6 +260,8 @@ _PREFIX = "backbone."
 
 def dinov2_state_dict(onnx_path: str | os.PathLike) -> dict[str, Any]:
     """A ``Dinov2Model`` state dict read from the ONNX graph's initialisers (numpy arrays, float32)."""
+    import numpy as np
+
     onnx = _needs("onnx", "onnx", "converting the DINOv2 weights")
     from onnx import numpy_helper
 
@@ -272,26 +273,25 @@ def dinov2_state_dict(onnx_path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     state = {k.removeprefix(_PREFIX): v for k, v in inits.items() if k.startswith(_PREFIX)}
+    position: dict[str, str] = {}
     for node in graph.node:
+        weight = next((i for i in node.input if i in inits), None)
+        if weight is None:
+            continue
         if node.op_type == "MatMul" and node.name.startswith("/backbone/encoder/"):
-            weight = next((i for i in node.input if i in inits), None)
-            if weight is not None:
-                # /backbone/encoder/layer.3/attention/attention/query/MatMul: encoder.layer.3.attention.attention.query
-                module = node.name.removeprefix("/backbone/").removesuffix("/MatMul").replace("/", ".")
-                state[f"{module}.weight"] = inits[weight].T.copy()
-        if node.name == "/backbone/embeddings/Concat_6":  # [class-token position row, interpolated patch grid]
-            cls_pos = next(i for i in node.input if i in inits)
-        if node.name == "/backbone/embeddings/Reshape_1":  # the 37 x 37 patch position table
-            grid_pos = next(i for i in node.input if i in inits)
-    try:
-        import numpy as np
-
-        state["embeddings.position_embeddings"] = np.concatenate([inits[cls_pos], inits[grid_pos]], axis=1)
-    except NameError:
+            # /backbone/encoder/layer.3/attention/attention/query/MatMul: encoder.layer.3.attention.attention.query
+            module = node.name.removeprefix("/backbone/").removesuffix("/MatMul").replace("/", ".")
+            state[f"{module}.weight"] = inits[weight].T.copy()
+        elif node.name == "/backbone/embeddings/Concat_6":  # [class-token position row, interpolated patch grid]
+            position["cls"] = weight
+        elif node.name == "/backbone/embeddings/Reshape_1":  # the 37 x 37 patch position table
+            position["grid"] = weight
+    if set(position) != {"cls", "grid"}:
         raise EmbodiedPruneError(
             f"{onnx_path} does not hold the DINOv2 backbone this converter knows (no position table); "
             f"reinstall `{DINOV2_WHEEL.install}`."
-        ) from None
+        )
+    state["embeddings.position_embeddings"] = np.concatenate([inits[position["cls"]], inits[position["grid"]]], axis=1)
     return state
 
 
