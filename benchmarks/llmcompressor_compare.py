@@ -32,7 +32,7 @@ from embodied_prune.evaluation.fidelity import layer_output_error, logit_fidelit
 from embodied_prune.evaluation.report import markdown_table
 from embodied_prune.models import adapter_for, builtin_path, load_model, load_tokenizer
 from embodied_prune.pruning import prune_unstructured
-from embodied_prune.pruning.calibration import calibration_ids, text_ids
+from embodied_prune.pruning.calibration import calibration_ids, spread_windows, text_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,9 +68,7 @@ def real_ids(tok, n: int, seq_len: int, held_out: bool) -> torch.Tensor:
     """``n`` windows of real text: evenly spaced over the held-out topics, or seeded calibration windows."""
     if not held_out:
         return calibration_ids("builtin:python-docstrings", n, seq_len, tokenizer=tok, seed=1)
-    ids = text_ids(python_topics(), tok)
-    step = (ids.numel() - seq_len) // n
-    return torch.stack([ids[i * step : i * step + seq_len] for i in range(n)])
+    return spread_windows(text_ids(python_topics(), tok), n, seq_len)
 
 
 def main(argv: list[str] | None = None) -> None:

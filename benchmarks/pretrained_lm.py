@@ -23,6 +23,7 @@ resumes where it stopped (``--overwrite`` starts afresh); pruned checkpoints go 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -39,7 +40,7 @@ from embodied_prune.data.texts import builtin_text, describe, python_topics
 from embodied_prune.evaluation.report import human_bytes, markdown_table
 from embodied_prune.models import load_tokenizer
 from embodied_prune.models.checkpoint import save_model
-from embodied_prune.pruning.calibration import text_ids
+from embodied_prune.pruning.calibration import spread_windows, text_ids
 from embodied_prune.recovery.lora import TextLoRASettings, lora_recover_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,11 +77,14 @@ class Bench:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.tok = load_tokenizer(MODEL)
-        ids = text_ids(python_topics(), self.tok)
-        step = (ids.numel() - a.eval_len) // a.eval_windows
-        self.heldout = torch.stack([ids[i * step : i * step + a.eval_len] for i in range(a.eval_windows)])
+        self.heldout = spread_windows(text_ids(python_topics(), self.tok), a.eval_windows, a.eval_len)
         self.dense = load_model(MODEL)
         self._dense_logp: list[torch.Tensor] | None = None
+
+    @functools.cached_property
+    def lora_text(self) -> torch.Tensor:
+        """The calibration text as token ids, tokenised once for every LoRA cell."""
+        return text_ids(builtin_text(CALIBRATION.removeprefix("builtin:")), self.tok)
 
     # --- measures ----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -168,9 +172,8 @@ class Bench:
             if "+lora" not in name:
                 return self.measure(load_model(out.path)) | {"wall_s": wall}
             settings = TextLoRASettings(steps=self.a.lora_steps)
-            ids = text_ids(builtin_text(CALIBRATION.removeprefix("builtin:")), self.tok)
             t = time.time()
-            merged, (first, last) = lora_recover_text(load_model(out.path), ids, settings, progress=True)
+            merged, (first, last) = lora_recover_text(load_model(out.path), self.lora_text, settings, progress=True)
             lora_wall = time.time() - t
             save_model(merged, self.path(name), self.tok, overwrite=True, dtype=torch.bfloat16)
             return self.measure(merged) | {
@@ -234,7 +237,7 @@ def report(a: argparse.Namespace, cells: dict[str, dict], speed_rows: dict | Non
                 "params": c["params"],
                 "nonzero": c["nonzero"],
                 "extra": c.get("extra"),
-                "wall_s": None if c.get("wall_s") != c.get("wall_s") else c.get("wall_s"),
+                "wall_s": None if math.isnan(c.get("wall_s", math.nan)) else c["wall_s"],  # NaN: pruned earlier
             }
         )
     table = markdown_table(

@@ -214,3 +214,15 @@ def test_builtin_calibration_text(smollm2):
     assert "def" in tok.decode(a.flatten()) or " the " in tok.decode(a.flatten())
     with pytest.raises(EmbodiedPruneError, match="unknown built-in text 'wikitext'"):
         calibration_ids("builtin:wikitext", 4, 64, tokenizer=tok)
+
+
+def test_heldout_windows_cover_the_whole_text():
+    from embodied_prune.pruning.calibration import spread_windows
+
+    ids = torch.arange(1000)
+    w = spread_windows(ids, 4, 100)
+    assert w.shape == (4, 100) and w[0, 0] == 0
+    assert [int(r[0]) for r in w] == [0, 225, 450, 675]  # one window every (1000 - 100) // 4 tokens
+    assert torch.equal(w[1], ids[225:325])
+    with pytest.raises(EmbodiedPruneError, match="no 4 windows of 2000 tokens"):
+        spread_windows(ids, 4, 2000)

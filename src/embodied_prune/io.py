@@ -12,6 +12,11 @@ from pathlib import Path
 from .errors import EmbodiedPruneError
 
 
+def cache_dir() -> Path:
+    """This toolkit's cache folder: ``$EMBODIED_PRUNE_CACHE``, default ``~/.cache/embodied_prune``."""
+    return Path(os.environ.get("EMBODIED_PRUNE_CACHE", Path.home() / ".cache" / "embodied_prune"))
+
+
 def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Validate an output folder before any work starts (fail fast, before expensive compute)."""
     out = Path(out)

@@ -49,8 +49,7 @@ def python_topics() -> str:
 def python_docstrings() -> str:
     """The standard library's docstrings, file by file in path order, minus paragraphs found in the topics
     (built in ~7 s on first use, then read from the cache folder)."""
-    from ..io import atomic_write_text
-    from ..models.builtin import cache_dir
+    from ..io import atomic_write_text, cache_dir
 
     cached = cache_dir() / "texts" / f"python-docstrings-{sys.version.split()[0]}-v{_VERSION}.txt"
     if cached.is_file():

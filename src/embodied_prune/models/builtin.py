@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import EmbodiedPruneError
+from ..io import cache_dir
 from ..registry import Registry
 from .pretrained import (
     DINOV2_WHEEL,
@@ -66,10 +66,6 @@ class BuiltinModel:
 
 
 BUILTINS: Registry[BuiltinModel] = Registry("built-in model")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EMBODIED_PRUNE_CACHE", Path.home() / ".cache" / "embodied_prune"))
 
 
 def builtin_path(name: str) -> Path:

@@ -156,7 +156,7 @@ def gguf_to_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: str = "
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .checkpoint import save_model
+    from .checkpoint import _materialise_buffers, save_model
 
     source, out = Path(source), Path(out)
     arch = gguf_architecture(source)
@@ -181,22 +181,12 @@ def gguf_to_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: str = "
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     model.eval()
-    _copy_buffers(quantised, model)  # rotary buffers are not in the state dict: take the loaded model's
+    _materialise_buffers(model, config)  # the rotary buffers are not in the state dict
     record = {"op": "convert", "from": "gguf", "file": source.name, "sha256": file_sha256(source), "architecture": arch}
     save_model(model, out, tokenizer, [record], overwrite=True, dtype=getattr(torch, dtype))
     record["kl_to_source"] = _check_logits(quantised, out, tokenizer)
     side = out / "embodied_prune.json"
     side.write_text(json.dumps(json.loads(side.read_text()) | {"history": [record]}, indent=2) + "\n")
-
-
-def _copy_buffers(src, dst) -> None:
-    """Non-persistent buffers (rotary inverse frequencies) of ``src`` into ``dst``, which was built on meta."""
-    buffers = dict(src.named_buffers())
-    for name, module in dst.named_modules():
-        for bname, buf in list(module.named_buffers(recurse=False)):
-            full = f"{name}.{bname}" if name else bname
-            if buf.is_meta and full in buffers:
-                module.register_buffer(bname, buffers[full].clone(), persistent=False)
 
 
 CHECK_TEXT = "The robot arm picks up the red cube and places it on the shelf."

@@ -93,6 +93,16 @@ def text_ids(text: str, tokenizer) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
+def spread_windows(ids: torch.Tensor, n: int, seq_len: int) -> torch.Tensor:
+    """``n`` windows of ``seq_len`` tokens, one starting every ``(len(ids) - seq_len) // n`` tokens from the first
+    (``[n, seq_len]``): held-out evaluation text spread over the document rather than its first pages (the last
+    ``1/n`` of the document is not read; the benchmarks' kept cells were measured on exactly these windows)."""
+    step = (ids.numel() - seq_len) // n
+    if n < 1 or step < 0:
+        raise EmbodiedPruneError(f"a text of {ids.numel()} tokens has no {n} windows of {seq_len} tokens.")
+    return torch.stack([ids[i * step : i * step + seq_len] for i in range(n)])
+
+
 def _read_text(path: Path) -> str:
     if path.suffix == ".jsonl":
         texts = []
