@@ -27,6 +27,7 @@ SCRIPTS = [
     "driving_controllers",
     "driving_ladder",
     "driving_headroom",
+    "robotxr1_smollm2",
     "bpf_study",
     "manipulation_vla",
     "tokens_vla",

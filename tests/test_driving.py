@@ -405,14 +405,44 @@ def test_grpo_rewards_prefer_the_answer_that_drives_better():
 
     x = Instruction("stay in the left lane", [{"type": "lane", "lane": 0}], "t", {"seed": 3, **SHORT})
     rewards = DrivingRewards(workers=1, scenarios=2)
-    closed_loop, answer_format, parses, valid_names = rewards.functions()
+    closed_loop, answer_format, parses, valid_names, decision_correct = rewards.functions()
     answers = ['<answer>{"preferred_lane": 0}</answer>', '<answer>{"preferred_lane": 2}</answer>', "lane 0 please"]
     column = [json.dumps(x.to_json())] * 3
-    r = closed_loop(None, answers, instruction=column)
+    task = ["parameters"] * 3
+    r = closed_loop(None, answers, instruction=column, task=task)
     assert r[0] > r[1] and r[0] > r[2]
-    assert answer_format(None, answers) == [1.0, 1.0, 0.0] and parses(None, answers) == [1.0, 1.0, 0.0]
-    assert valid_names(None, ['<answer>{"preferred_lane": 0, "wings": 2}</answer>']) == [0.5]
+    assert answer_format(None, answers, task=task) == [1.0, 1.0, 0.0] and parses(None, answers, task=task) == [
+        1.0
+    ] * 2 + [0.0]
+    one = ["parameters"]
+    assert valid_names(None, ['<answer>{"preferred_lane": 0, "wings": 2}</answer>'], task=one) == [0.5]
     assert len(rewards.scorer._cache) == 2 * 3  # two scenarios × (default + two parseable answers)
+    assert decision_correct(None, answers, task=task, adheres=[""] * 3) == [None] * 3
+    rewards.scorer.close()
+
+
+def test_mixed_grpo_batches_reward_each_task_only_by_its_own_functions():
+    """A batch holding both tasks: the closed-loop and format rewards skip decision prompts (None, which TRL
+    leaves out), the correctness reward skips parameter prompts and scores verdicts, a garbled one as wrong."""
+    from embodied_prune.training.driving import DrivingRewards
+
+    x = Instruction("stay in the left lane", [{"type": "lane", "lane": 0}], "t", {"seed": 3, **SHORT})
+    rewards = DrivingRewards(workers=1, scenarios=1)
+    closed_loop, answer_format, parses, valid_names, decision_correct = rewards.functions()
+    answers = [
+        '<answer>{"preferred_lane": 0}</answer>',
+        "Explanation: in the left lane 95% of the time: met.\nAdhering to Human: True",
+        "Explanation: ok.\nAdhering to Human: True",
+        "I think so",
+    ]
+    task = ["parameters", "decision", "decision", "decision"]
+    instruction = [json.dumps(x.to_json()), "", "", ""]
+    adheres = ["", "True", "False", "True"]
+    r = closed_loop(None, answers, instruction=instruction, task=task)
+    assert r[0] is not None and r[1:] == [None] * 3
+    for f in (answer_format, parses, valid_names):
+        assert f(None, answers, task=task)[1:] == [None] * 3
+    assert decision_correct(None, answers, task=task, adheres=adheres) == [None, 1.0, 0.0, 0.0]
     rewards.scorer.close()
 
 
@@ -458,8 +488,15 @@ def test_eval_cli_rejects_a_malformed_file(smoke_controllers, tmp_path, capsys):
     [
         ("train driving --stage grpo --out {out}", "--init"),
         ("train driving --stage sft --init x --out {out}", "--init is for --stage grpo"),
-        ("train driving --stage sft --anchor 1 --out {out}", "--lora are for --stage grpo"),
-        ("train driving --stage sft --lora 4 --out {out}", "--lora are for --stage grpo"),
+        ("train driving --stage sft --anchor 1 --out {out}", "--anchor are for --stage grpo"),
+        ("train driving --stage sft --lora 4 --out {out}", "--lora in SFT fine-tunes a pretrained --base"),
+        ("train driving --stage sft --decision -1 --out {out}", "number of decision examples"),
+        ("train driving --stage sft --decision-file d.jsonl --out {out}", "needs --decision N"),
+        ("train driving --stage grpo --init builtin:driving-s-sft --base x --out {out}", "--base is for --stage sft"),
+        ("train driving --stage sft --base builtin:llama-tiny --out {out}", "no tokenizer with a chat template"),
+        ("eval decision --model builtin:driving-s-sft --decisions missing.jsonl", "does not exist"),
+        ("eval decision --model builtin:driving-s-sft --instructions x.jsonl", "for eval driving"),
+        ("eval driving --model builtin:driving-s-sft --decisions x.jsonl", "for eval decision"),
         ("train driving --stage grpo --init builtin:driving-s-sft --lora -1 --out {out}", "LoRA rank"),
         ("train driving --stage grpo --init builtin:driving-s-sft --lora 4 --prune-to 0.5 --out {out}", "LoRA"),
         ("train driving --stage grpo --init builtin:driving-s-sft --anchor -1 --out {out}", "anchor_coef ≥ 0"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import pytest
 import torch
@@ -192,11 +193,15 @@ def test_killed_pruning_run_resumes_to_the_same_structure(tmp_path):
             tmp_path / "run", settings, callbacks=[callback(), KillAfterSave(3)], progress=False, checkpoint_every=3
         )
     assert (tmp_path / ".run.trainer" / "checkpoint-3" / "pruning_grads.pt").is_file()
+    shutil.copy(tmp_path / ".run.trainer" / "checkpoint-3" / "wall_clock.json", tmp_path / "killed_wall.json")
     resumed = callback()
     train_sft(tmp_path / "run", settings, callbacks=[resumed], progress=False, checkpoint_every=3, resume=True)
 
     assert resumed.plans == whole.plans and len(resumed.plans) == 2
     assert [h["step"] for h in resumed.history] == [2, 4]
+    killed_s = json.loads((tmp_path / "killed_wall.json").read_text())["wall_s"]
+    record = json.loads((tmp_path / "run" / "embodied_prune.json").read_text())["history"][-1]
+    assert record["segments"] == 2 and record["wall_s"] > killed_s  # the wall time counts both segments
     a, b = load_model(tmp_path / "whole"), load_model(tmp_path / "run")
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(p, q, atol=1e-5), name  # same data order, RNG and optimizer state after the resume

@@ -370,9 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     sp.add_argument("--json", help="write the rows to this JSON file (a list of objects)")
 
+    from .cli_driving import add_data_verb
     from .cli_driving import add_verbs as add_driving_verbs
 
     add_driving_verbs(verb)
+    add_data_verb(verb)
     from .cli_manipulation import add_verbs as add_manipulation_verbs
 
     add_manipulation_verbs(verb)

@@ -23,33 +23,71 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.demos or a.batch_size or a.bf16 or a.visual_keep is not None or a.patch is not None:
         raise EmbodiedPruneError("--demos, --batch-size, --bf16, --patch and --visual-keep are for train manipulation.")
     run = {"overwrite": a.overwrite, "progress": not a.quiet, "checkpoint_every": a.save_every, "resume": a.resume}
+    if a.decision is not None and a.decision < 0:
+        raise EmbodiedPruneError(f"--decision is a number of decision examples; got {a.decision}.")
+    if a.decision_file and not a.decision:
+        raise EmbodiedPruneError("--decision-file needs --decision N, the number of its examples to use.")
     if a.stage == "sft":
         if a.init:
-            raise EmbodiedPruneError("--init is for --stage grpo; SFT trains a fresh controller of --size.")
-        if a.beta is not None or a.anchor is not None or a.lora is not None:
-            raise EmbodiedPruneError("--beta, --anchor and --lora are for --stage grpo.")
-        given = {"epochs": a.epochs, "learning_rate": a.learning_rate, "max_steps": a.max_steps}
-        s = SFTSettings(size=a.size, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
-        from .training.controller import train_tokenizer
+            raise EmbodiedPruneError(
+                "--init is for --stage grpo; SFT trains a fresh controller of --size, or --base MODEL with LoRA."
+            )
+        if a.beta is not None or a.anchor is not None:
+            raise EmbodiedPruneError("--beta and --anchor are for --stage grpo.")
+        given = {
+            "epochs": a.epochs,
+            "learning_rate": a.learning_rate,
+            "max_steps": a.max_steps,
+            "lora_rank": a.lora,
+            "decision": a.decision,
+            "decision_file": a.decision_file,
+        }
+        given = {k: v for k, v in given.items() if v is not None}
+        if a.base:
+            s = SFTSettings.pretrained(a.base, seed=a.seed, **given)
+        else:
+            if a.lora:
+                raise EmbodiedPruneError(
+                    "--lora in SFT fine-tunes a pretrained --base; a fresh controller trains whole."
+                )
+            s = SFTSettings(size=a.size, seed=a.seed, **given)
 
-        path = train_sft(a.out, s, callbacks=_pruning(a, s.total_steps(), train_tokenizer), **run)
+        def tokenizer():
+            from .models.checkpoint import load_tokenizer
+            from .training.controller import train_tokenizer
+
+            return load_tokenizer(a.base) if a.base else train_tokenizer()
+
+        path = train_sft(a.out, s, callbacks=_pruning(a, s.total_steps(), tokenizer), **run)
     else:
         if not a.init:
             raise EmbodiedPruneError(
                 "--stage grpo needs --init, the SFT controller to start from (e.g. builtin:driving-l-sft)."
             )
+        if a.base:
+            raise EmbodiedPruneError("--base is for --stage sft; GRPO starts from --init, an SFT controller.")
         given = {
             "learning_rate": a.learning_rate,
             "steps": a.max_steps,
             "beta": a.beta,
             "anchor_coef": a.anchor,
             "lora_rank": a.lora,
+            "decision": a.decision,
+            "decision_file": a.decision_file,
         }
         given = {k: v for k, v in given.items() if v is not None}
-        # pruning during GRPO cuts the model's own weights: every weight trains (no LoRA) unless told otherwise
-        make = GRPOSettings.full_weights if a.prune_to is not None or a.lora == 0 else GRPOSettings
-        s = make(seed=a.seed, workers=a.workers, **given)
         from .models.checkpoint import load_tokenizer
+        from .training.controller import is_chat
+
+        # pruning during GRPO cuts the model's own weights: every weight trains (no LoRA) unless told otherwise;
+        # a pretrained controller (chat prompts) gets the recipe sized for it
+        if a.prune_to is not None or a.lora == 0:
+            make = GRPOSettings.full_weights
+        elif is_chat(load_tokenizer(a.init)):
+            make = GRPOSettings.pretrained
+        else:
+            make = GRPOSettings
+        s = make(seed=a.seed, workers=a.workers, **given)
 
         path = train_grpo(a.init, a.out, s, callbacks=_pruning(a, s.steps, lambda: load_tokenizer(a.init)), **run)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
@@ -93,14 +131,14 @@ def cmd_eval(a: argparse.Namespace) -> None:
         from .cli_manipulation import cmd_eval as eval_manipulation
 
         return eval_manipulation(a)
-    if a.tasks or a.blank_images or a.execute or a.token_pruner != "none" or a.keep is not None or a.alpha is not None:
-        raise EmbodiedPruneError(
-            "--tasks, --execute, --blank-images, --token-pruner, --keep and --alpha are for eval manipulation."
-        )
+    if a.task == "decision":
+        return eval_decision(a)
+    _no_manipulation_flags(a)
+    if a.decisions:
+        raise EmbodiedPruneError("--decisions is for eval decision; eval driving takes --instructions FILE.")
     a.episodes = 1 if a.episodes is None else a.episodes
     from .envs.driving.instructions import generate_split, load_instructions
     from .evaluation.driving import evaluate_driving
-    from .io import atomic_write_text
     from .models.checkpoint import load_model, load_tokenizer
 
     if a.episodes < 1:
@@ -129,12 +167,62 @@ def cmd_eval(a: argparse.Namespace) -> None:
         name=a.model,
         progress=not a.quiet,
     )
+    _report(report, "instructions", a.json)
+
+
+def _no_manipulation_flags(a: argparse.Namespace) -> None:
+    if a.tasks or a.blank_images or a.execute or a.token_pruner != "none" or a.keep is not None or a.alpha is not None:
+        raise EmbodiedPruneError(
+            "--tasks, --execute, --blank-images, --token-pruner, --keep and --alpha are for eval manipulation."
+        )
+
+
+def eval_decision(a: argparse.Namespace) -> None:
+    """``eval decision``: accuracy of adherence verdicts on a decision file or built-in split."""
+    if a.instructions or a.episodes is not None or a.seed is not None:
+        raise EmbodiedPruneError("--instructions, --episodes and --seed are for eval driving; pass --decisions FILE.")
+    _no_manipulation_flags(a)
+    if a.limit is not None and a.limit < 1:
+        raise EmbodiedPruneError(f"--limit must be at least 1, got {a.limit}.")
+    if a.decisions and a.split:
+        raise EmbodiedPruneError("pass either --decisions FILE or --split, not both.")
+    from .envs.driving.decision import builtin_decisions, load_decisions
+    from .evaluation.decision import evaluate_decision
+    from .models.checkpoint import load_model, load_tokenizer
+
+    tok = load_tokenizer(a.model)
+    if tok is None:
+        raise EmbodiedPruneError(f"{a.model} has no tokenizer files; a driving controller needs its tokenizer.")
+    if a.decisions:
+        examples = load_decisions(a.decisions)[: a.limit]
+    else:
+        examples = builtin_decisions(a.split or "test", a.limit, a.workers, progress=not a.quiet)
+    model = load_model(a.model)
+    report = evaluate_decision(model, tok, examples, name=a.model, progress=not a.quiet)
+    _report(report, "examples", a.json)
+
+
+def _report(report, count: str, json_path: str | None) -> None:
+    """Print an evaluation report, its size (``count`` names the unit) and time; write its JSON when asked."""
+    from .io import atomic_write_text
+
     print(report.markdown())
     d = report.to_dict()
-    print(f"\n{d['instructions']} instructions, {d['wall_s']:.0f} s")
-    if a.json:
-        atomic_write_text(a.json, json.dumps(d, indent=2) + "\n")
-        print(f"wrote {a.json}")
+    print(f"\n{d[count]} {count}, {d['wall_s']:.0f} s")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(d, indent=2) + "\n")
+        print(f"wrote {json_path}")
+
+
+def cmd_data(a: argparse.Namespace) -> None:
+    """``data decision``: write a built-in decision split as JSONL (the schema users' own files follow)."""
+    from .envs.driving.decision import builtin_decisions, write_decisions
+
+    if a.limit is not None and a.limit < 1:
+        raise EmbodiedPruneError(f"--limit must be at least 1, got {a.limit}.")
+    items = builtin_decisions(a.split, a.limit, a.workers, progress=not a.quiet)
+    write_decisions(items, a.out)
+    print(f"wrote {len(items)} {a.split} decision examples ({sum(x.adheres for x in items)} adhering) → {a.out}")
 
 
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
@@ -164,11 +252,31 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "  embodied-prune train driving --stage grpo --init runs/ctl-s-sft --out runs/ctl-s-grpo\n"
         "  embodied-prune train driving --stage grpo --init builtin:driving-l-sft --prune-to 0.5 --out runs/bpf-rl\n"
         "  embodied-prune train driving --stage sft --size l --prune-to 0.25 --save-every 100 --out runs/bpf-sft\n"
+        "  embodied-prune train driving --stage sft --base builtin:smollm2-135m-instruct --out runs/smol-sft\n"
         "  (killed? run the same command with --resume)" + TRAIN_HELP,
     )
     sp.add_argument("task", choices=["driving", "manipulation"], help="the task (driving or manipulation)")
     sp.add_argument("--stage", choices=STAGES, help="driving: sft or grpo")
     sp.add_argument("--size", default="l", choices=list(SIZES), help="sft: controller size (default l)")
+    sp.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="sft: fine-tune this pretrained instruct model with LoRA instead of training a fresh --size "
+        "(e.g. builtin:smollm2-135m-instruct; defaults then: 1,200 parameter + 400 decision examples once, "
+        "lr 1e-3, batch 8, LoRA rank 8)",
+    )
+    sp.add_argument(
+        "--decision",
+        type=int,
+        metavar="N",
+        help="mix N decision examples (does the behaviour adhere to the instruction?, built-in train split) "
+        "into the data: sft labels them by rule, grpo rewards a correct verdict (default 0; 400 with --base)",
+    )
+    sp.add_argument(
+        "--decision-file",
+        metavar="FILE",
+        help="draw the --decision examples from this JSONL decision file (schema: embodied-prune data --help)",
+    )
     sp.add_argument(
         "--init",
         help="grpo: the controller to start from (an SFT checkpoint or builtin:driving-*-sft); "
@@ -179,8 +287,8 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument(
         "--learning-rate",
         type=float,
-        help="learning rate (sft default 2e-3; grpo default 1e-3 for the LoRA update, "
-        "2e-4 with --lora 0 or --prune-to)",
+        help="learning rate (sft default 2e-3, 1e-3 with --base; grpo default 1e-3 for the LoRA update, "
+        "2e-4 from a pretrained controller, with --lora 0 or with --prune-to)",
     )
     sp.add_argument("--beta", type=float, help="grpo: KL coefficient to the --init controller (default 0.02)")
     sp.add_argument(
@@ -194,8 +302,9 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "--lora",
         type=int,
         metavar="RANK",
-        help="grpo: rank of the LoRA update (PEFT), merged before saving; a low-rank update forgets less of "
-        "what RL never samples (default 8; 0 = every weight trains, as pruning during GRPO needs)",
+        help="rank of the LoRA update (PEFT), merged before saving; grpo: a low-rank update forgets less of "
+        "what RL never samples (default 8; 0 = every weight trains, as pruning during GRPO needs); "
+        "sft with --base (default 8)",
     )
     sp.add_argument("--workers", type=int, default=2, help="grpo: simulator processes (default 2)")
     sp.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -243,14 +352,24 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "Instructions come from --split (built-in, generated; default test) or --instructions FILE (JSONL,\n"
         "schema in the README). With --seed, every instruction drives in --episodes traffic scenarios drawn\n"
         "from that seed; without it, the first episode uses the instruction's own scenario.\n\n"
-        "Example:\n"
-        "  embodied-prune eval driving --model builtin:driving-l-grpo --split test --json runs/eval.json" + EVAL_HELP,
+        "eval decision asks instead whether the car's behaviour in a state readout adheres to an instruction\n"
+        "(DecisionxLLM's task): accuracy against rule labels with a Wilson 95 % CI, per constraint type,\n"
+        "parse failures counted as wrong. Examples come from --split (built-in, default test, 400) or\n"
+        "--decisions FILE (JSONL; schema: embodied-prune data --help).\n\n"
+        "Examples:\n"
+        "  embodied-prune eval driving --model builtin:driving-l-grpo --split test --json runs/eval.json\n"
+        "  embodied-prune eval decision --model runs/smol-sft --split test" + EVAL_HELP,
     )
-    sp.add_argument("task", choices=["driving", "manipulation"], help="the task (driving or manipulation)")
+    sp.add_argument(
+        "task", choices=["driving", "decision", "manipulation"], help="the task (driving, decision or manipulation)"
+    )
     sp.add_argument("--model", required=True, help="the controller to evaluate")
     sp.add_argument("--instructions", metavar="FILE", help="a JSONL instruction file")
+    sp.add_argument("--decisions", metavar="FILE", help="decision: a JSONL decision file")
     sp.add_argument("--split", choices=["train", "val", "test"], help="a built-in split (default test)")
-    sp.add_argument("--limit", type=int, help="number of instructions (built-in split default 200; file: all)")
+    sp.add_argument(
+        "--limit", type=int, help="number of instructions (built-in split default 200, decision 400; file: all)"
+    )
     sp.add_argument(
         "--episodes",
         type=int,
@@ -265,3 +384,21 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
     add_eval_arguments(sp)
     sp.add_argument("--json", metavar="FILE", help="write the full result (with per-instruction rows) here")
+
+
+def add_data_verb(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``data`` (write a built-in decision split as a JSONL file)."""
+    from .envs.driving import decision
+
+    sp = verb(
+        "data",
+        cmd_data,
+        "write a built-in decision split (state readout, instruction, label) as JSONL",
+        "Drive the built-in decision split's episodes (cached after the first build) and write them as a\n"
+        "JSONL file in the schema that eval decision reads (and your own files follow).\n\n" + decision.DECISION_SCHEMA,
+    )
+    sp.add_argument("what", choices=["decision"], help="the data set (decision)")
+    sp.add_argument("--split", default="test", choices=list(decision.DECISION_SIZES), help="split (default test)")
+    sp.add_argument("--limit", type=int, help="number of examples (default: the split's size)")
+    sp.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
+    sp.add_argument("--out", required=True, help="the JSONL file to write")

@@ -19,26 +19,40 @@ MAX_NEW_TOKENS = 64
 
 
 @torch.inference_mode()
-def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 32, progress: bool = False) -> list[str]:
-    """Greedy completions of ``prompts`` (left-padded batches, stop at EOS)."""
-    from ..training.controller import prompt_text
-
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy completions of formatted ``prompts`` (left-padded batches, stop at EOS)."""
     model.eval()
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     out: list[str] = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
-        chunk = [prompt_text(p) for p in prompts[i : i + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(device)
         gen = model.generate(
             **enc,
-            max_new_tokens=MAX_NEW_TOKENS,
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return out
+
+
+def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 32, progress: bool = False) -> list[str]:
+    """Greedy parameter answers to the instruction texts ``prompts``, in the controller's prompt format."""
+    from ..training.controller import parameter_prompt
+
+    formatted = [parameter_prompt(tokenizer, p) for p in prompts]
+    return generate_completions(model, tokenizer, formatted, batch_size=batch_size, progress=progress)
 
 
 def _mean_reduction(episodes: list[InstructionScore]) -> float | None:

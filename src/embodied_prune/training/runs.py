@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -35,6 +37,28 @@ class CompactProgress(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.close()
+
+
+class WallClock(TrainerCallback):
+    """A run's training wall time across resumed segments: each trainer checkpoint records the time so far, and a
+    run resumed from that checkpoint counts on from it (a budget is then measured over the whole run)."""
+
+    FILE = "wall_clock.json"
+
+    def __init__(self, resume_from: str | os.PathLike | None = None) -> None:
+        self.prior, self.segments = 0.0, 1
+        if resume_from is not None and (Path(resume_from) / self.FILE).is_file():
+            saved = json.loads((Path(resume_from) / self.FILE).read_text())
+            self.prior, self.segments = saved["wall_s"], saved["segments"] + 1
+        self.t0 = time.time()
+
+    def elapsed(self) -> float:
+        return self.prior + time.time() - self.t0
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and state.is_world_process_zero:
+            (folder / self.FILE).write_text(json.dumps({"wall_s": self.elapsed(), "segments": self.segments}))
 
 
 def prepare_run(out: str | os.PathLike, overwrite: bool, seed: int) -> str:
