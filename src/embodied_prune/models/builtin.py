@@ -154,11 +154,11 @@ def merge_adapter(base: Path, source: Path, out: Path) -> None:
     lost to bf16 rounding), with ``base``'s tokenizer and ``source``'s side file (the training history)."""
     import shutil
 
-    from peft import PeftModel
-
     from .checkpoint import SIDE_FILE, load_model, load_tokenizer
+    from .pretrained import _needs
 
-    model = PeftModel.from_pretrained(load_model(base, with_factors=False), source / ADAPTER_DIR)
+    peft = _needs("peft", "peft", f"merging the LoRA delta of {source.name}")
+    model = peft.PeftModel.from_pretrained(load_model(base, with_factors=False), source / ADAPTER_DIR)
     model = model.merge_and_unload()
     model.save_pretrained(out)
     load_tokenizer(base).save_pretrained(out)
