@@ -143,8 +143,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     if a.episodes < 1:
         raise EmbodiedPruneError(f"--episodes must be at least 1, got {a.episodes}.")
-    if a.limit is not None and a.limit < 1:
-        raise EmbodiedPruneError(f"--limit must be at least 1, got {a.limit}.")
+    _check_limit(a)
     if a.instructions and a.split:
         raise EmbodiedPruneError("pass either --instructions FILE or --split, not both.")
     if a.instructions:
@@ -170,6 +169,11 @@ def cmd_eval(a: argparse.Namespace) -> None:
     _report(report, "instructions", a.json)
 
 
+def _check_limit(a: argparse.Namespace) -> None:
+    if a.limit is not None and a.limit < 1:
+        raise EmbodiedPruneError(f"--limit must be at least 1, got {a.limit}.")
+
+
 def _no_manipulation_flags(a: argparse.Namespace) -> None:
     if a.tasks or a.blank_images or a.execute or a.token_pruner != "none" or a.keep is not None or a.alpha is not None:
         raise EmbodiedPruneError(
@@ -182,8 +186,7 @@ def eval_decision(a: argparse.Namespace) -> None:
     if a.instructions or a.episodes is not None or a.seed is not None:
         raise EmbodiedPruneError("--instructions, --episodes and --seed are for eval driving; pass --decisions FILE.")
     _no_manipulation_flags(a)
-    if a.limit is not None and a.limit < 1:
-        raise EmbodiedPruneError(f"--limit must be at least 1, got {a.limit}.")
+    _check_limit(a)
     if a.decisions and a.split:
         raise EmbodiedPruneError("pass either --decisions FILE or --split, not both.")
     from .envs.driving.decision import builtin_decisions, load_decisions
@@ -218,8 +221,7 @@ def cmd_data(a: argparse.Namespace) -> None:
     """``data decision``: write a built-in decision split as JSONL (the schema users' own files follow)."""
     from .envs.driving.decision import builtin_decisions, write_decisions
 
-    if a.limit is not None and a.limit < 1:
-        raise EmbodiedPruneError(f"--limit must be at least 1, got {a.limit}.")
+    _check_limit(a)
     items = builtin_decisions(a.split, a.limit, a.workers, progress=not a.quiet)
     write_decisions(items, a.out)
     print(f"wrote {len(items)} {a.split} decision examples ({sum(x.adheres for x in items)} adhering) → {a.out}")

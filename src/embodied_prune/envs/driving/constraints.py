@@ -50,16 +50,18 @@ class ConstraintType:
 CONSTRAINTS: Registry[ConstraintType] = Registry("constraint type")
 
 
-def _settled(tr: Trajectory, values: np.ndarray) -> np.ndarray:
+def settled(tr: Trajectory, values: np.ndarray) -> np.ndarray:
+    """``values`` after the first ``WARMUP_S`` seconds (what the state constraints test)."""
     start = min(round(WARMUP_S / tr.dt), max(len(values) - 1, 0))
     return values[start:]
 
 
 def _speed(tr: Trajectory) -> np.ndarray:
-    return _settled(tr, tr.speed)
+    return settled(tr, tr.speed)
 
 
-def _rms(x: np.ndarray) -> float:
+def rms(x: np.ndarray) -> float:
+    """Root mean square (0 for an empty array)."""
     return float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0
 
 
@@ -70,7 +72,7 @@ def _register(name: str, fields: dict[str, type], error, satisfied) -> None:
 _register(
     "speed",
     {"target": float},
-    lambda tr, c: _rms(_speed(tr) - c["target"]) / SPEED_SCALE,
+    lambda tr, c: rms(_speed(tr) - c["target"]) / SPEED_SCALE,
     lambda tr, c: abs(float(np.mean(_speed(tr))) - c["target"]) <= 1.5,
 )
 _register(
@@ -87,34 +89,34 @@ _register(
 )
 
 
-def _share_in(tr: Trajectory, lane: int) -> float:
-    lanes = _settled(tr, tr.lane)
+def share_in(tr: Trajectory, lane: int) -> float:
+    """The share of the settled time spent in ``lane``."""
+    lanes = settled(tr, tr.lane)
     return float(np.mean(lanes == lane)) if len(lanes) else 0.0
 
 
 _register(
     "lane",
     {"lane": int},
-    lambda tr, c: 1.0 - _share_in(tr, c["lane"]),
-    lambda tr, c: 1.0 - _share_in(tr, c["lane"]) <= 0.1,
+    lambda tr, c: 1.0 - share_in(tr, c["lane"]),
+    lambda tr, c: 1.0 - share_in(tr, c["lane"]) <= 0.1,
 )
 _register(
-    "avoid_lane", {"lane": int}, lambda tr, c: _share_in(tr, c["lane"]), lambda tr, c: _share_in(tr, c["lane"]) <= 0.1
+    "avoid_lane", {"lane": int}, lambda tr, c: share_in(tr, c["lane"]), lambda tr, c: share_in(tr, c["lane"]) <= 0.1
 )
 
 
-def _headways(tr: Trajectory) -> np.ndarray:
-    h = _settled(tr, tr.headway)
+def headways(tr: Trajectory) -> np.ndarray:
+    """The settled time gaps to a car ahead (samples with none within range left out)."""
+    h = settled(tr, tr.headway)
     return h[~np.isnan(h)]
 
 
 _register(
     "headway",
     {"min_s": float},
-    lambda tr, c: (
-        float(np.mean(np.maximum(0.0, c["min_s"] - _headways(tr)))) / c["min_s"] if len(_headways(tr)) else 0.0
-    ),
-    lambda tr, c: bool(np.all(_headways(tr) >= 0.85 * c["min_s"])),
+    lambda tr, c: float(np.mean(np.maximum(0.0, c["min_s"] - headways(tr)))) / c["min_s"] if len(headways(tr)) else 0.0,
+    lambda tr, c: bool(np.all(headways(tr) >= 0.85 * c["min_s"])),
 )
 _register("no_lane_change", {}, lambda tr, c: tr.lane_changes / 2.0, lambda tr, c: tr.lane_changes == 0)
 _register(
@@ -126,8 +128,8 @@ _register(
 _register(
     "smooth",
     {"max_rms_acc": float},
-    lambda tr, c: max(0.0, _rms(tr.accel) - c["max_rms_acc"]) / c["max_rms_acc"],
-    lambda tr, c: _rms(tr.accel) <= c["max_rms_acc"],
+    lambda tr, c: max(0.0, rms(tr.accel) - c["max_rms_acc"]) / c["max_rms_acc"],
+    lambda tr, c: rms(tr.accel) <= c["max_rms_acc"],
 )
 
 

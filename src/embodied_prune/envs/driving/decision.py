@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import EmbodiedPruneError
-from .constraints import WARMUP_S, constraint_satisfied, validate_constraint
+from .constraints import constraint_satisfied, headways, rms, settled, share_in, validate_constraint
 from .instructions import LANE_NAMES, Instruction, generate_split, has_held_out_combo, teacher_params
 from .params import PARAM_SPECS, ControllerParams
 from .scenario import Trajectory
@@ -87,13 +87,9 @@ def readout_text(tr: Trajectory) -> str:
 # --- labels and their explanation ------------------------------------------------------------------------
 
 
-def _settled(tr: Trajectory, values: np.ndarray) -> np.ndarray:
-    return values[min(round(WARMUP_S / tr.dt), max(len(values) - 1, 0)) :]
-
-
 def _clause(tr: Trajectory, c: dict[str, Any]) -> str:
     """What the readout says about constraint ``c`` (the statistic its checker tests), in a few words."""
-    speed = _settled(tr, tr.speed)
+    speed = settled(tr, tr.speed)
     kind = c["type"]
     if kind == "speed":
         return f"mean speed {np.mean(speed):.1f} m/s, asked {c['target']:g}"
@@ -102,18 +98,17 @@ def _clause(tr: Trajectory, c: dict[str, Any]) -> str:
     if kind == "speed_min":
         return f"lowest speed {np.min(speed):.0f} m/s, limit {c['limit']:g}"
     if kind in ("lane", "avoid_lane"):
-        share = float(np.mean(_settled(tr, tr.lane) == c["lane"]))
-        return f"in the {LANE_NAMES[c['lane']] if c['lane'] < 3 else c['lane']} lane {share:.0%} of the time"
+        name = LANE_NAMES[c["lane"]] if c["lane"] < 3 else c["lane"]
+        return f"in the {name} lane {share_in(tr, c['lane']):.0%} of the time"
     if kind == "headway":
-        h = _settled(tr, tr.headway)
-        h = h[~np.isnan(h)]
+        h = headways(tr)
         return f"smallest time gap {np.min(h):.1f} s, asked {c['min_s']:g}" if len(h) else "no car ahead"
     if kind == "no_lane_change":
         return f"{tr.lane_changes} lane changes"
     if kind == "overtake":
         return f"overtook {tr.overtakes}, asked {c['count']}"
     if kind == "smooth":
-        return f"RMS acceleration {float(np.sqrt(np.mean(np.square(tr.accel)))):.1f} m/s², limit {c['max_rms_acc']:g}"
+        return f"RMS acceleration {rms(tr.accel):.1f} m/s², limit {c['max_rms_acc']:g}"
     raise EmbodiedPruneError(f"no readout clause for constraint type {kind!r}.")
 
 
