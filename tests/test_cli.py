@@ -161,7 +161,10 @@ def test_models_lists_builtins(capsys):
     assert code == 0 and "builtin:tinylm" in out and "builtin:llama-130m" in out
 
 
-@pytest.mark.parametrize("verb", ["prune", "recover", "bench", "models", "demo"])
+VERBS = ["prune", "recover", "bench", "train", "eval", "data", "demos", "models", "experiment", "demo"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(capsys, verb):
     with pytest.raises(SystemExit) as exit_info:
         main([verb, "--help"])
@@ -173,3 +176,36 @@ def test_console_script_exit_code(tmp_path):
     line = f"prune --model builtin:nope --method magnitude --sparsity 0.5 --out {tmp_path / 'never'}"
     proc = subprocess.run([sys.executable, "-m", "embodied_prune.cli", *line.split()], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown built-in model 'nope'" in proc.stderr
+
+
+def test_help_imports_nothing_heavy():
+    """--help of the tool and of every verb prints without importing torch or transformers (they cost 5-11 s
+    on 2 cores); a fresh interpreter, so that what other tests imported does not hide an import."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from embodied_prune.cli import main\n"
+        f"for argv in [['--help']] + [[v, '--help'] for v in {VERBS!r}]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'gymnasium', 'metaworld') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"--help imported {proc.stdout.strip()}"
+
+
+def test_cli_choices_match_the_registries():
+    """The CLI's choices (embodied_prune.choices, light on purpose) name exactly what the registries hold."""
+    from embodied_prune import choices
+    from embodied_prune.pruning.importance import CRITERIA
+    from embodied_prune.recovery.gluestick import FACTOR_DTYPES
+    from embodied_prune.schedules.sparsity import SCHEDULES
+    from embodied_prune.tokens import TOKEN_PRUNERS
+    from embodied_prune.training.controller import SIZES
+
+    assert set(choices.IMPORTANCE_CRITERIA) == set(CRITERIA.names())
+    assert set(choices.FACTOR_DTYPES) == set(FACTOR_DTYPES)
+    assert set(choices.SCHEDULES) == set(SCHEDULES.names())
+    assert set(choices.TOKEN_PRUNERS) == set(TOKEN_PRUNERS.names())
+    assert set(choices.CONTROLLER_SIZES) == set(SIZES)

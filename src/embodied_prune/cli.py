@@ -1,7 +1,7 @@
 """``embodied-prune``: one console script, one verb per task; each verb is a thin call into the library.
 
-Every model argument takes a checkpoint folder, a Hugging Face hub id or ``builtin:NAME``
-(``embodied-prune models`` lists those). Bad input ends with one line naming the problem and the fix,
+Every model argument takes a checkpoint folder, a Hugging Face hub id, ``builtin:NAME`` (``embodied-prune
+models`` lists those) or a GGUF file. Bad input ends with one line naming the problem and the fix,
 exit status 2, and nothing half-written on disk.
 """
 
@@ -221,10 +221,14 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pruning.calibration import CALIBRATION_HELP
-    from .pruning.importance import CRITERIA, TAYLOR_VARIANTS
-    from .pruning.structured import ATTENTION_MODES
-    from .recovery.gluestick import SVD_METHODS
+    from .choices import (
+        ATTENTION_MODES,
+        CALIBRATION_HELP,
+        FACTOR_DTYPES,
+        IMPORTANCE_CRITERIA,
+        SVD_METHODS,
+        TAYLOR_VARIANTS,
+    )
 
     p = _Parser(prog="embodied-prune", description=__doc__, formatter_class=_formatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -239,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb(
         "prune",
         cmd_prune,
-        "prune a causal LM (structured, magnitude, Wanda, SparseGPT, N:M)",
+        "prune a causal LM or a VLA policy's backbone (structured, magnitude, Wanda, SparseGPT, N:M)",
         "Prune the decoder layers of a causal LM and save it as a Hugging Face checkpoint.\n\n"
         "  structured  removes whole attention heads (with their KV groups) and MLP channels, LLM-Pruner\n"
         "              style: the model gets physically smaller and faster. --sparsity is the fraction of\n"
@@ -260,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--importance",
         default="l2",
-        help=f"structured: criterion ranking the groups, one of {', '.join(CRITERIA.names())} (default l2)",
+        help=f"structured: criterion ranking the groups, one of {', '.join(IMPORTANCE_CRITERIA)} (default l2)",
     )
     sp.add_argument(
         "--taylor",
@@ -313,8 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
         "where a rank buys the most per parameter (exact SVD): the largest share of its layer's output on "
         "--calibration inputs, or without them the largest singular value",
     )
-    from .recovery.gluestick import FACTOR_DTYPES
-
     sp.add_argument(
         "--factor-dtype",
         default="float32",
@@ -412,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb(
         "demo",
         cmd_demo,
-        "prune, recover and measure the built-in models end to end",
+        "prune, recover and evaluate the shipped models end to end (language model, driving, manipulation)",
         "Prunes builtin:tinylm structurally (Taylor, 50 %) and with 2:4 Wanda, recovers the 2:4 model with\n"
         "GLUESTICK at several ranks, and prints one table of parameters, output fidelity (KL to the dense\n"
         "model on held-out text) and speed; then measures decode speed of builtin:llama-130m dense vs\n"

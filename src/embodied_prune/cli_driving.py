@@ -229,16 +229,14 @@ def cmd_data(a: argparse.Namespace) -> None:
 
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``train`` and ``eval`` with the main parser's ``verb`` helper."""
+    from .choices import CONTROLLER_SIZES, IMPORTANCE_CRITERIA, SCHEDULES
     from .cli import add_output_args
     from .cli_manipulation import EVAL_HELP, TRAIN_HELP, add_eval_arguments, add_train_arguments
-    from .pruning.importance import CRITERIA
-    from .schedules.sparsity import SCHEDULES
-    from .training.controller import SIZES
 
     sp = verb(
         "train",
         cmd_train,
-        "train a driving controller LLM (SFT, then GRPO with a closed-loop reward)",
+        "train a driving controller LLM (SFT, then GRPO with a closed-loop reward) or a VLA policy (behaviour cloning)",
         "Train the LLM controller that turns driving instructions into IDM/MOBIL parameters of a\n"
         "highway-env vehicle.\n\n"
         "  --stage sft   trains a fresh controller of --size on teacher labels (TRL SFTTrainer).\n"
@@ -259,7 +257,7 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     )
     sp.add_argument("task", choices=["driving", "manipulation"], help="the task (driving or manipulation)")
     sp.add_argument("--stage", choices=STAGES, help="driving: sft or grpo")
-    sp.add_argument("--size", default="l", choices=list(SIZES), help="sft: controller size (default l)")
+    sp.add_argument("--size", default="l", choices=CONTROLLER_SIZES, help="sft: controller size (default l)")
     sp.add_argument(
         "--base",
         metavar="MODEL",
@@ -315,13 +313,11 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument(
         "--cut-every", type=int, metavar="STEPS", help="optimizer steps between cuts (default: spread over the run)"
     )
-    sp.add_argument(
-        "--schedule", default="linear", choices=SCHEDULES.names(), help="sparsity after each cut (default linear)"
-    )
+    sp.add_argument("--schedule", default="linear", choices=SCHEDULES, help="sparsity after each cut (default linear)")
     sp.add_argument(
         "--importance",
         default="taylor",
-        choices=CRITERIA.names(),
+        choices=IMPORTANCE_CRITERIA,
         help="how heads and channels are ranked: taylor (loss gradients, default) or a weight norm",
     )
     sp.add_argument(
@@ -345,14 +341,15 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp = verb(
         "eval",
         cmd_eval,
-        "evaluate a driving controller in closed loop (adaptability, constraints met, collisions)",
+        "evaluate in closed loop: a driving controller (adaptability, collisions), its adherence decisions, "
+        "or a VLA policy (success, safety)",
         "Generate parameters for each instruction (greedy), drive them in highway-env, and compare the\n"
         "task error with that of the default parameters on the same traffic. Reports control adaptability\n"
         "(mean relative error reduction, RobotxR1's definition) with a bootstrap 95 % CI, the share of\n"
         "instructions with every constraint met, collisions and parse failures. Any causal-LM checkpoint\n"
         "folder with the controller's tokenizer works, pruned ones included.\n\n"
         "Instructions come from --split (built-in, generated; default test) or --instructions FILE (JSONL,\n"
-        "schema in the README). With --seed, every instruction drives in --episodes traffic scenarios drawn\n"
+        "schema in docs/driving.md). With --seed, every instruction drives in --episodes traffic scenarios drawn\n"
         "from that seed; without it, the first episode uses the instruction's own scenario.\n\n"
         "eval decision asks instead whether the car's behaviour in a state readout adheres to an instruction\n"
         "(DecisionxLLM's task): accuracy against rule labels with a Wilson 95 % CI, per constraint type,\n"

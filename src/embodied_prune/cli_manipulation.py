@@ -184,12 +184,12 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--unnorm-key", help="manipulation: an OpenVLA checkpoint's action statistics to use (default: its only one)"
     )
-    from .tokens import TOKEN_PRUNERS
+    from .choices import TOKEN_PRUNERS
 
     sp.add_argument(
         "--token-pruner",
         default="none",
-        choices=TOKEN_PRUNERS.names(),
+        choices=TOKEN_PRUNERS,
         help="manipulation: drop visual tokens inside each policy query: specprune (SpecPrune-VLA), fastv, random, "
         "or none (default); see docs/tokens.md",
     )

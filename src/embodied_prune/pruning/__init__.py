@@ -1,6 +1,7 @@
 """Importance criteria, structured pruning, unstructured and N:M pruning, calibration."""
 
-from .calibration import CALIBRATION_HELP, LayerwiseRunner, accumulate_gradients, calibration_ids
+from ..choices import CALIBRATION_HELP
+from .calibration import LayerwiseRunner, accumulate_gradients, calibration_ids
 from .importance import CRITERIA, TAYLOR_VARIANTS, Importance, make_importance
 from .masks import check_sparsity, parse_pattern
 from .structured import (

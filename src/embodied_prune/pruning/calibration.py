@@ -22,12 +22,6 @@ from tqdm.auto import tqdm
 from ..errors import EmbodiedPruneError
 from ..models.adapters import DecoderAdapter
 
-CALIBRATION_HELP = (
-    "calibration data: 'random' (uniform random token ids), a .txt file (its text, cut into samples), "
-    "a .jsonl file with a 'text' field per line, or builtin:python-docstrings (real English text from this "
-    "Python's standard library; builtin:python-topics is the held-out text benchmarks evaluate on)"
-)
-
 
 def calibration_ids(
     spec: str | os.PathLike | torch.Tensor | None,

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..choices import TAYLOR_VARIANTS
 from ..errors import EmbodiedPruneError
 from ..registry import Registry
-
-TAYLOR_VARIANTS = ("vectorize", "param_first", "param_second", "param_mix")
 
 
 def _reduce_dim(dim: int) -> int:

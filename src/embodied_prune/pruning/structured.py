@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..choices import ATTENTION_MODES
 from ..errors import EmbodiedPruneError
 from ..models.adapters import DecoderAdapter, LayerShape, adapter_for
 from .importance import Importance, make_importance
 from .masks import check_sparsity
 from .unstructured import layer_indices
-
-ATTENTION_MODES = ("auto", "kv_group", "query_head", "none")
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..choices import SVD_METHODS
 from ..errors import EmbodiedPruneError
 
 FACTORS_FILE = "gluestick.safetensors"
-SVD_METHODS = ("exact", "randomized")
 FACTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
 ALLOCATIONS = ("energy", "output")
 

@@ -238,7 +238,7 @@ def load_instructions(path: str | os.PathLike) -> list[Instruction]:
     path = Path(path)
     if not path.is_file():
         raise EmbodiedPruneError(
-            f"instruction file {path} does not exist; pass a JSONL file (see README, 'Instruction files')."
+            f"instruction file {path} does not exist; pass a JSONL file (schema: docs/driving.md, 'Instruction files')."
         )
     out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):

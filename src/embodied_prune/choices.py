@@ -1,0 +1,24 @@
+"""The names the command line offers, kept in a module that imports nothing heavy.
+
+``embodied-prune --help`` (and every ``VERB --help``) builds the whole argument parser; if the choices came from
+the modules that implement them, printing help would import torch, transformers and PEFT (5–11 s on 2 cores).
+Plain tuples live here and the implementing modules import them; registries (criteria, schedules, token pruners,
+controller sizes) keep their own entries, and ``tests/test_cli.py`` checks that their names equal these.
+"""
+
+from __future__ import annotations
+
+IMPORTANCE_CRITERIA = ("l1", "l2", "taylor", "random")  # pruning.importance.CRITERIA
+TAYLOR_VARIANTS = ("vectorize", "param_first", "param_second", "param_mix")
+ATTENTION_MODES = ("auto", "kv_group", "query_head", "none")
+SVD_METHODS = ("exact", "randomized")
+FACTOR_DTYPES = ("float32", "bfloat16", "float16", "int8")  # recovery.gluestick.FACTOR_DTYPES
+SCHEDULES = ("linear", "constant", "cubic")  # schedules.sparsity.SCHEDULES
+CONTROLLER_SIZES = ("s", "m", "l")  # training.controller.SIZES
+TOKEN_PRUNERS = ("none", "fastv", "random", "specprune")  # tokens.TOKEN_PRUNERS
+
+CALIBRATION_HELP = (
+    "calibration data: 'random' (uniform random token ids), a .txt file (its text, cut into samples), "
+    "a .jsonl file with a 'text' field per line, or builtin:python-docstrings (real English text from this "
+    "Python's standard library; builtin:python-topics is the held-out text benchmarks evaluate on)"
+)
