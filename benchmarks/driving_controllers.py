@@ -28,7 +28,7 @@ from embodied_prune.evaluation.driving import evaluate_driving, score_completion
 from embodied_prune.evaluation.report import markdown_table, percent_ci
 from embodied_prune.evaluation.stats import paired_diff_ci
 from embodied_prune.models.checkpoint import load_model, load_tokenizer, resolve_model_path
-from embodied_prune.training.controller import SIZES
+from embodied_prune.models.ladder import SIZES
 
 
 def main() -> None:

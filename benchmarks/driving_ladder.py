@@ -39,7 +39,7 @@ from embodied_prune.evaluation.driving import evaluate_driving, score_completion
 from embodied_prune.evaluation.report import markdown_table, percent_ci
 from embodied_prune.evaluation.stats import seeds_and_items_ci
 from embodied_prune.models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path
-from embodied_prune.training.controller import SIZES
+from embodied_prune.models.ladder import SIZES
 from embodied_prune.training.driving import SFTSettings, train_sft
 
 RECIPE_KEYS = ("n_train", "epochs", "learning_rate", "batch_size", "max_steps")

@@ -55,9 +55,10 @@ def main() -> None:
         ap.error("--layers, --tokens, --rank and --repeats must be at least 1.")
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from embodied_prune.models.lowrank import attach_factors
     from embodied_prune.pruning import prune_unstructured
     from embodied_prune.pruning.semi_structured import semi_structured_unsupported, to_semi_structured
-    from embodied_prune.recovery.gluestick import attach_factors, compute_factors
+    from embodied_prune.recovery.gluestick import compute_factors
 
     reason = semi_structured_unsupported("cuda")
     if reason:

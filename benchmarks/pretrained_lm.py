@@ -41,7 +41,7 @@ from embodied_prune.evaluation.report import human_bytes, markdown_table
 from embodied_prune.models import load_tokenizer
 from embodied_prune.models.checkpoint import save_model
 from embodied_prune.pruning.calibration import spread_windows, text_ids
-from embodied_prune.recovery.lora import TextLoRASettings, lora_recover_text
+from embodied_prune.training.lora_recovery import TextLoRASettings, lora_recover_text
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "builtin:smollm2-135m-instruct"

@@ -46,7 +46,7 @@ from embodied_prune.evaluation.report import markdown_table, percent_ci
 from embodied_prune.evaluation.stats import paired_diff_ci, wilson_ci
 from embodied_prune.io import atomic_write_text
 from embodied_prune.models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path
-from embodied_prune.training.controller import SIZES
+from embodied_prune.models.ladder import SIZES
 from embodied_prune.training.driving import SFTSettings, train_sft
 
 CELLS = RESULTS / "robotxr1_cells"

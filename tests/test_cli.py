@@ -198,11 +198,11 @@ def test_help_imports_nothing_heavy():
 def test_cli_choices_match_the_registries():
     """The CLI's choices (embodied_prune.choices, light on purpose) name exactly what the registries hold."""
     from embodied_prune import choices
+    from embodied_prune.models.ladder import SIZES
+    from embodied_prune.models.lowrank import FACTOR_DTYPES
     from embodied_prune.pruning.importance import CRITERIA
-    from embodied_prune.recovery.gluestick import FACTOR_DTYPES
     from embodied_prune.schedules.sparsity import SCHEDULES
     from embodied_prune.tokens import TOKEN_PRUNERS
-    from embodied_prune.training.controller import SIZES
 
     assert set(choices.IMPORTANCE_CRITERIA) == set(CRITERIA.names())
     assert set(choices.FACTOR_DTYPES) == set(FACTOR_DTYPES)

@@ -12,6 +12,7 @@ from embodied_prune.cli import main
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.fidelity import layer_output_error
 from embodied_prune.models import build_tiny, load_model
+from embodied_prune.models.lowrank import FACTOR_DTYPES, LayerFactors
 from embodied_prune.pruning.masks import magnitude_scores, select_mask, wanda_scores
 from embodied_prune.recovery import (
     GluestickLinear,
@@ -20,7 +21,7 @@ from embodied_prune.recovery import (
     gluestick_layers,
     read_factors,
 )
-from embodied_prune.recovery.gluestick import FACTOR_DTYPES, LayerFactors, allocate_ranks, output_gains
+from embodied_prune.recovery.gluestick import allocate_ranks, output_gains
 
 
 def pruned_layer(seed=0, d_out=48, d_in=80, pattern=(2, 4)):

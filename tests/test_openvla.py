@@ -16,15 +16,13 @@ from embodied_prune.envs.manipulation.render import cameras_for
 from embodied_prune.envs.manipulation.tasks import TASKS
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.manipulation import evaluate_manipulation, run_episode
+from embodied_prune.evaluation.openvla import OpenVLAPolicy, openvla_calibration, to_metaworld
 from embodied_prune.models.adapters import adapter_for
 from embodied_prune.models.openvla import (
     OPENVLA_ADAPTER,
     PROMPT,
-    OpenVLAPolicy,
     is_openvla_folder,
     load_openvla,
-    openvla_calibration,
-    to_metaworld,
     token_cameras,
     visual_token_count,
 )

@@ -54,8 +54,8 @@ def smol_controllers(tmp_path_factory):
 
 
 def test_lora_sft_then_grpo_of_the_pretrained_controller(smol_controllers):
+    from embodied_prune.envs.driving.prompts import SYSTEM_PARAMETERS, is_chat, parameter_prompt
     from embodied_prune.models import load_model, load_tokenizer
-    from embodied_prune.training.controller import SYSTEM_PARAMETERS, is_chat, parameter_prompt
 
     sft, grpo, _ = smol_controllers
     record = json.loads((sft / "embodied_prune.json").read_text())["history"][0]

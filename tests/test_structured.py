@@ -132,7 +132,7 @@ def test_lora_recovery_on_text_lowers_the_pruned_models_loss():
     from embodied_prune.data.corpus import instruction_corpus
     from embodied_prune.models import load_tokenizer
     from embodied_prune.pruning.calibration import text_ids
-    from embodied_prune.recovery.lora import TextLoRASettings, lora_recover_text
+    from embodied_prune.training.lora_recovery import TextLoRASettings, lora_recover_text
 
     tok = load_tokenizer("builtin:tinylm")
     train = text_ids(instruction_corpus(400, seed=1), tok)

@@ -548,8 +548,8 @@ def test_ship_script_refuses_empty_dagger_rounds(tmp_path, capsys):
 def test_lora_adapters_become_factors_that_reproduce_them(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from embodied_prune.recovery.gluestick import attach_factors
-    from embodied_prune.recovery.lora import adapter_factors, rank_for_budget, target_layers
+    from embodied_prune.models.lowrank import attach_factors
+    from embodied_prune.training.lora_recovery import adapter_factors, rank_for_budget, target_layers
 
     model, tok = tiny_policy()
     ep.prune(model, "magnitude", pattern="2:4", progress=False)
@@ -576,8 +576,8 @@ def test_lora_adapters_become_factors_that_reproduce_them(tmp_path):
 
 
 def test_lora_recovery_trains_and_saves_beside_the_sparse_weights(tmp_path, demos):
-    from embodied_prune.recovery.gluestick import gluestick_layers, read_factors
-    from embodied_prune.recovery.lora import LoRASettings, lora_recover
+    from embodied_prune.models.lowrank import gluestick_layers, read_factors
+    from embodied_prune.training.lora_recovery import LoRASettings, lora_recover
 
     model, tok = tiny_policy()
     pruned = ep.prune(save_vla(model, tok, tmp_path / "dense"), "magnitude", pattern="2:4", out=tmp_path / "p")
@@ -611,15 +611,15 @@ def test_demonstrations_must_match_the_policy_cameras(tmp_path, demos):
 def test_dagger_rollouts_are_labelled_by_the_expert_and_fine_tune_the_policy(tmp_path, demos):
     import shutil
 
-    from embodied_prune.envs.manipulation.demos import CORRECTION_STREAM, generate_demos, load_demo_folders, scene_seed
+    from embodied_prune.envs.manipulation.demos import CORRECTION_STREAM, load_demo_folders, scene_seed
     from embodied_prune.envs.manipulation.env import ManipulationEnv
-    from embodied_prune.evaluation.manipulation import VLAPolicy
+    from embodied_prune.evaluation.manipulation import VLAPolicy, record_corrections
 
     model, tok = tiny_policy()
     path = save_vla(model, tok, tmp_path / "vla")
-    corr = generate_demos(tmp_path / "corr", tasks="reach", episodes=1, policy=path, workers=1, progress=False)
+    corr = record_corrections(path, tmp_path / "corr", tasks="reach", episodes=1, workers=1, progress=False)
     with pytest.raises(EmbodiedPruneError, match="take none"):
-        generate_demos(tmp_path / "noisy", tasks="reach", episodes=1, policy=path, noise=0.1, progress=False)
+        record_corrections(path, tmp_path / "noisy", tasks="reach", episodes=1, noise=0.1, progress=False)
     assert not (tmp_path / "noisy").exists()
     meta = json.loads((corr / "meta.json").read_text())
     assert meta["generator"]["policy"] == str(path)

@@ -14,11 +14,12 @@ from transformers import PreTrainedModel
 from .errors import EmbodiedPruneError
 from .io import check_output_dir
 from .models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
+from .models.lowrank import attach_factors, gluestick_layers, save_factors
 from .pruning.calibration import calibration_ids
 from .pruning.masks import check_sparsity, parse_pattern
 from .pruning.structured import prune_structured
 from .pruning.unstructured import METHODS, prune_unstructured
-from .recovery.gluestick import GluestickReport, attach_factors, compute_factors, gluestick_layers, save_factors
+from .recovery.gluestick import GluestickReport, compute_factors
 
 PRUNE_METHODS = ("structured", *METHODS.names())
 

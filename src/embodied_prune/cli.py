@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .cli_args import add_output_args
 from .errors import EmbodiedPruneError
 
 EXIT_USAGE = 2
@@ -31,12 +32,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-
-
-def add_output_args(sp: argparse.ArgumentParser) -> None:
-    """``--out`` and ``--overwrite``, shared by every verb that writes a checkpoint folder."""
-    sp.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
-    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
 def _sparsity(text: str) -> float:

@@ -76,8 +76,8 @@ def cmd_train(a: argparse.Namespace) -> None:
             "decision_file": a.decision_file,
         }
         given = {k: v for k, v in given.items() if v is not None}
+        from .envs.driving.prompts import is_chat
         from .models.checkpoint import load_tokenizer
-        from .training.controller import is_chat
 
         # pruning during GRPO cuts the model's own weights: every weight trains (no LoRA) unless told otherwise;
         # a pretrained controller (chat prompts) gets the recipe sized for it
@@ -230,7 +230,7 @@ def cmd_data(a: argparse.Namespace) -> None:
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``train`` and ``eval`` with the main parser's ``verb`` helper."""
     from .choices import CONTROLLER_SIZES, IMPORTANCE_CRITERIA, SCHEDULES
-    from .cli import add_output_args
+    from .cli_args import add_output_args
     from .cli_manipulation import EVAL_HELP, TRAIN_HELP, add_eval_arguments, add_train_arguments
 
     sp = verb(

@@ -27,18 +27,15 @@ EVAL_HELP = (
 
 def cmd_demos(a: argparse.Namespace) -> None:
     from .envs.manipulation.demos import generate_demos
+    from .evaluation.manipulation import record_corrections
 
-    out = generate_demos(
-        a.out,
-        a.tasks,
-        a.episodes,
-        a.seed,
-        overwrite=a.overwrite,
-        progress=not a.quiet,
-        workers=a.workers,
-        noise=a.noise,
-        policy=a.policy,
+    common = dict(
+        tasks=a.tasks, episodes=a.episodes, seed=a.seed, overwrite=a.overwrite, progress=not a.quiet, workers=a.workers
     )
+    if a.policy:
+        out = record_corrections(a.policy, a.out, noise=a.noise, **common)
+    else:
+        out = generate_demos(a.out, noise=a.noise, **common)
     meta = json.loads((out / "meta.json").read_text())
     steps = sum(e["length"] for e in meta["episodes"])
     if a.policy:
@@ -97,7 +94,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     token_pruner, openvla = None, None
     wants_tokens = a.token_pruner != "none" or a.keep is not None or a.alpha is not None
     if is_openvla_folder(resolve_model_path(a.model)):
-        from .models.openvla import OpenVLAPolicy, load_openvla, token_cameras, visual_token_count
+        from .evaluation.openvla import OpenVLAPolicy
+        from .models.openvla import load_openvla, token_cameras, visual_token_count
 
         openvla = {"trust_remote_code": a.trust_remote_code, "unnorm_key": a.unnorm_key}
         # fail here, once, with a clear message (not inside every worker): the code flag, the action statistics
@@ -199,7 +197,7 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
 
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``demos`` with the main parser's ``verb`` helper."""
-    from .cli import add_output_args
+    from .cli_args import add_output_args
     from .envs.manipulation.tasks import TASKS
 
     sp = verb(

@@ -129,7 +129,7 @@ def evaluate_decision(
     model, tokenizer, examples: list[DecisionExample], name: str = "model", progress: bool = True, batch_size: int = 16
 ) -> DecisionReport:
     """Ask ``model`` (greedy) whether each example's behaviour adheres, in its prompt format; score the answers."""
-    from ..training.controller import decision_prompt
+    from ..envs.driving.prompts import decision_prompt
 
     t0 = time.time()
     prompts = [decision_prompt(tokenizer, x.instruction, x.state) for x in examples]

@@ -49,7 +49,7 @@ def generate_completions(
 
 def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 32, progress: bool = False) -> list[str]:
     """Greedy parameter answers to the instruction texts ``prompts``, in the controller's prompt format."""
-    from ..training.controller import parameter_prompt
+    from ..envs.driving.prompts import parameter_prompt
 
     formatted = [parameter_prompt(tokenizer, p) for p in prompts]
     return generate_completions(model, tokenizer, formatted, batch_size=batch_size, progress=progress)

@@ -18,6 +18,7 @@ import traceback
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,54 @@ class VLAPolicy:
             self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
             self._queue.extend(np.clip(chunk.numpy(), -1.0, 1.0)[: self.execute])
         return self._queue.popleft()
+
+
+class _InstructedPolicy:
+    """A :class:`VLAPolicy` bound to one task's instruction: the actor interface of ``generate_demos``."""
+
+    def __init__(self, policy: VLAPolicy, instruction: str) -> None:
+        self.policy, self.instruction = policy, instruction
+
+    def reset(self, seed: int | None = None) -> None:
+        self.policy.reset(seed)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.policy.act(obs, self.instruction)
+
+
+@dataclass(frozen=True)
+class PolicyRollouts:
+    """The VLA policy folder ``path`` as the actor of :func:`~embodied_prune.envs.manipulation.demos.generate_demos`
+    (its rollouts, labelled by the expert: DAgger); picklable, so every pool worker loads the policy itself."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def __call__(self, env, one_thread: bool) -> _InstructedPolicy:
+        from ..models.vla import load_vla
+
+        if one_thread:  # pool workers share the cores
+            torch.set_num_threads(1)
+        return _InstructedPolicy(VLAPolicy(*load_vla(self.path)), env.instruction)
+
+
+def record_corrections(policy: str | os.PathLike, out: str | os.PathLike, cameras=None, **kwargs) -> Path:
+    """One DAgger round's data: ``policy``'s own rollouts with the expert's action as every step's label and
+    every episode kept, through the cameras the policy was trained on (``cameras``, when given, must be
+    those); ``kwargs`` go to :func:`~embodied_prune.envs.manipulation.demos.generate_demos`."""
+    from ..envs.manipulation.demos import generate_demos
+    from ..envs.manipulation.render import cameras_for
+    from ..errors import EmbodiedPruneError
+    from ..models.vla import load_vla
+
+    policy = str(policy)
+    want = cameras_for(load_vla(policy)[0].config.cameras)  # also refuses a folder that is not a VLA policy
+    if cameras is not None and tuple(cameras) != tuple(want):
+        raise EmbodiedPruneError(f"the policy {policy} sees {[c.name for c in want]}: record through its cameras.")
+    return generate_demos(out, cameras=want, actor=PolicyRollouts(policy), **kwargs)
 
 
 @dataclass
@@ -202,7 +251,8 @@ def _init_worker(
 
     wants_tokens = token_pruner is not None and token_pruner.get("name", "none") != "none"
     if is_openvla_folder(model_path):
-        from ..models.openvla import OpenVLAPolicy, image_size, load_openvla, token_cameras
+        from ..models.openvla import image_size, load_openvla, token_cameras
+        from .openvla import OpenVLAPolicy
 
         opts = openvla or {}
         model, processor = load_openvla(model_path, trust_remote_code=opts.get("trust_remote_code", False))
@@ -350,4 +400,12 @@ def evaluate_manipulation(
     return ManipulationReport(str(model_path), results, seed, time.time() - t0, blank_images, token_pruner)
 
 
-__all__ = ["EpisodeResult", "ManipulationReport", "VLAPolicy", "evaluate_manipulation", "run_episode"]
+__all__ = [
+    "EpisodeResult",
+    "ManipulationReport",
+    "PolicyRollouts",
+    "VLAPolicy",
+    "evaluate_manipulation",
+    "record_corrections",
+    "run_episode",
+]

@@ -67,8 +67,8 @@ PRUNING_KEYS = {"cuts", "schedule", "importance", "sft_share", "calibration_samp
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read, check and complete a BPF experiment config (see the module docstring)."""
+    from ..models.ladder import SIZES
     from ..pruning.masks import check_sparsity
-    from ..training.controller import SIZES
     from ..training.driving import GRPOSettings, SFTSettings
 
     p = Path(path)
@@ -273,7 +273,7 @@ def prune_after_training(dense: Path, out: Path, sparsity: float, cfg: dict) -> 
 
 def cells_of(cfg: dict) -> list[tuple[str, float | None, str | None]]:
     """(strategy, sparsity, smaller size) of every cell of one seed, in training order."""
-    from ..training.controller import SIZES
+    from ..models.ladder import SIZES
 
     out: list[tuple[str, float | None, str | None]] = [("dense", None, None)]
     if "smaller" in cfg["strategies"]:

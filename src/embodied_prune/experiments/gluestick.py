@@ -3,7 +3,7 @@
 A grid of cells, each a pruned variant (method and sparsity or N:M pattern) × a recovery (none, GLUESTICK
 at a global rank, GLUESTICK at a per-layer budget, in any factor dtype, or the trained alternative: LoRA
 adapters fitted by behaviour cloning at a rank or at the rank a budget allows, see
-:mod:`embodied_prune.recovery.lora`), plus the dense policy, all on the same episodes. Per cell: success
+:mod:`embodied_prune.training.lora_recovery`), plus the dense policy, all on the same episodes. Per cell: success
 with CIs, safety violations, extra parameters (absolute and as a share of the backbone's linear
 parameters), weight bytes, median query latency and each episode's success (so recoveries compare paired).
 Cells run in the config's order; a cell's model is built into ``models/`` when it is first needed, and every
@@ -112,7 +112,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def backbone_parameters(model) -> int:
     """Parameters of the linear layers of the backbone's decoder layers (what pruning and recovery touch)."""
-    from ..recovery.lora import target_layers
+    from ..training.lora_recovery import target_layers
 
     return sum(m.weight.numel() for m in target_layers(model).values())
 
@@ -245,7 +245,7 @@ class CellModels:
         )
         side = r_path / "embodied_prune.json"
         if not side.is_file() and _is_lora(r):
-            from ..recovery.lora import LoRASettings, lora_recover, rank_for_budget
+            from ..training.lora_recovery import LoRASettings, lora_recover, rank_for_budget
 
             demos = self._demos("lora-demos", self.cfg["lora_episodes"], self.cfg["tasks"])
             rank = r.get("lora_rank") or rank_for_budget(self.dense, r["lora_budget"])

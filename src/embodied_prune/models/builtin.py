@@ -230,7 +230,7 @@ BUILTINS.add(
 
 
 def _register_controllers() -> None:
-    from ..training.controller import SIZE_NOTES
+    from .ladder import SIZE_NOTES
 
     for size, note in SIZE_NOTES.items():
         for stage, how in (("sft", "SFT on teacher labels"), ("grpo", "SFT, then GRPO with the closed-loop reward")):

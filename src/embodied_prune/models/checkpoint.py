@@ -216,7 +216,7 @@ def load_model(
             raise EmbodiedPruneError(f"could not load model {spec!r}: {_first_line(e)}") from e
     model.eval()
     if local and with_factors:
-        from ..recovery.gluestick import FACTORS_FILE, load_factors
+        from .lowrank import FACTORS_FILE, load_factors
 
         if (Path(where) / FACTORS_FILE).is_file():
             load_factors(model, where)

@@ -1,18 +1,20 @@
-"""Recovery of pruned models: GLUESTICK low-rank corrections."""
+"""Recovery of pruned models: GLUESTICK low-rank corrections (the corrected layer lives in models.lowrank)."""
 
-from .gluestick import (
+from ..models.lowrank import (
     FACTORS_FILE,
-    SVD_METHODS,
     GluestickLinear,
-    GluestickReport,
     LayerFactors,
     attach_factors,
-    compute_factors,
-    gap_factors,
     gluestick_layers,
     load_factors,
     read_factors,
     save_factors,
+)
+from .gluestick import (
+    SVD_METHODS,
+    GluestickReport,
+    compute_factors,
+    gap_factors,
 )
 
 __all__ = [

@@ -38,13 +38,14 @@ from ..envs.driving.decision import (
 )
 from ..envs.driving.instructions import Instruction, generate_split, teacher_params
 from ..envs.driving.params import SPECS, format_answer, parse_answer
+from ..envs.driving.prompts import decision_prompt, is_chat, parameter_prompt
 from ..envs.driving.scoring import ClosedLoopScorer
 from ..errors import EmbodiedPruneError
 from ..models.adapters import LayerShape
 from ..models.builtin import ADAPTER_DIR
 from ..models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
 from ..schedules.callback import PruningCallback
-from .controller import build_controller, decision_prompt, is_chat, parameter_prompt, train_tokenizer
+from .controller import build_controller, train_tokenizer
 from .runs import WallClock, prepare_run, use_compact_progress
 
 N_TRAIN = 4000

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..models.builtin import ASSETS
-from .controller import SIZES
+from ..models.ladder import SIZES
 from .driving import GRPOSettings, SFTSettings, train_grpo, train_sft
 
 

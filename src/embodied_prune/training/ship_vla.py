@@ -40,6 +40,7 @@ import torch
 from ..envs.manipulation.demos import generate_demos
 from ..envs.manipulation.render import DEFAULT_CAMERAS
 from ..errors import EmbodiedPruneError
+from ..evaluation.manipulation import record_corrections
 from ..io import atomic_write_text
 from ..models.builtin import ASSETS
 from ..models.vla import load_vla, save_vla
@@ -195,9 +196,7 @@ def ship(
         for r in range(dagger_rounds):
 
             def rollouts(folder: Path, r: int = r, policy: Path = policy) -> dict:
-                generate_demos(
-                    folder, episodes=dagger_episodes, seed=r, progress=progress, policy=policy, overwrite=True
-                )
+                record_corrections(policy, folder, episodes=dagger_episodes, seed=r, progress=progress, overwrite=True)
                 meta = json.loads((folder / "meta.json").read_text())["episodes"]
                 return {"policy_success": sum(e["success"] for e in meta) / len(meta)}
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -95,17 +95,22 @@ def record_episode(
     return {k: np.stack(v) for k, v in rows.items()}, success
 
 
-def _policy_actor(policy: str, env: ManipulationEnv, one_thread: bool) -> tuple[Callable[[dict], np.ndarray], Any]:
-    """``obs → action`` of the VLA policy folder ``policy`` on ``env``'s task, and the policy (to reset)."""
-    import torch
+class Actor(Protocol):
+    """What drives a recorded episode instead of the expert: ``act(obs) → action``, ``reset(seed)`` per episode."""
 
-    from ...evaluation.manipulation import VLAPolicy
-    from ...models.vla import load_vla
+    def reset(self, seed: int | None = None) -> None: ...
 
-    if one_thread:  # pool workers share the cores
-        torch.set_num_threads(1)
-    vla = VLAPolicy(*load_vla(policy))
-    return (lambda obs: vla.act(obs, env.instruction)), vla
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class ActorFactory(Protocol):
+    """Makes the :class:`Actor` of one task's environment (inside a pool worker when ``one_thread``); picklable.
+    ``name`` is recorded in ``meta.json``'s ``generator.policy``. The VLA policies' factory is
+    :class:`embodied_prune.evaluation.manipulation.PolicyRollouts` (this module knows no models)."""
+
+    name: str
+
+    def __call__(self, env: ManipulationEnv, one_thread: bool) -> Actor: ...
 
 
 def _record_task(
@@ -115,13 +120,14 @@ def _record_task(
     folder: str,
     cameras: tuple[CameraSpec, ...],
     noise: float = 0.0,
-    policy: str | None = None,
+    actor: ActorFactory | None = None,
     one_thread: bool = False,
 ) -> list[dict]:
-    """Record ``episodes`` successful expert episodes of ``task`` into ``folder`` (with ``policy``: that
+    """Record ``episodes`` successful expert episodes of ``task`` into ``folder`` (with ``actor``: that
     many of its rollouts, labelled by the expert, successful or not); their meta entries."""
     env = ManipulationEnv(task, cameras=cameras)
-    act, vla = _policy_actor(policy, env, one_thread) if policy else (None, None)
+    vla = actor(env, one_thread) if actor is not None else None
+    act = vla.act if vla is not None else None
     entries: list[dict] = []
     try:
         tried = 0
@@ -154,16 +160,17 @@ def generate_demos(
     workers: int = 2,
     cameras: tuple[CameraSpec, ...] | None = None,
     noise: float = 0.0,
-    policy: str | os.PathLike | None = None,
+    actor: ActorFactory | None = None,
 ) -> Path:
     """Record ``episodes`` successful expert episodes per task into the folder ``out`` (format above),
-    seen through ``cameras`` (default: all three; for a given policy, ``render.cameras_for(policy.config.cameras)``);
-    ``noise`` > 0 perturbs the executed actions as :func:`record_episode` describes (labels stay clean).
+    seen through ``cameras`` (default: all three); ``noise`` > 0 perturbs the executed actions as
+    :func:`record_episode` describes (labels stay clean).
 
-    With ``policy`` (a VLA policy folder) the episodes are that policy's own rollouts, every step labelled
-    with the expert's action and every episode kept (``"success"`` is the policy's): one DAgger round's
-    data, seen through the policy's cameras, on scenes of their own stream (never a demonstration's or an
-    evaluation's). Train on them together with the demonstrations (``train_bc`` takes several folders).
+    With ``actor`` the episodes are its own rollouts, every step labelled with the expert's action and every
+    episode kept (``"success"`` is the actor's), on scenes of their own stream (never a demonstration's or an
+    evaluation's): with a VLA policy as the actor, one DAgger round's data
+    (:func:`embodied_prune.evaluation.manipulation.record_corrections` records them through the policy's
+    cameras). Train on them together with the demonstrations (``train_bc`` takes several folders).
 
     Tasks are recorded in parallel by ``workers`` processes; the result does not depend on their number.
     """
@@ -172,19 +179,10 @@ def generate_demos(
     if not 0.0 <= noise <= 1.0:
         raise EmbodiedPruneError(f"noise is a scale of the [-1, 1] actions and must lie in [0, 1], got {noise}.")
     specs = resolve_tasks(tasks)
-    if policy is not None and noise > 0:
+    if actor is not None and noise > 0:
         raise EmbodiedPruneError(
             "noise perturbs the expert's demonstrations; a policy's rollouts (--policy) take none."
         )
-    if policy is not None:
-        from ...models.vla import load_vla
-        from .render import cameras_for
-
-        policy = str(policy)
-        want = cameras_for(load_vla(policy)[0].config.cameras)  # also refuses a folder that is not a VLA policy
-        if cameras is not None and tuple(cameras) != tuple(want):
-            raise EmbodiedPruneError(f"the policy {policy} sees {[c.name for c in want]}: record through its cameras.")
-        cameras = want
     cameras = DEFAULT_CAMERAS if cameras is None else tuple(cameras)
     with atomic_dir(out, overwrite) as tmp:
         (tmp / "episodes").mkdir()
@@ -195,7 +193,7 @@ def generate_demos(
             ctx = mp.get_context("forkserver")
             with ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx) as pool:
                 futures = {
-                    pool.submit(_record_task, s.name, episodes, seed, folder, cameras, noise, policy, True): s.name
+                    pool.submit(_record_task, s.name, episodes, seed, folder, cameras, noise, actor, True): s.name
                     for s in specs
                 }
                 for f in as_completed(futures):
@@ -203,7 +201,7 @@ def generate_demos(
                     bar.update()
         else:
             for s in specs:
-                by_task[s.name] = _record_task(s.name, episodes, seed, folder, cameras, noise, policy)
+                by_task[s.name] = _record_task(s.name, episodes, seed, folder, cameras, noise, actor)
                 bar.update()
         bar.close()
         meta = {
@@ -218,7 +216,7 @@ def generate_demos(
                 "episodes_per_task": episodes,
                 "noise": noise,
                 "noise_rho": NOISE_RHO,
-                "policy": policy,
+                "policy": actor.name if actor is not None else None,
             },
             "episodes": [e for s in specs for e in by_task[s.name]],
         }

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import EmbodiedPruneError
-from .gluestick import GluestickLinear, LayerFactors, save_factors
+from ..models.lowrank import GluestickLinear, LayerFactors, save_factors
 
 
 @dataclass
@@ -82,8 +82,8 @@ def lora_recover(
     from ..envs.manipulation.demos import check_cameras, load_demos
     from ..models.checkpoint import read_side_file, resolve_model_path, save_model, stored_dtype
     from ..models.vla import load_vla
-    from ..training.manipulation import DemoSteps, fit
-    from ..training.runs import prepare_run
+    from .manipulation import DemoSteps, fit
+    from .runs import prepare_run
 
     s = settings or LoRASettings()
     if s.rank < 1 or s.steps < 1:
