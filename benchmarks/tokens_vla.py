@@ -9,6 +9,11 @@ python benchmarks/tokens_vla.py [--config configs/tokens_vla.yaml] [--out runs/b
 
 ``--name`` is the result's name under benchmarks/results/ (``benchmarks/tokens_vla_hires.py`` and
 ``benchmarks/tokens_vla_deep.py`` run this script on the 324-token policies through :func:`run_named`).
+
+``--record`` then writes the study's best SpecPrune variant into the shipped policy's side file
+(``src/embodied_prune/assets/NAME/embodied_prune.json``, key ``token_pruning``), the working point that
+``eval manipulation --token-pruner specprune`` runs by default; ``--record-only`` does that from the result already
+in benchmarks/results/ without running anything.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, write_result
-from embodied_prune.experiments.tokens import run_tokens_experiment, tokens_report
+from embodied_prune.experiments.tokens import run_tokens_experiment, tokens_report, working_point
+from embodied_prune.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-tokens"))
     ap.add_argument("--name", default="tokens_vla", help="result name under benchmarks/results/ (default tokens_vla)")
     ap.add_argument("--resume", action="store_true", help="keep variants finished by an earlier run")
+    ap.add_argument("--record", action="store_true", help="write the best SpecPrune variant into the shipped policy")
+    ap.add_argument("--record-only", action="store_true", help="only --record, from benchmarks/results/NAME.json")
     a = ap.parse_args(argv)
+    if a.record_only:
+        record(json.loads((RESULTS / f"{a.name}.json").read_text()))
+        return
     t0 = time.time()
     started = dt.datetime.now(dt.timezone.utc)
     out = run_tokens_experiment(a.config, a.out, overwrite=not a.resume)
@@ -106,6 +117,23 @@ def main(argv: list[str] | None = None) -> None:
         time.time() - t0,
         models=(cfg["model"],),
     )
+    if a.record:
+        record(summary)
+
+
+def record(summary: dict) -> None:
+    """Write ``summary``'s SpecPrune working point into its shipped policy's side file (``token_pruning``)."""
+    model = summary["config"]["model"]
+    if not model.startswith("builtin:"):
+        raise SystemExit(f"--record writes a shipped policy's side file; {model} is not a builtin: policy.")
+    side = ROOT / "src" / "embodied_prune" / "assets" / model.removeprefix("builtin:") / "embodied_prune.json"
+    point = working_point(summary)
+    if point is None:
+        raise SystemExit(f"the study of {model} has no SpecPrune variant at the config's budget to record.")
+    record = json.loads(side.read_text())
+    record["token_pruning"] = {"pruners": {"specprune": point["options"]}, "study": point["study"]}
+    atomic_write_text(side, json.dumps(record, indent=2) + "\n")
+    print(f"{model}: specprune {point['options']} ({point['study']}) → {side}")
 
 
 def run_named(name: str, out: str, argv: list[str]) -> None:

@@ -408,6 +408,80 @@ def test_token_pruner_errors_are_one_line(saved_policy, capsys, args, message):
     assert rc != 0 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_pruner_options_take_the_recorded_point_unless_a_knob_is_given():
+    from embodied_prune.tokens import pruner_options
+
+    point = {"prune_layer": 2, "local_layers": [2], "score_rows": "action", "layer_dynamic": [3]}
+    assert pruner_options("specprune", {"specprune": point}) == (point, "recorded")
+    assert pruner_options("specprune", None) == ({}, "defaults")
+    assert pruner_options("fastv", {"specprune": point}) == ({}, "defaults")  # nothing recorded for fastv
+    # any knob starts from the published defaults, not from a mix with the recorded point
+    got = pruner_options("specprune", {"specprune": point}, prune_layer=1, score_layers=[0, 1], score_rows=None)
+    assert got == ({"prune_layer": 1, "local_layers": [0, 1]}, "given")
+    fastv = pruner_options("fastv", None, prune_layer=2, score_rows="action")
+    assert fastv == ({"layer": 2, "rows": "action"}, "given")
+    with pytest.raises(EmbodiedPruneError, match="fastv token pruner has no --drop-layers"):
+        pruner_options("fastv", None, drop_layers=[3])
+    with pytest.raises(EmbodiedPruneError, match="need a --token-pruner"):
+        pruner_options("none", None, prune_layer=1)
+
+
+def test_eval_runs_a_policys_recorded_working_point(saved_policy, tmp_path, capsys):
+    policy_dir = tmp_path / "p"
+    shutil.copytree(saved_policy, policy_dir)
+    side = policy_dir / "embodied_prune.json"
+    point = {"prune_layer": 2, "local_layers": [2], "score_rows": "action", "layer_dynamic": [3]}
+    side.write_text(json.dumps(json.loads(side.read_text()) | {"token_pruning": {"pruners": {"specprune": point}}}))
+
+    def run(*extra: str) -> dict:
+        out = tmp_path / "r.json"
+        args = ("--workers", "1", "--token-pruner", "specprune", "--keep", "96", "--json", str(out), "-q", *extra)
+        base = ["eval", "manipulation", "--model", str(policy_dir), "--tasks", "reach", "--episodes", "1"]
+        assert cli_main([*base, *args]) == 0
+        return json.loads(out.read_text())
+
+    assert run()["token_pruner"]["options"] == point
+    assert "recorded working point" in capsys.readouterr().out
+    assert run("--prune-layer", "1")["token_pruner"]["options"] == {"prune_layer": 1}
+    assert "recorded working point" not in capsys.readouterr().out
+    wrong = ["--token-pruner", "random", "--score-layers", "1"]
+    rc = cli_main(["eval", "manipulation", "--model", str(policy_dir), *wrong])
+    err = capsys.readouterr().err
+    assert rc != 0 and "random token pruner has no --score-layers" in err and len(err.strip().splitlines()) == 1
+
+
+def test_working_point_is_the_best_specprune_cell_at_the_configs_budget():
+    from embodied_prune.experiments.tokens import working_point
+
+    cell = {"success_rate": 0.5, "ci95": [0.4, 0.6], "date": "2026-12-01T00:00:00"}
+    summary = {
+        "config": {
+            "episodes": 50,
+            "seed": 0,
+            "alpha": 0.3,
+            "variants": [
+                {"name": "dense", "pruner": "none"},
+                {"name": "sp1", "pruner": "specprune", "options": {"prune_layer": 1}},
+                {"name": "sp2", "pruner": "specprune", "options": {"prune_layer": 2}},
+                {"name": "sp3", "pruner": "specprune", "keep": 10, "options": {"prune_layer": 3}},
+                {"name": "fastv", "pruner": "fastv", "match": "sp1"},
+            ],
+        },
+        "variants": {
+            "dense": cell | {"success_rate": 0.9},
+            "sp1": cell | {"success_rate": 0.6},
+            "sp2": cell | {"success_rate": 0.7},
+            "sp3": cell | {"success_rate": 0.95},  # another budget than the command line's: not a candidate
+            "fastv": cell | {"success_rate": 0.99},
+        },
+        "side_by_side_latency_ms": {"dense": 20.0, "sp1": 10.0, "sp2": 16.0, "sp3": 5.0, "fastv": 9.0},
+    }
+    point = working_point(summary)
+    assert point["options"] == {"prune_layer": 2}
+    assert "'sp2'" in point["study"] and "70.0 %" in point["study"] and "1.25x" in point["study"]
+    assert working_point(summary, "random") is None
+
+
 def test_specprune_options_are_checked():
     from embodied_prune.tokens import build_token_pruner
 

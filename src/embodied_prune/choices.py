@@ -16,6 +16,10 @@ FACTOR_DTYPES = ("float32", "bfloat16", "float16", "int8")  # models.lowrank.FAC
 SCHEDULES = ("linear", "constant", "cubic")  # schedules.sparsity.SCHEDULES
 CONTROLLER_SIZES = ("s", "m", "l")  # models.ladder.SIZES
 TOKEN_PRUNERS = ("none", "fastv", "random", "specprune")  # tokens.TOKEN_PRUNERS
+# rows whose attention can rank the visual tokens (tokens.forward.QueryState.scores): the instruction
+# (SpecPrune-VLA's rows), the action queries (the tokens an OFT-style policy decodes its actions from) or both
+# (FastV's rows)
+SCORE_ROWS = ("instruction", "action", "after_visual")
 
 CALIBRATION_HELP = (
     "calibration data: 'random' (uniform random token ids), a .txt file (its text, cut into samples), "

@@ -175,9 +175,11 @@ def _check_limit(a: argparse.Namespace) -> None:
 
 
 def _no_manipulation_flags(a: argparse.Namespace) -> None:
-    if a.tasks or a.blank_images or a.execute or a.token_pruner != "none" or a.keep is not None or a.alpha is not None:
+    knobs = (a.keep, a.alpha, a.prune_layer, a.score_layers, a.score_rows, a.drop_layers)
+    if a.tasks or a.blank_images or a.execute or a.token_pruner != "none" or any(k is not None for k in knobs):
         raise EmbodiedPruneError(
-            "--tasks, --execute, --blank-images, --token-pruner, --keep and --alpha are for eval manipulation."
+            "--tasks, --execute, --blank-images and the token-pruning options (--token-pruner, --keep, --alpha, "
+            "--prune-layer, --score-layers, --score-rows, --drop-layers) are for eval manipulation."
         )
 
 

@@ -87,12 +87,16 @@ def cmd_eval(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError(f"--episodes must be at least 1, got {episodes}.")
     if a.workers < 1:
         raise EmbodiedPruneError(f"--workers must be at least 1, got {a.workers}.")
-    from .models.checkpoint import resolve_model_path
+    from .models.checkpoint import read_side_file, resolve_model_path
     from .models.openvla import is_openvla_folder
     from .models.vla import load_vla
+    from .tokens import pruner_options
 
     token_pruner, openvla = None, None
     wants_tokens = a.token_pruner != "none" or a.keep is not None or a.alpha is not None
+    recorded = read_side_file(resolve_model_path(a.model)).get("token_pruning") or {}
+    knobs = dict(prune_layer=a.prune_layer, score_layers=a.score_layers, score_rows=a.score_rows)
+    options, source = pruner_options(a.token_pruner, recorded.get("pruners"), drop_layers=a.drop_layers, **knobs)
     if is_openvla_folder(resolve_model_path(a.model)):
         from .evaluation.openvla import OpenVLAPolicy
         from .models.openvla import load_openvla, token_cameras, visual_token_count
@@ -112,7 +116,13 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
         if a.token_pruner == "none":
             raise EmbodiedPruneError("--keep and --alpha set a token pruner's budget: add --token-pruner NAME.")
-        token_pruner = {"name": a.token_pruner, "keep": a.keep, "alpha": a.alpha}
+        token_pruner = {"name": a.token_pruner, "keep": a.keep, "alpha": a.alpha, "options": options}
+        if source == "recorded":
+            print(
+                f"{a.token_pruner} at this policy's recorded working point {json.dumps(options)} "
+                f"({recorded.get('study', 'its token study')}); --prune-layer, --score-layers, --score-rows or "
+                "--drop-layers run another"
+            )
         # checks the name, the camera grid and the budget against this policy's visual tokens before any worker starts
         build_token_pruner(**token_pruner, cameras=cameras).budget(visual_total)
     del model
@@ -182,17 +192,51 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--unnorm-key", help="manipulation: an OpenVLA checkpoint's action statistics to use (default: its only one)"
     )
-    from .choices import TOKEN_PRUNERS
+    from .choices import SCORE_ROWS, TOKEN_PRUNERS
 
     sp.add_argument(
         "--token-pruner",
         default="none",
         choices=TOKEN_PRUNERS,
         help="manipulation: drop visual tokens inside each policy query: specprune (SpecPrune-VLA), fastv, random, "
-        "or none (default); see docs/tokens.md",
+        "or none (default); a shipped policy runs each at the working point its token study found (recorded in its "
+        "side file, printed) unless a knob below is given; see docs/tokens.md",
     )
     sp.add_argument("--keep", type=int, help="manipulation: visual tokens a token pruner keeps (default: 30 %%)")
     sp.add_argument("--alpha", type=float, help="manipulation: kept fraction of visual tokens, in (0, 1] (or --keep)")
+    sp.add_argument(
+        "--prune-layer",
+        type=int,
+        metavar="L",
+        help="manipulation: decoder layer before which visual tokens leave (specprune prune_layer, fastv/random layer; "
+        "published default 0 for specprune, 1 for fastv)",
+    )
+    sp.add_argument(
+        "--score-layers",
+        type=_layers,
+        metavar="L[,L...]",
+        help="manipulation, specprune: layers whose attention scores the current query's tokens (default: every "
+        "layer up to --prune-layer)",
+    )
+    sp.add_argument(
+        "--score-rows",
+        choices=SCORE_ROWS,
+        help="manipulation: whose attention ranks the tokens: instruction (specprune default), action, or "
+        "after_visual (fastv default)",
+    )
+    sp.add_argument(
+        "--drop-layers",
+        type=_layers,
+        metavar="L[,L...]",
+        help="manipulation, specprune: layers that drop 10 %% more of the kept tokens (default 2)",
+    )
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers, e.g. 1,2") from None
 
 
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:

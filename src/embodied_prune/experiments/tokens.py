@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EmbodiedPruneError
+from ..evaluation.report import percent_ci
 from ..io import atomic_write_text
 from .common import figure, model_fingerprint, open_run_folder, read_config, save_figure, slug, violations_cell
 
@@ -167,6 +168,31 @@ def run_tokens_experiment(config: str | os.PathLike, out: str | os.PathLike, ove
     atomic_write_text(out / "report.md", tokens_report(summary))
     plot_tokens(summary, out / "speedup_vs_success.png")
     return out
+
+
+def working_point(summary: dict, pruner: str = "specprune") -> dict | None:
+    """The ``pruner`` variant of a token study's ``summary`` with the highest success, as a policy records it in its
+    side file's ``token_pruning`` (``eval manipulation --token-pruner`` then runs it by default): its options, and a
+    line naming its success with CI, dense's and the side-by-side speed-up. Only variants at the config's budget
+    (``alpha`` / ``keep``, no ``match``) qualify, since that budget is what the command line reproduces. None when the
+    study has no such variant."""
+    cfg, variants, lat = summary["config"], summary["variants"], summary["side_by_side_latency_ms"]
+    rows = [
+        v for v in cfg["variants"] if v["pruner"] == pruner and not v.get("match") and v.get("keep") is None
+        and v.get("alpha") is None and v["name"] in variants
+    ]
+    if not rows:
+        return None
+    best = max(rows, key=lambda v: variants[v["name"]]["success_rate"])
+    d, dense = variants[best["name"]], variants.get("dense")
+    budget = f"alpha {cfg['alpha']}" if cfg.get("alpha") is not None else f"keep {cfg.get('keep')}"
+    line = (
+        f"token study ({cfg['episodes']} episodes per task, seed {cfg['seed']}, {budget}; {d.get('date', '?')[:10]}): "
+        f"variant {best['name']!r}, success {percent_ci(d['success_rate'], d['ci95'])}"
+    )
+    if dense is not None:
+        line += f" vs dense {100 * dense['success_rate']:.1f} %, {lat['dense'] / lat[best['name']]:.2f}x query speed"
+    return {"options": dict(best.get("options") or {}), "study": line}
 
 
 def tokens_report(summary: dict) -> str:

@@ -5,7 +5,16 @@ between layers; the pruners are registered in ``TOKEN_PRUNERS``. See docs/tokens
 """
 
 from .forward import QueryState, QueryStats, pruned_query
-from .pruners import TOKEN_PRUNERS, FastV, RandomDrop, SpecPrune, SpecPruneSettings, TokenPruner, build_token_pruner
+from .pruners import (
+    TOKEN_PRUNERS,
+    FastV,
+    RandomDrop,
+    SpecPrune,
+    SpecPruneSettings,
+    TokenPruner,
+    build_token_pruner,
+    pruner_options,
+)
 
 __all__ = [
     "TOKEN_PRUNERS",
@@ -18,4 +27,5 @@ __all__ = [
     "TokenPruner",
     "build_token_pruner",
     "pruned_query",
+    "pruner_options",
 ]

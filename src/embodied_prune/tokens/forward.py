@@ -15,11 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.masking_utils import create_causal_mask
 
+from ..choices import SCORE_ROWS
 from .scores import row_attention, visual_scores
-
-# rows whose attention can rank the visual tokens (QueryState.scores): the instruction (SpecPrune-VLA's rows),
-# the action queries (the tokens an OFT-style policy decodes its actions from) or both (FastV's rows)
-SCORE_ROWS = ("instruction", "action", "after_visual")
 
 
 def _is_visual(positions: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:

@@ -358,6 +358,46 @@ def build_token_pruner(
         raise EmbodiedPruneError(f"token pruner {name!r} does not take these options {sorted(options)}: {e}.") from None
 
 
+# Each pruner's command-line knobs as its option names: --prune-layer, --score-layers, --score-rows, --drop-layers.
+_KNOBS = {
+    "specprune": {
+        "prune_layer": "prune_layer",
+        "score_layers": "local_layers",
+        "score_rows": "score_rows",
+        "drop_layers": "layer_dynamic",
+    },
+    "fastv": {"prune_layer": "layer", "score_rows": "rows"},
+    "random": {"prune_layer": "layer"},
+}
+
+
+def pruner_options(name: str, recorded: dict | None = None, **given) -> tuple[dict, str]:
+    """The options of token pruner ``name`` and where they came from (``"recorded"``, ``"given"`` or
+    ``"defaults"``). ``recorded`` is a policy's working points (its side file's ``token_pruning``: pruner name →
+    options, as the token study found them); ``given`` are the command line's knobs (``prune_layer``,
+    ``score_layers``, ``score_rows``, ``drop_layers``; None = not given). Any knob given starts from the pruner's
+    published defaults rather than the recorded point, whose fields depend on one another (scoring layers must
+    run before the pruning layer), so a run is either the study's cell or exactly what was asked."""
+    knobs = _KNOBS.get(name, {})
+    asked = {k: v for k, v in given.items() if v is not None}
+    if name == "none":
+        if asked:
+            raise EmbodiedPruneError(f"{', '.join('--' + k.replace('_', '-') for k in asked)} need a --token-pruner.")
+        return {}, "defaults"
+    wrong = sorted(set(asked) - set(knobs))
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        takes = ", ".join("--" + k.replace("_", "-") for k in knobs) or "none of them"
+        raise EmbodiedPruneError(f"the {name} token pruner has no {flags}; it takes {takes}.")
+    if asked:
+        options = {}
+        for k, v in asked.items():
+            options[knobs[k]] = list(v) if isinstance(v, (list, tuple)) else v
+        return options, "given"
+    point = dict((recorded or {}).get(name) or {})
+    return point, "recorded" if point else "defaults"
+
+
 __all__ = [
     "DEFAULT_ALPHA",
     "TOKEN_PRUNERS",
@@ -367,5 +407,6 @@ __all__ = [
     "SpecPruneSettings",
     "TokenPruner",
     "build_token_pruner",
+    "pruner_options",
     "resolve_budget",
 ]
