@@ -189,3 +189,19 @@ def test_bad_inputs_get_clear_errors(tmp_path):
         resolve_tasks("reach,fly")
     with pytest.raises(EmbodiedPruneError, match=r"no meta\.json"):
         load_demos(tmp_path)
+
+
+def test_calibration_frames_keep_evenly_spaced_steps_and_the_builtin_set_loads(tmp_path, demos):
+    from embodied_prune.envs.manipulation.demos import BUILTIN_FRAMES, calibration_frames
+
+    full = load_demos(demos)
+    out = calibration_frames(demos, tmp_path / "frames", per_episode=3, note="test")
+    small = load_demos(out)
+    n = full.meta["episodes"][0]["length"]
+    steps = np.unique(np.linspace(0, n - 1, 3).round().astype(int))
+    assert small.meta["episodes"][0]["length"] == len(steps) == 3
+    assert np.array_equal(small.episodes[0]["front"], full.episodes[0]["front"][steps])
+    assert small.meta["generator"]["calibration_frames"] == 3 and small.meta["generator"]["source"] == "test"
+    shipped = load_demos(BUILTIN_FRAMES)  # in the package: every task, all three cameras
+    assert sorted(e["task"] for e in shipped.episodes) == sorted(TASKS.names())
+    assert [c["name"] for c in shipped.meta["cameras"]] == ["front", "side", "wrist"]

@@ -195,8 +195,10 @@ def test_backbone_pruning_applies_to_the_vla(how):
 def test_wanda_2_4_and_uneven_structured_pruning_of_a_saved_policy(tmp_path, demos):
     model, tok = tiny_policy()
     dense = save_vla(model, tok, tmp_path / "dense")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("text is no policy input")
     with pytest.raises(EmbodiedPruneError, match="--calibration DEMOS_FOLDER"):
-        ep.prune(dense, "wanda", pattern="2:4", progress=False)
+        ep.prune(dense, "wanda", pattern="2:4", calibration=notes, progress=False)
     w24 = ep.prune(dense, "wanda", pattern="2:4", calibration=demos, n_samples=8, out=tmp_path / "w24", progress=False)
     assert w24.record["calibration_samples"] == [8]
     s30 = ep.prune(dense, "structured", 0.5, layers="1:2", out=tmp_path / "s50", progress=False)
@@ -209,6 +211,23 @@ def test_wanda_2_4_and_uneven_structured_pruning_of_a_saved_policy(tmp_path, dem
     assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
     shapes = [layer.mlp.up_proj.out_features for layer in load_vla(s30.path)[0].backbone.layers]
     assert shapes == [128, 64]
+
+
+def test_a_policy_prunes_and_recovers_without_calibration_homework(tmp_path, capsys):
+    """No --calibration: Wanda 2:4 and a GLUESTICK budget calibrate on the shipped frames, and say so."""
+    from embodied_prune.cli import main
+
+    model, tok = tiny_policy()
+    dense = save_vla(model, tok, tmp_path / "dense")
+    argv = ["prune", "--model", str(dense), "--method", "wanda", "--pattern", "2:4", "--out", str(tmp_path / "w")]
+    assert main(argv) == 0
+    assert "calibrated on builtin:metaworld-frames" in capsys.readouterr().out
+    record = json.loads((tmp_path / "w" / "embodied_prune.json").read_text())["history"][-1]
+    assert record["calibration"] == "builtin:metaworld-frames" and record["calibration_samples"] == [24]
+    args = ["recover", "--dense", str(dense), "--pruned", str(tmp_path / "w"), "--budget", "0.1", "--out"]
+    assert main([*args, str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on builtin:metaworld-frames" in out and "by output" in out
 
 
 def test_pruned_and_recovered_checkpoints_keep_the_source_dtype(tmp_path):

@@ -61,6 +61,12 @@ def _is_policy(model) -> bool:
     return isinstance(model, TinyVLA)
 
 
+def _builtin_frames() -> str:
+    from .envs.manipulation.demos import BUILTIN_FRAMES
+
+    return BUILTIN_FRAMES
+
+
 def _n_samples(ids: torch.Tensor | list[dict]) -> list[int]:
     if isinstance(ids, list):  # policy-input batches
         return [sum(len(b["input_ids"]) for b in ids)]
@@ -121,7 +127,9 @@ def prune(
 
     ``method`` is ``structured`` (physically removes heads and MLP channels) or an unstructured
     method (magnitude, wanda, sparsegpt) with ``sparsity`` or an N:M ``pattern`` such as ``"2:4"``.
-    With ``out`` the result is saved there atomically.
+    ``calibration`` feeds the methods that need activations: for a causal LM ``"random"``, a .txt / .jsonl file or
+    ``builtin:python-docstrings``; for a VLA policy a demonstrations folder, by default (None or ``"random"``) the
+    shipped frames ``builtin:metaworld-frames``. With ``out`` the result is saved there atomically.
     """
     if method not in PRUNE_METHODS:
         raise EmbodiedPruneError(f"unknown pruning method {method!r}; choose one of: {', '.join(PRUNE_METHODS)}.")
@@ -155,6 +163,8 @@ def prune(
         method != "structured" and METHODS.get(method).needs_calibration
     )
     ids = None
+    if needs_data and _is_policy(model) and (calibration is None or str(calibration) == "random"):
+        calibration = _builtin_frames()  # a policy's inputs are images, not text: the shipped frames
     if needs_data and _is_policy(model) and method == "structured":
         raise EmbodiedPruneError("Taylor importance is not available for VLA policies yet; use --importance l2 or l1.")
     if needs_data:
@@ -210,7 +220,8 @@ def recover(
     stores the factors in float32, bfloat16, float16 or int8 (see :mod:`embodied_prune.recovery.gluestick`).
     With ``calibration`` (as for :func:`prune`: a demonstrations folder for a VLA policy; ``"random"``, a
     .txt or .jsonl file for a causal LM) the budget goes to the ranks that restore the largest share of
-    their layer's output on those inputs; without it, to the largest singular values.
+    their layer's output on those inputs; without it, to the largest singular values — except for a VLA policy,
+    whose budget then calibrates on the shipped frames (``builtin:metaworld-frames``).
 
     Returns the corrected model (a copy of ``pruned`` when it is a spec, else ``pruned`` itself, wrapped
     in place) and a :class:`GluestickReport` in ``details``. With ``out`` the pruned checkpoint and its
@@ -221,6 +232,8 @@ def recover(
     dense_model, dense_tokenizer, _ = _resolve(dense, with_factors=False)
     pruned_model, tokenizer, history = _resolve(pruned, with_factors=False)
     feed = inputs = None
+    if calibration is None and budget is not None and _is_policy(dense_model):
+        calibration = _builtin_frames()  # a budget spent by output share beat the singular values on the VLA
     if calibration is not None:
         inputs = _calibration_inputs(dense_model, dense_tokenizer or tokenizer, calibration, n_samples, seq_len, seed)
         feed = _feed(inputs)

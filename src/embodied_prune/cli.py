@@ -68,12 +68,23 @@ def cmd_prune(a: argparse.Namespace) -> None:
 
     params, nonzero, nbytes = count_parameters(outcome.model)
     print(f"pruned {a.model} with {a.method} → {outcome.path}")
+    _say_builtin_frames(outcome.path, a.calibration == "random")
     print(f"parameters: {params:,} (non-zero {nonzero:,}), weights {nbytes / 2**20:.1f} MiB")
     side = json.loads((outcome.path / "embodied_prune.json").read_text())
     if side["layer_shapes"]:
         print("layer shapes differ: load it with embodied_prune.load_model (plain from_pretrained cannot).")
     else:
         print("embodied_prune.load_model (or plain from_pretrained for a causal LM) loads this folder.")
+
+
+def _say_builtin_frames(folder, defaulted: bool) -> None:
+    """One line when a policy was calibrated on the shipped frames because no --calibration was given."""
+    last = json.loads((folder / "embodied_prune.json").read_text())["history"][-1]
+    if defaulted and last.get("calibration") == "builtin:metaworld-frames":
+        print(
+            f"calibrated on builtin:metaworld-frames ({last['calibration_samples'][0]} steps of shipped expert "
+            "demonstrations); --calibration DEMOS_FOLDER uses your own"
+        )
 
 
 def cmd_recover(a: argparse.Namespace) -> None:
@@ -96,6 +107,7 @@ def cmd_recover(a: argparse.Namespace) -> None:
         seed=a.seed,
     )
     rep = outcome.details
+    _say_builtin_frames(outcome.path, a.calibration is None)
     ranks = [f.rank for f in rep.layers]
     how = (
         f"rank {a.rank}"
@@ -277,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="START:END",
         help="prune only decoder layers START..END-1 (e.g. 4:30 leaves the first 4 and the last dense)",
     )
-    sp.add_argument("--calibration", default="random", help=CALIBRATION_HELP + " (default random)")
+    sp.add_argument(
+        "--calibration",
+        default="random",
+        help=CALIBRATION_HELP + " (default random); for a VLA policy a demonstrations folder (`embodied-prune demos "
+        "manipulation`), by default builtin:metaworld-frames, expert frames shipped with the package",
+    )
     sp.add_argument("--calibration-samples", type=int, default=32, help="number of calibration sequences (default 32)")
     sp.add_argument(
         "--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)"
@@ -335,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --budget: inputs on which each rank's share of its layer's output is measured: for a VLA "
         "policy a demonstrations folder (`embodied-prune demos manipulation`), for a causal LM "
         + CALIBRATION_HELP
-        + ". Without it the budget follows the gaps' singular values (no data; measured worse on the VLA)",
+        + ". Without it the budget follows the gaps' singular values (no data; measured worse on the VLA), except "
+        "for a VLA policy, which then calibrates on builtin:metaworld-frames",
     )
     sp.add_argument("--calibration-samples", type=int, default=32, help="calibration samples (default 32)")
     sp.add_argument(

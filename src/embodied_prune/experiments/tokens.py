@@ -178,8 +178,13 @@ def working_point(summary: dict, pruner: str = "specprune") -> dict | None:
     study has no such variant."""
     cfg, variants, lat = summary["config"], summary["variants"], summary["side_by_side_latency_ms"]
     rows = [
-        v for v in cfg["variants"] if v["pruner"] == pruner and not v.get("match") and v.get("keep") is None
-        and v.get("alpha") is None and v["name"] in variants
+        v
+        for v in cfg["variants"]
+        if v["pruner"] == pruner
+        and not v.get("match")
+        and v.get("keep") is None
+        and v.get("alpha") is None
+        and v["name"] in variants
     ]
     if not rows:
         return None

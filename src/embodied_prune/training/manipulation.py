@@ -21,7 +21,14 @@ import torch
 from torch.utils.data import Dataset
 from transformers import LlamaConfig, Trainer, TrainingArguments
 
-from ..envs.manipulation.demos import DemoSet, check_cameras, load_demo_folders, load_demos
+from ..envs.manipulation.demos import (
+    BUILTIN_FRAMES,
+    DemoSet,
+    check_cameras,
+    demos_path,
+    load_demo_folders,
+    load_demos,
+)
 from ..envs.manipulation.tasks import TASKS
 from ..errors import EmbodiedPruneError
 from ..models.vla import (
@@ -272,12 +279,15 @@ def fit(
 def policy_calibration(
     model: TinyVLA, tokenizer, demos: str | os.PathLike | None, n_samples: int = 32, batch_size: int = 8, seed: int = 0
 ) -> list[dict]:
-    """Calibration inputs for pruning a policy: ``n_samples`` seeded steps of a demonstration folder,
-    as ready ``model(**batch)`` dicts (images, instruction, proprioception; no augmentation)."""
-    if demos is None or str(demos) == "random" or not (Path(demos) / "meta.json").is_file():
+    """Calibration inputs for pruning a policy: ``n_samples`` seeded steps of a demonstration folder (None or
+    ``"random"``: the shipped frames, :data:`~embodied_prune.envs.manipulation.demos.BUILTIN_FRAMES`), as ready
+    ``model(**batch)`` dicts (images, instruction, proprioception; no augmentation)."""
+    if demos is None or str(demos) == "random":
+        demos = BUILTIN_FRAMES
+    if not (demos_path(demos) / "meta.json").is_file():
         raise EmbodiedPruneError(
             f"calibrating a VLA policy needs its inputs, not text: pass --calibration DEMOS_FOLDER (made by "
-            f"`embodied-prune demos manipulation`), got {demos!r}."
+            f"`embodied-prune demos manipulation`) or leave it out for {BUILTIN_FRAMES}, got {demos!r}."
         )
     demo_set = load_demos(demos)
     check_cameras(demo_set, model.config.cameras, f"the calibration demonstrations {demos}")

@@ -43,6 +43,10 @@ from .render import DEFAULT_CAMERAS, CameraSpec
 from .tasks import TASKS, TaskSpec, resolve_tasks
 
 FORMAT_VERSION = 1
+# A few frames of expert demonstrations shipped with the package (``assets/metaworld-frames``, made by
+# :func:`calibration_frames`): what pruning or recovering a VLA policy calibrates on when no folder is given.
+BUILTIN_FRAMES = "builtin:metaworld-frames"
+BUILTIN_FRAMES_DIR = Path(__file__).resolve().parents[2] / "assets" / "metaworld-frames"
 DEMO_STREAM, EVAL_STREAM, CORRECTION_STREAM = 1, 2, 3  # the last: scenes of a policy's labelled rollouts
 PROPRIO_NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
 PRIVILEGED_NAMES = ["obj_x", "obj_y", "obj_z", "goal_x", "goal_y", "goal_z"]
@@ -236,9 +240,45 @@ class DemoSet:
         return [TASKS.get(t) for t in self.meta["tasks"]]
 
 
+def demos_path(spec: str | os.PathLike) -> Path:
+    """The folder of a demonstration spec: a path, or :data:`BUILTIN_FRAMES` for the shipped frames."""
+    return BUILTIN_FRAMES_DIR if str(spec) == BUILTIN_FRAMES else Path(spec)
+
+
+def calibration_frames(
+    source: str | os.PathLike, out: str | os.PathLike, per_episode: int = 4, note: str | None = None
+) -> Path:
+    """Write ``per_episode`` evenly spaced steps of every episode of the demonstration folder ``source`` as a
+    folder of the same format (how :data:`BUILTIN_FRAMES` was made, from one expert episode per task): enough to
+    calibrate activation-aware pruning, small enough to ship. Its steps are not consecutive, so its action
+    chunks mean nothing: calibration only, never training (``generator.calibration_frames`` says so; ``note``,
+    default the source's path, is recorded as ``generator.source``)."""
+    demo_set = load_demos(source)
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "episodes").mkdir()
+        entries = []
+        for e, ep in zip(demo_set.meta["episodes"], demo_set.episodes, strict=True):
+            steps = np.unique(np.linspace(0, e["length"] - 1, per_episode).round().astype(int))
+            np.savez_compressed(tmp / "episodes" / e["file"], **{k: v[steps] for k, v in ep.items() if k != "task"})
+            entries.append(e | {"length": len(steps)})
+        meta = demo_set.meta | {"episodes": entries}
+        meta["generator"] = meta["generator"] | {"calibration_frames": per_episode, "source": note or str(source)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return Path(out)
+
+
+def make_builtin_frames(work: str | os.PathLike, out: str | os.PathLike = BUILTIN_FRAMES_DIR) -> Path:
+    """Regenerate :data:`BUILTIN_FRAMES` into ``out``: one expert episode per task (seed 7, all three cameras),
+    four evenly spaced steps of each (about 400 kB; a minute on 2 cores)."""
+    full = generate_demos(Path(work) / "full", episodes=1, seed=7, workers=1, progress=False, overwrite=True)
+    note = "make_builtin_frames: generate_demos(episodes=1, seed=7), 4 steps each"
+    return calibration_frames(full, out, 4, note=note)
+
+
 def load_demos(path: str | os.PathLike) -> DemoSet:
-    """Load a demonstration folder written by :func:`generate_demos`; clear errors for anything else."""
-    path = Path(path)
+    """Load a demonstration folder written by :func:`generate_demos` (or :data:`BUILTIN_FRAMES`); clear errors
+    for anything else."""
+    path = demos_path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise EmbodiedPruneError(f"{path} is not a demonstration folder (no meta.json); make one with `demos`.")
