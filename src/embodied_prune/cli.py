@@ -221,7 +221,7 @@ def cmd_experiment(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(out=a.out, quick=a.quick, overwrite=a.overwrite, progress=not a.quiet)
+    run_demo(out=a.out, full=a.full, overwrite=a.overwrite, progress=not a.quiet)
 
 
 # --- parser -----------------------------------------------------------------------------------------
@@ -430,21 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
         "prune, recover and evaluate the shipped models end to end (language model, driving, manipulation)",
         "Prunes builtin:tinylm structurally (Taylor, 50 %) and with 2:4 Wanda, recovers the 2:4 model with\n"
         "GLUESTICK at several ranks, and prints one table of parameters, output fidelity (KL to the dense\n"
-        "model on held-out text) and speed; then measures decode speed of builtin:llama-130m dense vs\n"
-        "50 % structured side by side; finally evaluates the shipped driving controller\n"
-        "builtin:driving-l-grpo in closed loop before and after 30 % structured pruning, and the shipped VLA\n"
-        "builtin:vla-metaworld on the six Meta-World tasks dense vs 2:4 Wanda backbone vs SpecPrune-VLA visual-token\n"
-        "pruning, with the query speed-up timed side by side (skipped while it is not installed). Artefacts go\n"
+        "model on held-out text) and speed; evaluates the shipped driving controller builtin:driving-l-grpo in\n"
+        "closed loop before and after 30 % structured pruning and at 50 % by post-training pruning vs BPF-RL;\n"
+        "then the shipped VLA builtin:vla-metaworld on the six Meta-World tasks dense vs 2:4 Wanda backbone vs\n"
+        "GLUESTICK, and builtin:vla-metaworld-hires dense vs SpecPrune-VLA visual-token pruning at its recorded\n"
+        "working point, with the query speed-ups timed side by side. About 5 minutes on 2 cores (40 driving\n"
+        "instructions, 20 BPF GRPO steps, 3 episodes per task: wide CIs, printed); --full adds decode speed of\n"
+        "builtin:llama-130m dense vs 50 % structured and takes larger samples (about 11 minutes). Artefacts go\n"
         "to --out.",
     )
     sp.add_argument(
         "--out", default="runs/demo", help="folder for the pruned checkpoints and the report (default runs/demo)"
     )
     sp.add_argument(
-        "--quick",
+        "--full",
         action="store_true",
-        help="skip the 130 M-parameter speed section; 40 driving instructions instead of 100; 3 manipulation "
-        "episodes per task instead of 10",
+        help="add the 130 M-parameter speed section; 100 driving instructions instead of 40, 60 BPF GRPO steps "
+        "instead of 20, 10 manipulation episodes per task instead of 3 (about 11 minutes instead of 5)",
     )
     sp.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
     return p

@@ -26,7 +26,6 @@ POLICY = "builtin:vla-metaworld"
 # token pruning runs where a query's cost is in its tokens: the 324-token policy, with SpecPrune-VLA scoring the
 # instruction's attention at layer 2 and pruning there, where it holds the policy's success (docs/tokens.md)
 TOKEN_POLICY = "builtin:vla-metaworld-hires"
-TOKEN_OPTIONS = {"prune_layer": 2, "local_layers": [2], "layer_dynamic": [3]}
 CONTROLLER_SPARSITY = 0.3
 BPF_SPARSITY = 0.5
 GLUESTICK_BUDGET = 0.15  # extra parameters of the corrected backbone layers, the VLA experiment's budget
@@ -38,8 +37,9 @@ def _heldout_ids(tokenizer, n: int = 32, seq_len: int = 128, seed: int = 2) -> t
     return ids[: n * seq_len].reshape(n, seq_len)
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, overwrite: bool = True, progress: bool = True) -> dict:
-    """Run the demo, print its tables and write ``report.md`` and ``results.json`` under ``out``."""
+def run_demo(out: str | Path = "runs/demo", full: bool = False, overwrite: bool = True, progress: bool = True) -> dict:
+    """Run the demo, print its tables and write ``report.md`` and ``results.json`` under ``out``: about five
+    minutes on 2 cores, or with ``full`` the 130 M-parameter speed section and larger samples (about eleven)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -101,7 +101,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, overwrite: bool
     report = [f"# embodied-prune demo\n\n## {DEMO_MODEL}\n\n{table}\n"]
     results: dict = {"tinylm": rows}
 
-    if not quick:
+    if full:
         print(f"== 2. decode speed at scale: {SPEED_MODEL} dense vs 50 % structured ==")
         pruned = prune(
             SPEED_MODEL, "structured", 0.5, out=out / "llama-130m-structured-50", overwrite=overwrite, progress=progress
@@ -141,11 +141,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, overwrite: bool
         report.append(f"## {SPEED_MODEL}\n\n{table2}\n")
         results["speed"] = [r.to_dict() for r in rows2]
     table3, rows3 = _driving_section(
-        out, n_instructions=40 if quick else 100, bpf_steps=20 if quick else 60, overwrite=overwrite, progress=progress
+        out, n_instructions=100 if full else 40, bpf_steps=60 if full else 20, overwrite=overwrite, progress=progress
     )
     report.append(f"## {CONTROLLER} in closed loop\n\n{table3}\n")
     results["driving"] = rows3
-    table4, rows4 = _manipulation_section(out, episodes=3 if quick else 10, overwrite=overwrite, progress=progress)
+    table4, rows4 = _manipulation_section(out, episodes=10 if full else 3, overwrite=overwrite, progress=progress)
     report.append(f"## {POLICY} in closed loop\n\n{table4}\n")
     results["manipulation"] = rows4
     atomic_write_text(out / "report.md", "\n".join(report))
@@ -157,7 +157,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, overwrite: bool
 def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: bool) -> tuple[str, list[dict]]:
     """The shipped VLA policy dense vs its backbone pruned 2:4 with Wanda and that backbone recovered by
     GLUESTICK; the 324-token policy dense vs visual-token pruning; in closed loop on every task."""
-    from .envs.manipulation.demos import generate_demos
+    from .envs.manipulation.demos import BUILTIN_FRAMES
     from .envs.manipulation.tasks import TASKS
     from .evaluation.manipulation import evaluate_manipulation
     from .models.builtin import builtin_path
@@ -172,15 +172,11 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     except EmbodiedPruneError as e:
         print(f"skipped: {e}\n")
         return f"skipped: {e}", []
-    from .envs.manipulation.render import cameras_for
     from .models.vla import TinyVLAConfig
 
     configs = {p: TinyVLAConfig.from_pretrained(p) for p in (dense, hires)}
-    cameras = cameras_for(configs[dense].cameras)
     n_visual = {p: sum(c.visual_tokens().values()) for p, c in configs.items()}
-    calibration = generate_demos(
-        out / "vla-calibration-demos", episodes=1, overwrite=overwrite, progress=progress, cameras=cameras
-    )
+    calibration = BUILTIN_FRAMES  # expert steps shipped with the package, all three cameras
     pruned = prune(
         POLICY,
         "wanda",
@@ -201,9 +197,12 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
         overwrite=overwrite,
     )
     from .evaluation.manipulation import side_by_side_latency
-    from .tokens.pruners import DEFAULT_ALPHA
+    from .models.checkpoint import read_side_file
+    from .tokens.pruners import DEFAULT_ALPHA, pruner_options
 
-    specprune = {"name": "specprune", "keep": None, "alpha": DEFAULT_ALPHA, "options": TOKEN_OPTIONS}
+    # the working point the policy's token study found, recorded in its side file (what the CLI runs by default)
+    point, _ = pruner_options("specprune", (read_side_file(hires).get("token_pruning") or {}).get("pruners"))
+    specprune = {"name": "specprune", "keep": None, "alpha": DEFAULT_ALPHA, "options": point}
     groups = (  # each group's speed-ups are against its first row, the dense policy of that group
         (
             ("dense", dense, None),
@@ -212,7 +211,7 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
         ),
         (
             (f"dense, {n_visual[hires]} visual tokens ({TOKEN_POLICY.removeprefix('builtin:')})", hires, None),
-            (f"SpecPrune-VLA tokens (α={DEFAULT_ALPHA}, layer 2)", hires, specprune),
+            (f"SpecPrune-VLA tokens (α={DEFAULT_ALPHA}, layer {point.get('prune_layer', 0)})", hires, specprune),
         ),
     )
     # the speed of record: every variant of a group on the same observations, interleaved, one thread
@@ -254,9 +253,9 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
     note = (
         "(query ms: median of 24 queries per variant on the same recorded observations, interleaved, one thread; "
         "speed-ups against each policy's dense row. 2:4 weights are stored dense on the CPU, so pruning alone gives "
-        "no speed-up without sparse kernels and GLUESTICK's factors add their matmuls. SpecPrune-VLA, scored by the "
-        f"instruction's attention at layer 2 and pruning there, keeps {rows[-1]['kept']} visual tokens per layer "
-        f"on average of {n_visual[hires]}: the first two of the four layers see them all; docs/tokens.md.)"
+        "no speed-up without sparse kernels and GLUESTICK's factors add their matmuls. SpecPrune-VLA at the policy's "
+        f"recorded working point {json.dumps(point)} keeps {rows[-1]['kept']} visual tokens per layer on average of "
+        f"{n_visual[hires]}; layers before the pruning layer see them all; docs/tokens.md.)"
     )
     print(table)
     print(note + "\n")

@@ -54,7 +54,8 @@ import numpy as np
 
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
-from .common import figure, open_run_folder, read_config, save_figure, slug
+from .common import open_run_folder, read_config, slug
+from .plots import STRATEGY_LABELS, ci_errors, figure, finish, save_figure
 
 STRATEGIES = ("dense", "smaller", "ptp", "ptp_rl", "sft_stage", "bpf_rl", "bpf_sftrl")
 PRUNED = ("ptp", "ptp_rl", "sft_stage", "bpf_rl", "bpf_sftrl")
@@ -348,7 +349,7 @@ def run_bpf_experiment(
     summary = summarise(rows, cfg)
     atomic_write_text(out / "summary.json", json.dumps({"config": cfg, "strategies": summary}, indent=2) + "\n")
     atomic_write_text(out / "report.md", bpf_report(summary, cfg))
-    plot_bpf(summary, out)
+    plot_bpf(summary, out, cfg)
     return out
 
 
@@ -481,22 +482,48 @@ def bpf_report(summary: list[dict], cfg: dict) -> str:
     )
 
 
-def plot_bpf(summary: list[dict], out: Path) -> None:
-    """Adaptability vs parameters, and decode tokens/s, per strategy."""
-    fig, ax = figure((7, 4.5))
-    for strategy in dict.fromkeys(e["strategy"] for e in summary):
-        pts = sorted((e["params"], 100 * e["adaptability"]) for e in summary if e["strategy"] == strategy)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=strategy)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("adaptability % (mean over seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+def plot_bpf(summary: list[dict], out: Path, cfg: dict | None = None) -> None:
+    """Adaptability (95 % CI) vs parameters, and decode tokens/s, per strategy; ``cfg`` (the study's config) names
+    the controller size, seeds and evaluation in the titles."""
+    on = ""
+    if cfg is not None:
+        on = (
+            f"\n(size {cfg['size']}, {len(cfg['seeds'])} seed(s), {cfg['eval']['instructions']} "
+            f"{cfg['eval']['split']} instructions)"
+        )
+    fig, ax = figure((7.5, 4.8))
+    for i, strategy in enumerate(dict.fromkeys(e["strategy"] for e in summary)):
+        rows = sorted((e for e in summary if e["strategy"] == strategy), key=lambda e: e["params"])
+        xs = [e["params"] / 1e6 for e in rows]
+        ys = [100 * e["adaptability"] for e in rows]
+        cis = [(100 * e["adaptability_ci95"][0], 100 * e["adaptability_ci95"][1]) for e in rows]
+        # strategies at one size would hide one another's bars: a small horizontal offset per strategy
+        dx = [x * (1 + 0.012 * (i - 3)) for x in xs]
+        ax.errorbar(
+            dx, ys, yerr=ci_errors(ys, cis), marker="o", capsize=3, label=STRATEGY_LABELS.get(strategy, strategy)
+        )
+    finish(
+        ax,
+        f"BPF study: closed-loop adaptability vs controller size{on}",
+        "parameters [M] (pruned strategies: after pruning)",
+        "adaptability % (mean over seeds, 95 % CI)",
+        legend={},
+    )
     save_figure(fig, out / "adaptability_vs_params.png")
-    fig, ax = figure((7, 4))
-    names = [e["cell"] for e in summary]
+    fig, ax = figure((7.5, 4.2))
+    names = [_cell_label(e) for e in summary]
     ax.barh(names, [e["decode_tokens_per_s"] for e in summary])
-    ax.set_xlabel("decode tokens/s (side by side)")
+    ax.invert_yaxis()
+    finish(ax, f"BPF study: greedy decode speed, controllers timed side by side{on}", "decode tokens/s")
     save_figure(fig, out / "decode_speed.png")
+
+
+def _cell_label(e: dict) -> str:
+    """A readable name of a summary row: strategy, and its sparsity when pruned."""
+    name = STRATEGY_LABELS.get(e["strategy"], e["strategy"])
+    if e["strategy"] == "smaller":
+        return f"{name} {e['cell'].removeprefix('smaller').strip()}".strip()
+    return name if e.get("sparsity") is None else f"{name} {100 * e['sparsity']:.0f} %"
 
 
 __all__ = ["STRATEGIES", "load_config", "removed_per_point", "run_bpf_experiment", "tradeoff_ratio_ci"]

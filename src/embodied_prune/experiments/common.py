@@ -70,24 +70,3 @@ def slug(name: str) -> str:
 def violations_cell(v: dict[str, int]) -> str:
     """Safety-violation steps as ``table / joints / fast``."""
     return f"{v['table_contact']} / {v['joint_limit']} / {v['fast_object']}"
-
-
-def figure(size: tuple[float, float] = (6, 4)):
-    """A headless matplotlib figure and axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=size)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write ``fig`` as PNG to ``path`` atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)

@@ -54,7 +54,8 @@ from typing import Any
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
 from ..recovery.gluestick import ALLOCATIONS
-from .common import figure, model_fingerprint, open_run_folder, read_config, save_figure, slug, violations_cell
+from .common import model_fingerprint, open_run_folder, read_config, slug, violations_cell
+from .plots import figure, finish, save_figure
 
 PRUNED_KEYS = {"name", "method", "pattern", "sparsity"}
 RECOVERY_KEYS = {"name", "rank", "budget", "allocation", "dtype", "svd", "lora_rank", "lora_budget"}
@@ -475,10 +476,15 @@ def plot_gluestick(summary: dict, out: Path) -> None:
         ax.axhline(value(cells["dense"]), color="k", ls="--", lw=1, label="dense")
         for fmt, label in (("o-", "none, global ranks"), ("s", "per-layer budget"), ("^", "LoRA (trained)")):
             ax.plot([], [], fmt, color="grey", label=label)
-        ax.set_xlabel("extra parameters, % of the backbone's linear layers")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        what = "Success" if fname.startswith("success") else "Safety violations"
+        finish(
+            ax,
+            f"{what} of {summary['config']['model']} pruned, then recovered\n"
+            f"(GLUESTICK or LoRA; {summary['config']['episodes']} episodes per task on the same scenes)",
+            "extra parameters, % of the backbone's linear layers",
+            ylabel,
+            legend={},
+        )
         save_figure(fig, out / fname)
 
 

@@ -35,7 +35,8 @@ from typing import Any
 from ..errors import EmbodiedPruneError
 from ..evaluation.report import percent_ci
 from ..io import atomic_write_text
-from .common import figure, model_fingerprint, open_run_folder, read_config, save_figure, slug, violations_cell
+from .common import model_fingerprint, open_run_folder, read_config, slug, violations_cell
+from .plots import figure, finish, save_figure
 
 VARIANT_KEYS = {"name", "pruner", "keep", "alpha", "options", "match"}
 
@@ -254,10 +255,15 @@ def plot_tokens(summary: dict, path: Path) -> None:
         lo, hi = (100 * c for c in d["ci95"])
         # a legend rather than labels at the points: variants with equal speed and success would overprint
         ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt=markers[i // 10 % len(markers)], capsize=3, label=name)
-    ax.set_xlabel("policy-query speed-up over dense (side by side, 1 thread)")
-    ax.set_ylabel("success % (95 % CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    cfg = summary["config"]
+    finish(
+        ax,
+        f"Visual-token pruning of {cfg['model']}: success vs speed-up\n"
+        f"({cfg['episodes']} episodes per task, seed {cfg['seed']}, alpha {cfg.get('alpha')})",
+        "policy-query speed-up over dense (side by side, 1 thread)",
+        "success % (95 % CI)",
+        legend={"fontsize": 7, "loc": "center left", "bbox_to_anchor": (1.02, 0.5)},
+    )
     save_figure(fig, path)
 
 
