@@ -205,3 +205,19 @@ def test_calibration_frames_keep_evenly_spaced_steps_and_the_builtin_set_loads(t
     shipped = load_demos(BUILTIN_FRAMES)  # in the package: every task, all three cameras
     assert sorted(e["task"] for e in shipped.episodes) == sorted(TASKS.names())
     assert [c["name"] for c in shipped.meta["cameras"]] == ["front", "side", "wrist"]
+
+
+def test_an_environment_left_open_ends_its_process_without_egl_tracebacks():
+    """MuJoCo's EGL display goes at interpreter exit; renderers still open are closed before it, not in __del__."""
+    import subprocess
+    import sys
+
+    script = (
+        "from embodied_prune.envs.manipulation.env import ManipulationEnv\n"
+        "env = ManipulationEnv('reach')\n"
+        "obs, _ = env.reset(seed=0)\n"
+        "print(obs['front'].shape)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "(112, 112, 3)" in proc.stdout, proc.stderr[-2000:]
+    assert "Exception ignored" not in proc.stderr and "EGLError" not in proc.stderr, proc.stderr[-2000:]

@@ -6,6 +6,8 @@ policy needs; they are switched off (about 10 → 100 frames/s at 96 px on one c
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from dataclasses import dataclass, replace
 
 import mujoco
@@ -71,14 +73,33 @@ def enlarge_goal_marker(model: mujoco.MjModel, radius: float = GOAL_MARKER_RADIU
         model.site_size[gid] = radius
 
 
+# Renderers still open when the interpreter exits. MuJoCo's EGL backend registers eglTerminate with atexit when it
+# creates its first context; a renderer garbage-collected after that raises EGLError tracebacks from __del__. So
+# the first renderer registers a handler that closes every open one, and atexit, last in first out, runs it before
+# the display goes.
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+_CLOSE_AT_EXIT = False
+
+
+def _close_open_renderers() -> None:
+    for r in list(_OPEN):
+        r.close()
+
+
 class SceneRenderer:
-    """Renders the cameras of ``cameras`` from an ``MjData``; one GL context per image size."""
+    """Renders the cameras of ``cameras`` from an ``MjData``; one GL context per image size. Closed by
+    :meth:`close`, or at interpreter exit if still open."""
 
     def __init__(self, model: mujoco.MjModel, cameras: tuple[CameraSpec, ...] = DEFAULT_CAMERAS) -> None:
+        global _CLOSE_AT_EXIT
         make_fast(model)
         enlarge_goal_marker(model)
         self.cameras = cameras
         self._renderers = {c.size: mujoco.Renderer(model, c.size, c.size) for c in cameras}
+        _OPEN.add(self)
+        if not _CLOSE_AT_EXIT:  # after the first context exists, so after the backend's own atexit entry
+            atexit.register(_close_open_renderers)
+            _CLOSE_AT_EXIT = True
         self._free: dict[str, mujoco.MjvCamera] = {}
         for c in cameras:
             if c.model_camera is None:
@@ -103,3 +124,4 @@ class SceneRenderer:
         for r in self._renderers.values():
             r.close()
         self._renderers = {}
+        _OPEN.discard(self)
