@@ -232,7 +232,7 @@ def recover(
     dense_model, dense_tokenizer, _ = _resolve(dense, with_factors=False)
     pruned_model, tokenizer, history = _resolve(pruned, with_factors=False)
     feed = inputs = None
-    if calibration is None and budget is not None and _is_policy(dense_model):
+    if budget is not None and _is_policy(dense_model) and (calibration is None or str(calibration) == "random"):
         calibration = _builtin_frames()  # a budget spent by output share beat the singular values on the VLA
     if calibration is not None:
         inputs = _calibration_inputs(dense_model, dense_tokenizer or tokenizer, calibration, n_samples, seq_len, seed)

@@ -78,7 +78,7 @@ def cmd_prune(a: argparse.Namespace) -> None:
 
 
 def _say_builtin_frames(folder, defaulted: bool) -> None:
-    """One line when a policy was calibrated on the shipped frames because no --calibration was given."""
+    """One line when a policy was calibrated on the shipped frames (no demonstrations folder was given)."""
     last = json.loads((folder / "embodied_prune.json").read_text())["history"][-1]
     if defaulted and last.get("calibration") == "builtin:metaworld-frames":
         print(

@@ -175,11 +175,12 @@ def _check_limit(a: argparse.Namespace) -> None:
 
 
 def _no_manipulation_flags(a: argparse.Namespace) -> None:
-    knobs = (a.keep, a.alpha, a.prune_layer, a.score_layers, a.score_rows, a.drop_layers)
+    knobs = (a.keep, a.alpha, a.prune_layer, a.score_layers, a.score_rows, a.drop_layers, a.global_layers, a.controller)
     if a.tasks or a.blank_images or a.execute or a.token_pruner != "none" or any(k is not None for k in knobs):
         raise EmbodiedPruneError(
             "--tasks, --execute, --blank-images and the token-pruning options (--token-pruner, --keep, --alpha, "
-            "--prune-layer, --score-layers, --score-rows, --drop-layers) are for eval manipulation."
+            "--prune-layer, --score-layers, --score-rows, --drop-layers, --global-layers, --no-controller) are for "
+            "eval manipulation."
         )
 
 
@@ -285,7 +286,11 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "manipulation: the VLA policy to fine-tune",
     )
     sp.add_argument("--epochs", type=float, help="sft: epochs over the 16,000 training instructions (default 1.5)")
-    sp.add_argument("--max-steps", type=int, help="optimizer steps (sft: overrides --epochs; grpo default 300)")
+    sp.add_argument(
+        "--max-steps",
+        type=int,
+        help="optimizer steps (sft: overrides --epochs; grpo default 300, 80 from a pretrained controller)",
+    )
     sp.add_argument(
         "--learning-rate",
         type=float,

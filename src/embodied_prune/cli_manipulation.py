@@ -96,7 +96,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     wants_tokens = a.token_pruner != "none" or a.keep is not None or a.alpha is not None
     recorded = read_side_file(resolve_model_path(a.model)).get("token_pruning") or {}
     knobs = dict(prune_layer=a.prune_layer, score_layers=a.score_layers, score_rows=a.score_rows)
-    options, source = pruner_options(a.token_pruner, recorded.get("pruners"), drop_layers=a.drop_layers, **knobs)
+    knobs |= dict(drop_layers=a.drop_layers, global_layers=a.global_layers, controller=a.controller)
+    options, source = pruner_options(a.token_pruner, recorded.get("pruners"), **knobs)
     if is_openvla_folder(resolve_model_path(a.model)):
         from .evaluation.openvla import OpenVLAPolicy
         from .models.openvla import load_openvla, token_cameras, visual_token_count
@@ -120,8 +121,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
         if source == "recorded":
             print(
                 f"{a.token_pruner} at this policy's recorded working point {json.dumps(options)} "
-                f"({recorded.get('study', 'its token study')}); --prune-layer, --score-layers, --score-rows or "
-                "--drop-layers run another"
+                f"({recorded.get('study', 'its token study')}); --prune-layer, --score-layers, --score-rows, "
+                "--drop-layers, --global-layers or --no-controller run another"
             )
         # checks the name, the camera grid and the budget against this policy's visual tokens before any worker starts
         build_token_pruner(**token_pruner, cameras=cameras).budget(visual_total)
@@ -229,6 +230,19 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
         type=_layers,
         metavar="L[,L...]",
         help="manipulation, specprune: layers that drop 10 %% more of the kept tokens (default 2)",
+    )
+    sp.add_argument(
+        "--global-layers",
+        type=_layers,
+        metavar="L[,L...]",
+        help="manipulation, specprune: layers of the previous query whose attention makes the global set (default 2)",
+    )
+    sp.add_argument(
+        "--no-controller",
+        dest="controller",
+        action="store_const",
+        const=False,
+        help="manipulation, specprune: no action-aware controller (the same budget in fine motion)",
     )
 
 

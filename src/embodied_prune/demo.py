@@ -23,8 +23,9 @@ GLUESTICK_RANKS = (8, 32)
 CONTROLLER = "builtin:driving-l-grpo"
 SFT_CONTROLLER = "builtin:driving-l-sft"
 POLICY = "builtin:vla-metaworld"
-# token pruning runs where a query's cost is in its tokens: the 324-token policy, with SpecPrune-VLA scoring the
-# instruction's attention at layer 2 and pruning there, where it holds the policy's success (docs/tokens.md)
+# token pruning runs where a query's cost is in its tokens: the 324-token policy, with SpecPrune-VLA at the working
+# point its token study found and its side file records (pruning before layer 2, where it holds the policy's
+# success; docs/tokens.md)
 TOKEN_POLICY = "builtin:vla-metaworld-hires"
 CONTROLLER_SPARSITY = 0.3
 BPF_SPARSITY = 0.5
@@ -182,7 +183,7 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
         "wanda",
         pattern="2:4",
         calibration=calibration,
-        n_samples=48,
+        n_samples=24,  # every step of the shipped frames
         out=out / "vla-wanda-2-4",
         overwrite=overwrite,
         progress=progress,
@@ -192,7 +193,7 @@ def _manipulation_section(out: Path, episodes: int, overwrite: bool, progress: b
         pruned.path,
         budget=GLUESTICK_BUDGET,
         calibration=calibration,
-        n_samples=48,
+        n_samples=24,  # every step of the shipped frames
         out=out / "vla-wanda-2-4-gluestick",
         overwrite=overwrite,
     )

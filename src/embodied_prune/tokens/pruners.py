@@ -358,13 +358,16 @@ def build_token_pruner(
         raise EmbodiedPruneError(f"token pruner {name!r} does not take these options {sorted(options)}: {e}.") from None
 
 
-# Each pruner's command-line knobs as its option names: --prune-layer, --score-layers, --score-rows, --drop-layers.
+# Each pruner's command-line knobs as its option names: --prune-layer, --score-layers, --score-rows, --drop-layers,
+# --global-layers, --no-controller (controller False).
 _KNOBS = {
     "specprune": {
         "prune_layer": "prune_layer",
         "score_layers": "local_layers",
         "score_rows": "score_rows",
         "drop_layers": "layer_dynamic",
+        "global_layers": "global_layers",
+        "controller": "controller",
     },
     "fastv": {"prune_layer": "layer", "score_rows": "rows"},
     "random": {"prune_layer": "layer"},
@@ -375,9 +378,10 @@ def pruner_options(name: str, recorded: dict | None = None, **given) -> tuple[di
     """The options of token pruner ``name`` and where they came from (``"recorded"``, ``"given"`` or
     ``"defaults"``). ``recorded`` is a policy's working points (its side file's ``token_pruning``: pruner name →
     options, as the token study found them); ``given`` are the command line's knobs (``prune_layer``,
-    ``score_layers``, ``score_rows``, ``drop_layers``; None = not given). Any knob given starts from the pruner's
-    published defaults rather than the recorded point, whose fields depend on one another (scoring layers must
-    run before the pruning layer), so a run is either the study's cell or exactly what was asked."""
+    ``score_layers``, ``score_rows``, ``drop_layers``, ``global_layers``, ``controller``; None = not given). Any
+    knob given starts from the pruner's published defaults rather than the recorded point, whose fields depend on
+    one another (scoring layers must run before the pruning layer), so a run is either the study's cell or
+    exactly what was asked."""
     knobs = _KNOBS.get(name, {})
     asked = {k: v for k, v in given.items() if v is not None}
     if name == "none":
