@@ -1,15 +1,45 @@
-"""Atomic output folders: write to a temporary sibling, then rename, so nothing is half-written."""
+"""Atomic output folders: write to a temporary sibling, then rename, so nothing is half-written; and the JSONL
+reader the user-facing record files share."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .errors import EmbodiedPruneError
+
+T = TypeVar("T")
+
+
+def read_jsonl(
+    path: str | os.PathLike, kind: str, schema: str, records: str, parse: Callable[[Any, str, str], T]
+) -> list[T]:
+    """The records of the JSONL ``kind`` file ``path``, each line through ``parse(raw, where, default_id)`` (``where``
+    is "FILE line N", the default id "STEM-NNNN"); blank lines are skipped. A missing file (the message points at
+    ``schema``), a line that is not JSON, or a file without ``records`` stops with one sentence naming the file and
+    line."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmbodiedPruneError(f"{kind} file {path} does not exist; pass a JSONL file (schema: {schema}).")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {i}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EmbodiedPruneError(f"{where} is not valid JSON ({e.msg}); fix that line.") from None
+        out.append(parse(raw, where, f"{path.stem}-{i:04d}"))
+    if not out:
+        raise EmbodiedPruneError(f"{kind} file {path} holds no {records}.")
+    return out
 
 
 def cache_dir() -> Path:

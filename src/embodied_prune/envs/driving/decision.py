@@ -21,12 +21,12 @@ import os
 import random
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import EmbodiedPruneError
+from ...io import atomic_write_text, read_jsonl
 from .constraints import constraint_satisfied, headways, rms, settled, share_in, validate_constraint
 from .instructions import LANE_NAMES, Instruction, generate_split, has_held_out_combo, teacher_params
 from .params import PARAM_SPECS, ControllerParams
@@ -203,28 +203,10 @@ def parse_decision_example(raw: Any, where: str, default_id: str = "") -> Decisi
 
 def load_decisions(path: str | os.PathLike) -> list[DecisionExample]:
     """Read a decision JSONL file; a malformed line raises an error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise EmbodiedPruneError(
-            f"decision file {path} does not exist; pass a JSONL file (schema: embodied-prune data --help)."
-        )
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EmbodiedPruneError(f"{path} line {i} is not valid JSON ({e.msg}); fix that line.") from None
-        out.append(parse_decision_example(raw, f"{path} line {i}", default_id=f"{path.stem}-{i:04d}"))
-    if not out:
-        raise EmbodiedPruneError(f"decision file {path} holds no examples.")
-    return out
+    return read_jsonl(path, "decision", "embodied-prune data --help", "examples", parse_decision_example)
 
 
 def write_decisions(items: list[DecisionExample], path: str | os.PathLike) -> None:
-    from ...io import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(x.to_json()) + "\n" for x in items))
 
 

@@ -21,10 +21,10 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ...errors import EmbodiedPruneError
+from ...io import read_jsonl
 from .constraints import validate_constraint
 from .scenario import Scenario
 
@@ -235,23 +235,8 @@ def generate_split(split: str, n: int) -> list[Instruction]:
 
 def load_instructions(path: str | os.PathLike) -> list[Instruction]:
     """Read a JSONL instruction file; a malformed line raises an error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise EmbodiedPruneError(
-            f"instruction file {path} does not exist; pass a JSONL file (schema: docs/driving.md, 'Instruction files')."
-        )
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path} line {i}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EmbodiedPruneError(f"{where} is not valid JSON ({e.msg}); fix that line.") from None
-        out.append(parse_instruction(raw, where, default_id=f"{path.stem}-{i:04d}"))
-    if not out:
-        raise EmbodiedPruneError(f"instruction file {path} holds no instructions.")
+    schema = "docs/driving.md, 'Instruction files'"
+    out = read_jsonl(path, "instruction", schema, "instructions", parse_instruction)
     ids = [x.id for x in out]
     if len(set(ids)) != len(ids):
         dup = next(x for x in ids if ids.count(x) > 1)
