@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from .choices import BUILTIN_FRAMES
 from .errors import EmbodiedPruneError
 from .io import check_output_dir
 from .models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
@@ -59,12 +60,6 @@ def _is_policy(model) -> bool:
     from .models.vla import TinyVLA
 
     return isinstance(model, TinyVLA)
-
-
-def _builtin_frames() -> str:
-    from .envs.manipulation.demos import BUILTIN_FRAMES
-
-    return BUILTIN_FRAMES
 
 
 def _n_samples(ids: torch.Tensor | list[dict]) -> list[int]:
@@ -164,7 +159,7 @@ def prune(
     )
     ids = None
     if needs_data and _is_policy(model) and (calibration is None or str(calibration) == "random"):
-        calibration = _builtin_frames()  # a policy's inputs are images, not text: the shipped frames
+        calibration = BUILTIN_FRAMES  # a policy's inputs are images, not text: the shipped frames
     if needs_data and _is_policy(model) and method == "structured":
         raise EmbodiedPruneError("Taylor importance is not available for VLA policies yet; use --importance l2 or l1.")
     if needs_data:
@@ -233,7 +228,7 @@ def recover(
     pruned_model, tokenizer, history = _resolve(pruned, with_factors=False)
     feed = inputs = None
     if budget is not None and _is_policy(dense_model) and (calibration is None or str(calibration) == "random"):
-        calibration = _builtin_frames()  # a budget spent by output share beat the singular values on the VLA
+        calibration = BUILTIN_FRAMES  # a budget spent by output share beat the singular values on the VLA
     if calibration is not None:
         inputs = _calibration_inputs(dense_model, dense_tokenizer or tokenizer, calibration, n_samples, seq_len, seed)
         feed = _feed(inputs)

@@ -21,6 +21,9 @@ TOKEN_PRUNERS = ("none", "fastv", "random", "specprune")  # tokens.TOKEN_PRUNERS
 # (FastV's rows)
 SCORE_ROWS = ("instruction", "action", "after_visual")
 
+# The shipped expert frames a VLA policy calibrates on without a demonstrations folder (envs.manipulation.demos)
+BUILTIN_FRAMES = "builtin:metaworld-frames"
+
 CALIBRATION_HELP = (
     "calibration data: 'random' (uniform random token ids), a .txt file (its text, cut into samples), "
     "a .jsonl file with a 'text' field per line, or builtin:python-docstrings (real English text from this "

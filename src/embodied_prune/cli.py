@@ -68,7 +68,7 @@ def cmd_prune(a: argparse.Namespace) -> None:
 
     params, nonzero, nbytes = count_parameters(outcome.model)
     print(f"pruned {a.model} with {a.method} → {outcome.path}")
-    _say_builtin_frames(outcome.path, a.calibration == "random")
+    _say_builtin_frames(outcome.record, a.calibration == "random")
     print(f"parameters: {params:,} (non-zero {nonzero:,}), weights {nbytes / 2**20:.1f} MiB")
     side = json.loads((outcome.path / "embodied_prune.json").read_text())
     if side["layer_shapes"]:
@@ -77,12 +77,14 @@ def cmd_prune(a: argparse.Namespace) -> None:
         print("embodied_prune.load_model (or plain from_pretrained for a causal LM) loads this folder.")
 
 
-def _say_builtin_frames(folder, defaulted: bool) -> None:
-    """One line when a policy was calibrated on the shipped frames (no demonstrations folder was given)."""
-    last = json.loads((folder / "embodied_prune.json").read_text())["history"][-1]
-    if defaulted and last.get("calibration") == "builtin:metaworld-frames":
+def _say_builtin_frames(record: dict, defaulted: bool) -> None:
+    """One line when a policy was calibrated on the shipped frames (``record``: the operation's history entry; no
+    demonstrations folder was given)."""
+    from .choices import BUILTIN_FRAMES
+
+    if defaulted and record.get("calibration") == BUILTIN_FRAMES:
         print(
-            f"calibrated on builtin:metaworld-frames ({last['calibration_samples'][0]} steps of shipped expert "
+            f"calibrated on {BUILTIN_FRAMES} ({record['calibration_samples'][0]} steps of shipped expert "
             "demonstrations); --calibration DEMOS_FOLDER uses your own"
         )
 
@@ -107,7 +109,7 @@ def cmd_recover(a: argparse.Namespace) -> None:
         seed=a.seed,
     )
     rep = outcome.details
-    _say_builtin_frames(outcome.path, a.calibration is None)
+    _say_builtin_frames(outcome.record, a.calibration is None)
     ranks = [f.rank for f in rep.layers]
     how = (
         f"rank {a.rank}"

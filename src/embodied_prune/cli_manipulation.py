@@ -94,17 +94,18 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     token_pruner, openvla = None, None
     wants_tokens = a.token_pruner != "none" or a.keep is not None or a.alpha is not None
-    recorded = read_side_file(resolve_model_path(a.model)).get("token_pruning") or {}
+    path = resolve_model_path(a.model)
+    recorded = read_side_file(path).get("token_pruning") or {}
     knobs = dict(prune_layer=a.prune_layer, score_layers=a.score_layers, score_rows=a.score_rows)
     knobs |= dict(drop_layers=a.drop_layers, global_layers=a.global_layers, controller=a.controller)
     options, source = pruner_options(a.token_pruner, recorded.get("pruners"), **knobs)
-    if is_openvla_folder(resolve_model_path(a.model)):
+    if is_openvla_folder(path):
         from .evaluation.openvla import OpenVLAPolicy
         from .models.openvla import load_openvla, token_cameras, visual_token_count
 
         openvla = {"trust_remote_code": a.trust_remote_code, "unnorm_key": a.unnorm_key}
         # fail here, once, with a clear message (not inside every worker): the code flag, the action statistics
-        model, processor = load_openvla(resolve_model_path(a.model), trust_remote_code=a.trust_remote_code)
+        model, processor = load_openvla(path, trust_remote_code=a.trust_remote_code)
         OpenVLAPolicy(model, processor, unnorm_key=a.unnorm_key)
         if wants_tokens:  # the patch grid a pruner's frame differences compare, the visual tokens to budget
             cameras, visual_total = token_cameras(model), visual_token_count(model)

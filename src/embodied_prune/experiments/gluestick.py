@@ -55,7 +55,7 @@ from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
 from ..recovery.gluestick import ALLOCATIONS
 from .common import model_fingerprint, open_run_folder, read_config, slug, violations_cell
-from .plots import figure, finish, save_figure
+from .plots import ci_errors, figure, finish, save_figure
 
 PRUNED_KEYS = {"name", "method", "pattern", "sparsity"}
 RECOVERY_KEYS = {"name", "rank", "budget", "allocation", "dtype", "svd", "lora_rank", "lora_budget"}
@@ -442,12 +442,12 @@ def plot_gluestick(summary: dict, out: Path) -> None:
         if key != "dense":
             by_pruned.setdefault(key.split(" | ")[0], []).append(d)
     markers = {"budget": "s", "lora": "^"}
-    for fname, ylabel, value, err in (
+    for fname, ylabel, value, ci in (
         (
             "success_vs_extra.png",
             "success % (95 % CI)",
             lambda d: 100 * d["success_rate"],
-            lambda d: [100 * (d["success_rate"] - d["ci95"][0]), 100 * (d["ci95"][1] - d["success_rate"])],
+            lambda d: (100 * d["ci95"][0], 100 * d["ci95"][1]),
         ),
         ("violations_vs_extra.png", "safety-violation steps", lambda d: sum(d["safety_violations"].values()), None),
     ):
@@ -462,7 +462,7 @@ def plot_gluestick(summary: dict, out: Path) -> None:
                 group = sorted(group, key=lambda d: d["extra_parameters"])
                 xs = [100 * d["extra_parameters"] / d["backbone_parameters"] for d in group]
                 ys = [value(d) for d in group]
-                yerr = list(zip(*(err(d) for d in group), strict=True)) if err else None
+                yerr = ci_errors(ys, [ci(d) for d in group]) if ci else None
                 ax.errorbar(
                     xs,
                     ys,

@@ -36,7 +36,7 @@ from ..errors import EmbodiedPruneError
 from ..evaluation.report import percent_ci
 from ..io import atomic_write_text
 from .common import model_fingerprint, open_run_folder, read_config, slug, violations_cell
-from .plots import figure, finish, save_figure
+from .plots import ci_errors, figure, finish, save_figure
 
 VARIANT_KEYS = {"name", "pruner", "keep", "alpha", "options", "match"}
 
@@ -254,7 +254,7 @@ def plot_tokens(summary: dict, path: Path) -> None:
         x, y = ref / lat[name], 100 * d["success_rate"]
         lo, hi = (100 * c for c in d["ci95"])
         # a legend rather than labels at the points: variants with equal speed and success would overprint
-        ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt=markers[i // 10 % len(markers)], capsize=3, label=name)
+        ax.errorbar(x, y, yerr=ci_errors([y], [(lo, hi)]), fmt=markers[i // 10 % len(markers)], capsize=3, label=name)
     cfg = summary["config"]
     finish(
         ax,

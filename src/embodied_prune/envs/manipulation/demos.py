@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...choices import BUILTIN_FRAMES
 from ...errors import EmbodiedPruneError
 from ...io import atomic_dir
 from .env import ManipulationEnv
@@ -44,8 +45,8 @@ from .tasks import TASKS, TaskSpec, resolve_tasks
 
 FORMAT_VERSION = 1
 # A few frames of expert demonstrations shipped with the package (``assets/metaworld-frames``, made by
-# :func:`calibration_frames`): what pruning or recovering a VLA policy calibrates on when no folder is given.
-BUILTIN_FRAMES = "builtin:metaworld-frames"
+# :func:`make_builtin_frames`): what pruning or recovering a VLA policy calibrates on when no folder is given
+# (its name, BUILTIN_FRAMES, is one of the command line's choices).
 BUILTIN_FRAMES_DIR = Path(__file__).resolve().parents[2] / "assets" / "metaworld-frames"
 DEMO_STREAM, EVAL_STREAM, CORRECTION_STREAM = 1, 2, 3  # the last: scenes of a policy's labelled rollouts
 PROPRIO_NAMES = ["ee_x", "ee_y", "ee_z", "gripper"]
