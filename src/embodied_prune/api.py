@@ -117,6 +117,7 @@ def prune(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    round_to: int = 1,
 ) -> Outcome:
     """Prune ``model`` (an object, pruned in place, or a spec: path, hub id or ``builtin:NAME``).
 
@@ -128,6 +129,10 @@ def prune(
     """
     if method not in PRUNE_METHODS:
         raise EmbodiedPruneError(f"unknown pruning method {method!r}; choose one of: {', '.join(PRUNE_METHODS)}.")
+    if round_to < 1 or (round_to != 1 and method != "structured"):
+        raise EmbodiedPruneError(
+            f"round_to={round_to} is invalid: it is a positive multiple of MLP channels for structured pruning only."
+        )
     nm = parse_pattern(pattern)
     if nm is not None and method == "structured":
         raise EmbodiedPruneError(
@@ -166,7 +171,16 @@ def prune(
         ids = _calibration_inputs(model, tokenizer, calibration, n_samples, seq_len, seed)
     if method == "structured":
         details = prune_structured(
-            model, sparsity, importance, taylor, attention, layers=span, calibration=ids, seed=seed, progress=progress
+            model,
+            sparsity,
+            importance,
+            taylor,
+            attention,
+            layers=span,
+            calibration=ids,
+            round_to=round_to,
+            seed=seed,
+            progress=progress,
         )
     else:
         details = prune_unstructured(model, method, sparsity, nm, calibration=ids, layers=span, progress=progress)
@@ -179,6 +193,7 @@ def prune(
         "taylor": taylor if method == "structured" and importance == "taylor" else None,
         "attention": attention if method == "structured" else None,
         "layers": list(span) if span else None,
+        "round_to": round_to if method == "structured" else None,
         "calibration": None
         if ids is None
         else (str(calibration) if not isinstance(calibration, torch.Tensor) else "tensor"),

@@ -15,6 +15,23 @@ SVD_METHODS = ("exact", "randomized")
 FACTOR_DTYPES = ("float32", "bfloat16", "float16", "int8")  # models.lowrank.FACTOR_DTYPES
 SCHEDULES = ("linear", "constant", "cubic")  # schedules.sparsity.SCHEDULES
 CONTROLLER_SIZES = ("s", "m", "l")  # models.ladder.SIZES
+# GGUF types of `embodied-prune export` (deploy.export): the converter writes the first four itself, llama.cpp's
+# quantiser makes the rest.
+GGUF_CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
+GGUF_QUANTISER_TYPES = (
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q2_k",
+    "q3_k_m",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k_s",
+    "q5_k_m",
+    "q6_k",
+)
+GGUF_TYPES = GGUF_CONVERTER_TYPES + GGUF_QUANTISER_TYPES
 TOKEN_PRUNERS = ("none", "fastv", "random", "specprune")  # tokens.TOKEN_PRUNERS
 # rows whose attention can rank the visual tokens (tokens.forward.QueryState.scores): the instruction
 # (SpecPrune-VLA's rows), the action queries (the tokens an OFT-style policy decodes its actions from) or both

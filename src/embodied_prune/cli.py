@@ -63,6 +63,7 @@ def cmd_prune(a: argparse.Namespace) -> None:
         a.out,
         a.overwrite,
         progress=not a.quiet,
+        round_to=a.round_to,
     )
     from .bench.speed import count_parameters
 
@@ -181,6 +182,29 @@ def cmd_bench(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from .deploy.export import export_gguf
+    from .evaluation.report import human_bytes
+
+    if a.format != "gguf":
+        raise EmbodiedPruneError(f"unknown export format {a.format!r}; gguf is the one supported.")
+    report = export_gguf(a.model, a.out, a.quant, overwrite=a.overwrite, threads=a.threads or None)
+    types = ", ".join(f"{k} {v}" for k, v in report.tensor_types.items())
+    print(
+        f"exported {a.model} → {report.path} ({human_bytes(report.file_bytes)}, llama.cpp architecture "
+        f"{report.architecture}; tensors: {types})"
+    )
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.fallbacks:
+        rows = sorted({f["row"] for f in report.fallbacks})
+        print(
+            f"warning: {len(report.fallbacks)} matrices fell back to wider types (row lengths {rows}); see "
+            "docs/deploy.md"
+        )
+    print(f"run it: embodied-prune eval driving --backend llama.cpp --model {report.path}")
+
+
 def _unique_names(specs: Sequence[str]) -> list[str]:
     names: list[str] = []
     for s in specs:
@@ -234,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         ATTENTION_MODES,
         CALIBRATION_HELP,
         FACTOR_DTYPES,
+        GGUF_TYPES,
         IMPORTANCE_CRITERIA,
         SVD_METHODS,
         TAYLOR_VARIANTS,
@@ -290,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers",
         metavar="START:END",
         help="prune only decoder layers START..END-1 (e.g. 4:30 leaves the first 4 and the last dense)",
+    )
+    sp.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        metavar="K",
+        help="structured: keep a multiple of K MLP channels per layer (e.g. 256, llama.cpp's k-quant block, so the "
+        "down projection quantises in whole blocks; default 1)",
     )
     sp.add_argument(
         "--calibration",
@@ -363,6 +396,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--seed", type=int, default=0, help="seed for calibration sampling (default 0)")
     add_output_args(sp)
+
+    sp = verb(
+        "export",
+        cmd_export,
+        "export a causal LM (dense, pruned, recovered) to GGUF for llama.cpp, quantised or not",
+        "Writes a GGUF file through llama.cpp's own converter (f32, f16, bf16, q8_0) and quantiser (q4_k_m\n"
+        "and the other block types), then loads it in llama.cpp once as a check. Llama and Qwen2 families.\n"
+        "Structured models whose layers differ in shape (pruned with --layers) become llama.cpp's deci\n"
+        "architecture (Llama family only); GLUESTICK factors are merged into dense weights; unstructured and\n"
+        "2:4 models export as dense matrices with their zeros (llama.cpp has no sparse kernels). A matrix\n"
+        "whose rows are not a multiple of 256 long cannot use k-quant blocks and falls back to a wider type:\n"
+        "the export warns (prune with --round-to 256 to keep MLP widths in whole blocks).\n\n"
+        'Needs the deploy extra (pip install -e ".[deploy]"; make setup installs it).\n\n'
+        "Example:\n"
+        "  embodied-prune export --model builtin:driving-smollm2-grpo --quant q8_0 --out runs/smol-q8_0.gguf",
+    )
+    sp.add_argument("--model", required=True, help="the checkpoint to export (a folder or builtin:NAME)")
+    sp.add_argument("--format", default="gguf", help="output format (gguf, the default and only one)")
+    sp.add_argument("--quant", default="f16", help=f"GGUF type, one of {', '.join(GGUF_TYPES)} (default f16)")
+    sp.add_argument("--out", required=True, help="the .gguf file to write")
+    sp.add_argument("--threads", type=int, default=0, help="quantiser threads (default: all cores)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
     sp = verb(
         "bench",

@@ -139,7 +139,6 @@ def cmd_eval(a: argparse.Namespace) -> None:
     a.episodes = 1 if a.episodes is None else a.episodes
     from .envs.driving.instructions import generate_split, load_instructions
     from .evaluation.driving import evaluate_driving
-    from .models.checkpoint import load_model, load_tokenizer
 
     if a.episodes < 1:
         raise EmbodiedPruneError(f"--episodes must be at least 1, got {a.episodes}.")
@@ -152,10 +151,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
             instructions = instructions[: a.limit]
     else:
         instructions = generate_split(a.split or "test", a.limit or 200)
-    tok = load_tokenizer(a.model)
-    if tok is None:
-        raise EmbodiedPruneError(f"{a.model} has no tokenizer files; a driving controller needs its tokenizer.")
-    model = load_model(a.model)
+    model, tok = _controller(a)
     report = evaluate_driving(
         model,
         tok,
@@ -167,6 +163,26 @@ def cmd_eval(a: argparse.Namespace) -> None:
         progress=not a.quiet,
     )
     _report(report, "instructions", a.json)
+
+
+def _controller(a: argparse.Namespace) -> tuple[object, object]:
+    """``(model, tokenizer)`` of the controller to evaluate: a PyTorch checkpoint, or with ``--backend llama.cpp`` a
+    GGUF file run by llama.cpp, whose own chat template then formats the prompts."""
+    if a.backend == "llama.cpp":
+        from .deploy.runtime import ChatTemplate, LlamaCppModel
+
+        model = LlamaCppModel(a.model, threads=a.threads or None)
+        return model, ChatTemplate(model.chat_template)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    from .models.checkpoint import load_model, load_tokenizer
+
+    tok = load_tokenizer(a.model)
+    if tok is None:
+        raise EmbodiedPruneError(f"{a.model} has no tokenizer files; a driving controller needs its tokenizer.")
+    return load_model(a.model), tok
 
 
 def _check_limit(a: argparse.Namespace) -> None:
@@ -194,16 +210,12 @@ def eval_decision(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError("pass either --decisions FILE or --split, not both.")
     from .envs.driving.decision import builtin_decisions, load_decisions
     from .evaluation.decision import evaluate_decision
-    from .models.checkpoint import load_model, load_tokenizer
 
-    tok = load_tokenizer(a.model)
-    if tok is None:
-        raise EmbodiedPruneError(f"{a.model} has no tokenizer files; a driving controller needs its tokenizer.")
+    model, tok = _controller(a)
     if a.decisions:
         examples = load_decisions(a.decisions)[: a.limit]
     else:
         examples = builtin_decisions(a.split or "test", a.limit, a.workers, progress=not a.quiet)
-    model = load_model(a.model)
     report = evaluate_decision(model, tok, examples, name=a.model, progress=not a.quiet)
     _report(report, "examples", a.json)
 
@@ -364,7 +376,8 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "--decisions FILE (JSONL; schema: embodied-prune data --help).\n\n"
         "Examples:\n"
         "  embodied-prune eval driving --model builtin:driving-l-grpo --split test --json runs/eval.json\n"
-        "  embodied-prune eval decision --model runs/smol-sft --split test" + EVAL_HELP,
+        "  embodied-prune eval decision --model runs/smol-sft --split test\n"
+        "  embodied-prune eval driving --backend llama.cpp --model runs/smol-q8_0.gguf --split test" + EVAL_HELP,
     )
     sp.add_argument(
         "task", choices=["driving", "decision", "manipulation"], help="the task (driving, decision or manipulation)"
@@ -388,6 +401,14 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "object positions (default 0)",
     )
     sp.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
+    sp.add_argument(
+        "--backend",
+        choices=["torch", "llama.cpp"],
+        default="torch",
+        help="driving / decision: run the controller in PyTorch (default) or, for a .gguf file from `embodied-prune "
+        "export`, in llama.cpp (greedy, batch 1), the runtime the robot uses",
+    )
+    sp.add_argument("--threads", type=int, default=0, help="CPU threads of the backend (default: all cores)")
     add_eval_arguments(sp)
     sp.add_argument("--json", metavar="FILE", help="write the full result (with per-instruction rows) here")
 

@@ -82,6 +82,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from .evaluation.manipulation import evaluate_manipulation
     from .io import atomic_write_text
 
+    if a.backend != "torch":
+        raise EmbodiedPruneError("--backend llama.cpp runs language-model controllers (eval driving / decision) only.")
     episodes = 50 if a.episodes is None else a.episodes
     if episodes < 1:
         raise EmbodiedPruneError(f"--episodes must be at least 1, got {episodes}.")

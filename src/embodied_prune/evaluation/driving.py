@@ -28,7 +28,13 @@ def generate_completions(
     progress: bool = False,
     desc: str = "generate",
 ) -> list[str]:
-    """Greedy completions of formatted ``prompts`` (left-padded batches, stop at EOS)."""
+    """Greedy completions of formatted ``prompts`` (left-padded batches, stop at EOS).
+
+    A model with a ``complete(prompts, max_new_tokens)`` method (a GGUF file in llama.cpp,
+    :class:`~embodied_prune.deploy.runtime.LlamaCppModel`) generates them itself, one prompt at a time.
+    """
+    if hasattr(model, "complete"):
+        return model.complete(prompts, max_new_tokens)
     model.eval()
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device

@@ -194,3 +194,23 @@ def load_factors(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
 
 def gluestick_layers(model: nn.Module) -> dict[str, GluestickLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, GluestickLinear)}
+
+
+@torch.no_grad()
+def merge_factors(model: nn.Module) -> nn.Module:
+    """Fold every :class:`GluestickLinear` of ``model`` into a plain linear layer, ``W + (V·U)ᵀ`` (in place).
+
+    The result computes the same function in one matrix product, but the weight is dense again: for runtimes with
+    no low-rank side path (llama.cpp), at the cost of the pruned weight's zeros.
+    """
+    for name, layer in list(gluestick_layers(model).items()):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = layer.base
+        if layer.quantized:
+            v, u = layer.V.float() * layer.v_scale, layer.U.float() * layer.u_scale
+        else:
+            v, u = layer.V.float(), layer.U.float()
+        base.weight.copy_((base.weight.float() + (v @ u).T.to(base.weight.device)).to(base.weight.dtype))
+        setattr(parent, child, base)
+    return model
