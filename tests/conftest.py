@@ -23,7 +23,8 @@ def _isolated_cache(tmp_path_factory):
 
     user = Path(os.environ.get("EMBODIED_PRUNE_CACHE", Path.home() / ".cache" / "embodied_prune"))
     session = tmp_path_factory.mktemp("cache")
-    for shared in ("pretrained", "texts"):  # the texts: the docstrings take ~7 s to collect
+    # llama.cpp: the converter taken from the llama-cpp-python source (make setup prepares it)
+    for shared in ("pretrained", "texts", "llama.cpp"):  # the texts: the docstrings take ~7 s to collect
         (user / shared).mkdir(parents=True, exist_ok=True)
         (session / shared).symlink_to(user / shared, target_is_directory=True)
     os.environ["EMBODIED_PRUNE_CACHE"] = str(session)
