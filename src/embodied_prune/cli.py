@@ -132,6 +132,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from .io import atomic_write_text
     from .models.checkpoint import load_model
 
+    if a.backend == "llama.cpp":
+        return _bench_llama_cpp(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -175,6 +177,56 @@ def cmd_bench(a: argparse.Namespace) -> None:
     )
     print(
         f"\n{base.device}, {base.threads} threads, prompt {a.prompt_len}, {a.new_tokens} new tokens, "
+        f"median of {a.repeats}"
+    )
+    if a.json:
+        atomic_write_text(a.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
+def _bench_llama_cpp(a: argparse.Namespace) -> None:
+    from .bench.llamacpp import bench_gguf
+    from .evaluation.report import human_bytes, markdown_table
+    from .io import atomic_write_text
+
+    if a.device != "cpu":
+        raise EmbodiedPruneError("--backend llama.cpp runs on the CPU here; drop --device.")
+    names = _unique_names(a.model)
+    rows = bench_gguf(
+        dict(zip(names, a.model, strict=True)),
+        a.prompt_len,
+        a.new_tokens,
+        a.repeats,
+        a.warmup,
+        a.threads or None,
+        a.seed,
+        memory=not a.no_memory,
+        progress=not a.quiet,
+    )
+    base = rows[0]
+    table = [
+        {
+            **r.to_dict(),
+            "file": human_bytes(r.file_bytes),
+            "peak": human_bytes(r.peak_memory_bytes),
+            "speedup": r.decode_tokens_per_s / base.decode_tokens_per_s,
+        }
+        for r in rows
+    ]
+    columns = [
+        ("model", "model"),
+        ("params", "params"),
+        ("file", "file"),
+        ("prefill_ms", "prefill ms"),
+        ("decode_tokens_per_s", "decode tok/s"),
+        ("token_ms_p50", "token ms p50"),
+        ("token_ms_p99", "token ms p99"),
+        ("speedup", f"decode × vs {base.model}"),
+        ("peak", "peak memory"),
+    ]
+    print(markdown_table(table, columns))
+    print(
+        f"\nllama.cpp, {base.threads} threads, batch 1, prompt {a.prompt_len}, {a.new_tokens} new tokens, "
         f"median of {a.repeats}"
     )
     if a.json:
@@ -427,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         "length, warm-up, median of repeats, models interleaved) and peak memory (fresh subprocess per\n"
         "model) for every --model, in one run. Speed-ups are relative to the first model.\n\n"
         "Example:\n"
-        "  embodied-prune bench --model builtin:llama-130m --model runs/llama-130m-s50 --json bench.json",
+        "  embodied-prune bench --model builtin:llama-130m --model runs/llama-130m-s50 --json bench.json\n"
+        "  embodied-prune bench --backend llama.cpp --model runs/smol-f16.gguf --model runs/smol-s30-f16.gguf",
     )
     sp.add_argument("--model", action="append", required=True, help="a model to measure (repeat the option for more)")
     sp.add_argument("--prompt-len", type=int, default=64, help="prompt tokens for prefill (default 64)")
@@ -436,8 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=5, help="timed repeats per model; the median is reported (default 5)"
     )
     sp.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
-    sp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    sp.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (default: torch's choice; llama.cpp: all cores)"
+    )
     sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    sp.add_argument(
+        "--backend",
+        choices=["torch", "llama.cpp"],
+        default="torch",
+        help="time checkpoints in PyTorch (default) or .gguf files (from `embodied-prune export`) in llama.cpp, "
+        "with per-token latency p50 / p99",
+    )
     sp.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
     sp.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     sp.add_argument("--json", help="write the rows to this JSON file (a list of objects)")

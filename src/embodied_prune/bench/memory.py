@@ -13,7 +13,7 @@ import json
 import sys
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     from .speed import time_prefill_decode
 
     torch.zeros(1) @ torch.zeros(1)  # let torch finish its lazy initialisation before the baseline
-    base = _status_bytes("VmRSS")
+    base = status_bytes("VmRSS")
     model = load_model(spec).to(device)
     prompt = torch.zeros(1, prompt_len, dtype=torch.long, device=device)
     if device.startswith("cuda"):
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
         peak = torch.cuda.max_memory_allocated()
     else:
         time_prefill_decode(model, prompt, new_tokens)
-        peak = _status_bytes("VmHWM") - base
+        peak = status_bytes("VmHWM") - base
     print(json.dumps({"peak_bytes": int(peak)}))
 
 
