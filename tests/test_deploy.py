@@ -164,3 +164,9 @@ def test_llama_cpp_backend_scores_a_two_instruction_file(tiny, tmp_path, capsys)
     answers = {b: [r["completion"] for r in d["per_instruction"]] for b, d in runs.items()}
     assert answers["llama.cpp"] == answers["torch"]
     assert runs["llama.cpp"]["reductions"] == runs["torch"]["reductions"]
+
+
+def test_a_tokenizer_llama_cpp_does_not_know_is_refused_in_one_sentence(tmp_path):
+    with pytest.raises(EmbodiedPruneError, match="does not know the tokenizer"):
+        export_gguf("builtin:tinylm", tmp_path / "t.gguf")
+    assert not (tmp_path / "t.gguf").exists()

@@ -171,7 +171,15 @@ def _convert(tools: Path, source: Path, dest: Path, outtype: str, per_layer: boo
     else:
         cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(source), "--outfile", str(dest)]
         cmd += ["--outtype", outtype]
-    _run(cmd, "llama.cpp's converter")
+    try:
+        _run(cmd, "llama.cpp's converter")
+    except EmbodiedPruneError as e:
+        if "pre-tokenizer was not recognized" in str(e):
+            raise EmbodiedPruneError(
+                f"llama.cpp's converter does not know the tokenizer of {source} (it recognises a tokenizer by its "
+                "pre-tokenizer); export a model whose tokenizer llama.cpp supports (SmolLM2's, Llama 3's, Qwen2's)."
+            ) from None
+        raise
 
 
 def _quantize(source: Path, dest: Path, quant: str, threads: int | None) -> None:
