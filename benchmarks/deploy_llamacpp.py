@@ -110,7 +110,6 @@ def loop_table(cells: dict) -> str:
                 "sat": percent_ci(d["satisfied"], d["satisfied_ci95"]),
                 "parse": d["parse_failures"],
                 "diff": diff,
-                "wall": f"{d['wall_s']:.0f}",
             }
         )
     return markdown_table(
@@ -122,7 +121,6 @@ def loop_table(cells: dict) -> str:
             ("sat", "all constraints met"),
             ("parse", "parse failures"),
             ("diff", "− PyTorch, points (paired 95 % CI)"),
-            ("wall", "wall s"),
         ],
     )
 
@@ -197,6 +195,7 @@ def main() -> None:
         "\n".join(body),
         data,
         time.time() - t0,
+        models=["builtin:driving-smollm2-grpo", "builtin:smollm2-135m-instruct"],
     )
 
 

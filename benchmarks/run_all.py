@@ -29,6 +29,7 @@ SCRIPTS = [
     "driving_headroom",
     "robotxr1_smollm2",
     "bpf_study",
+    "deploy_llamacpp",
     "manipulation_vla",
     "tokens_vla",
     "tokens_vla_hires",

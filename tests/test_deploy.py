@@ -170,3 +170,20 @@ def test_a_tokenizer_llama_cpp_does_not_know_is_refused_in_one_sentence(tmp_path
     with pytest.raises(EmbodiedPruneError, match="does not know the tokenizer"):
         export_gguf("builtin:tinylm", tmp_path / "t.gguf")
     assert not (tmp_path / "t.gguf").exists()
+
+
+def test_bench_llama_cpp_backend_rows(tiny, tmp_path, capsys):
+    from test_cli import cli
+
+    folder, _ = tiny
+    export_gguf(folder, tmp_path / "a.gguf", "f16")
+    export_gguf(folder, tmp_path / "b.gguf", "q8_0")
+    out = tmp_path / "bench.json"
+    line = f"bench --backend llama.cpp --model {tmp_path / 'a.gguf'} --model {tmp_path / 'b.gguf'}"
+    code, text, err = cli(capsys, f"{line} --prompt-len 8 --new-tokens 8 --repeats 2 --threads 1 --json {out} -q")
+    assert code == 0, err
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["a.gguf", "b.gguf"] and "token ms p99" in text
+    for r in rows:
+        assert r["decode_tokens_per_s"] > 0 and r["token_ms_p50"] <= r["token_ms_p99"] and r["peak_memory_bytes"] > 0
+    assert rows[0]["file_bytes"] > rows[1]["file_bytes"] and rows[0]["params"] == rows[1]["params"]

@@ -129,7 +129,6 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
     from .bench.speed import bench_models
     from .evaluation.report import human_bytes, markdown_table
-    from .io import atomic_write_text
     from .models.checkpoint import load_model
 
     if a.backend == "llama.cpp":
@@ -175,10 +174,14 @@ def cmd_bench(a: argparse.Namespace) -> None:
             ],
         )
     )
-    print(
-        f"\n{base.device}, {base.threads} threads, prompt {a.prompt_len}, {a.new_tokens} new tokens, "
-        f"median of {a.repeats}"
-    )
+    _bench_footer(a, rows, f"{base.device}, {base.threads} threads")
+
+
+def _bench_footer(a: argparse.Namespace, rows: list, where: str) -> None:
+    """The line under a bench table (where, prompt, tokens, repeats) and the JSON file when asked."""
+    from .io import atomic_write_text
+
+    print(f"\n{where}, prompt {a.prompt_len}, {a.new_tokens} new tokens, median of {a.repeats}")
     if a.json:
         atomic_write_text(a.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
         print(f"wrote {a.json}")
@@ -187,7 +190,6 @@ def cmd_bench(a: argparse.Namespace) -> None:
 def _bench_llama_cpp(a: argparse.Namespace) -> None:
     from .bench.llamacpp import bench_gguf
     from .evaluation.report import human_bytes, markdown_table
-    from .io import atomic_write_text
 
     if a.device != "cpu":
         raise EmbodiedPruneError("--backend llama.cpp runs on the CPU here; drop --device.")
@@ -225,13 +227,7 @@ def _bench_llama_cpp(a: argparse.Namespace) -> None:
         ("peak", "peak memory"),
     ]
     print(markdown_table(table, columns))
-    print(
-        f"\nllama.cpp, {base.threads} threads, batch 1, prompt {a.prompt_len}, {a.new_tokens} new tokens, "
-        f"median of {a.repeats}"
-    )
-    if a.json:
-        atomic_write_text(a.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
-        print(f"wrote {a.json}")
+    _bench_footer(a, rows, f"llama.cpp, {base.threads} threads, batch 1")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
