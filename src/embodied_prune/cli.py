@@ -125,14 +125,13 @@ def cmd_recover(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
+    if a.backend == "llama.cpp":
+        return _bench_llama_cpp(a)
     import torch
 
     from .bench.speed import bench_models
-    from .evaluation.report import human_bytes, markdown_table
     from .models.checkpoint import load_model
 
-    if a.backend == "llama.cpp":
-        return _bench_llama_cpp(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -149,38 +148,47 @@ def cmd_bench(a: argparse.Namespace) -> None:
         memory_specs=None if a.no_memory else dict(zip(names, a.model, strict=True)),
         progress=not a.quiet,
     )
+    where = f"{rows[0].device}, {rows[0].threads} threads"
+    _print_bench(a, rows, ("weight_bytes", "weights"), [("nonzero_params", "non-zero")], [], where)
+
+
+def _print_bench(
+    a: argparse.Namespace,
+    rows: list,
+    size: tuple[str, str],
+    before: list[tuple[str, str]],
+    after: list[tuple[str, str]],
+    where: str,
+) -> None:
+    """Print bench rows (either backend's) as one table, sizes in human units and decode speed-ups over the first
+    row, the line under it (``where``, prompt, tokens, repeats), and write the JSON file when asked. ``size`` is the
+    rows' byte field and its column title; ``before`` / ``after`` are the backend's own columns around it."""
+    from .evaluation.report import human_bytes, markdown_table
+    from .io import atomic_write_text
+
     base = rows[0]
+    field, title = size
     table = [
         {
             **r.to_dict(),
-            "weights": human_bytes(r.weight_bytes),
+            "size": human_bytes(getattr(r, field)),
             "peak": human_bytes(r.peak_memory_bytes),
             "speedup": r.decode_tokens_per_s / base.decode_tokens_per_s,
         }
         for r in rows
     ]
-    print(
-        markdown_table(
-            table,
-            [
-                ("model", "model"),
-                ("params", "params"),
-                ("nonzero_params", "non-zero"),
-                ("weights", "weights"),
-                ("prefill_ms", "prefill ms"),
-                ("decode_tokens_per_s", "decode tok/s"),
-                ("speedup", f"decode × vs {base.model}"),
-                ("peak", "peak memory"),
-            ],
-        )
-    )
-    _bench_footer(a, rows, f"{base.device}, {base.threads} threads")
-
-
-def _bench_footer(a: argparse.Namespace, rows: list, where: str) -> None:
-    """The line under a bench table (where, prompt, tokens, repeats) and the JSON file when asked."""
-    from .io import atomic_write_text
-
+    columns = [
+        ("model", "model"),
+        ("params", "params"),
+        *before,
+        ("size", title),
+        ("prefill_ms", "prefill ms"),
+        ("decode_tokens_per_s", "decode tok/s"),
+        *after,
+        ("speedup", f"decode × vs {base.model}"),
+        ("peak", "peak memory"),
+    ]
+    print(markdown_table(table, columns))
     print(f"\n{where}, prompt {a.prompt_len}, {a.new_tokens} new tokens, median of {a.repeats}")
     if a.json:
         atomic_write_text(a.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
@@ -189,7 +197,6 @@ def _bench_footer(a: argparse.Namespace, rows: list, where: str) -> None:
 
 def _bench_llama_cpp(a: argparse.Namespace) -> None:
     from .bench.llamacpp import bench_gguf
-    from .evaluation.report import human_bytes, markdown_table
 
     if a.device != "cpu":
         raise EmbodiedPruneError("--backend llama.cpp runs on the CPU here; drop --device.")
@@ -205,29 +212,8 @@ def _bench_llama_cpp(a: argparse.Namespace) -> None:
         memory=not a.no_memory,
         progress=not a.quiet,
     )
-    base = rows[0]
-    table = [
-        {
-            **r.to_dict(),
-            "file": human_bytes(r.file_bytes),
-            "peak": human_bytes(r.peak_memory_bytes),
-            "speedup": r.decode_tokens_per_s / base.decode_tokens_per_s,
-        }
-        for r in rows
-    ]
-    columns = [
-        ("model", "model"),
-        ("params", "params"),
-        ("file", "file"),
-        ("prefill_ms", "prefill ms"),
-        ("decode_tokens_per_s", "decode tok/s"),
-        ("token_ms_p50", "token ms p50"),
-        ("token_ms_p99", "token ms p99"),
-        ("speedup", f"decode × vs {base.model}"),
-        ("peak", "peak memory"),
-    ]
-    print(markdown_table(table, columns))
-    _bench_footer(a, rows, f"llama.cpp, {base.threads} threads, batch 1")
+    latency = [("token_ms_p50", "token ms p50"), ("token_ms_p99", "token ms p99")]
+    _print_bench(a, rows, ("file_bytes", "file"), [], latency, f"llama.cpp, {rows[0].threads} threads, batch 1")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -244,12 +230,6 @@ def cmd_export(a: argparse.Namespace) -> None:
     )
     for note in report.notes:
         print(f"note: {note}")
-    if report.fallbacks:
-        rows = sorted({f["row"] for f in report.fallbacks})
-        print(
-            f"warning: {len(report.fallbacks)} matrices fell back to wider types (row lengths {rows}); see "
-            "docs/deploy.md"
-        )
     print(f"run it: embodied-prune eval driving --backend llama.cpp --model {report.path}")
 
 

@@ -32,9 +32,7 @@ from ..errors import EmbodiedPruneError
 from ..models.checkpoint import read_side_file, resolve_model_path, stored_dtype
 from .source import converter_dir
 
-# Types llama.cpp's converter writes itself; every other type goes through the quantiser.
-CONVERTER_TYPES = GGUF_CONVERTER_TYPES
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = ("llama", "qwen2")
 K_BLOCK = 256  # values per k-quant super-block (ggml's QK_K)
 _K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"}
 
@@ -104,7 +102,7 @@ def export_gguf(
             source = tmp / "merged"
             _merge_factors(model, source)
             notes.append("GLUESTICK factors merged into the dense weights (llama.cpp has no low-rank side path).")
-        direct = quant in CONVERTER_TYPES
+        direct = quant in GGUF_CONVERTER_TYPES  # the converter writes these itself
         first = quant if direct else _lossless_type(source)
         converted = tmp / f"model-{first}.gguf"
         _convert(tools, source, converted, first, per_layer)
@@ -117,8 +115,9 @@ def export_gguf(
         os.replace(final, out)
     if fallbacks:
         notes.append(
-            f"{len(fallbacks)} matrices fell back to wider types: their rows are not a multiple of {K_BLOCK} long "
-            "(k-quant blocks); prune with --round-to 256 to keep MLP widths in whole blocks."
+            f"{len(fallbacks)} matrices fell back to wider types: their rows ({sorted({f['row'] for f in fallbacks})} "
+            f"values) are not a multiple of {K_BLOCK} long (k-quant blocks); prune with --round-to 256 to keep MLP "
+            "widths in whole blocks (docs/deploy.md)."
         )
     return ExportReport(str(out), quant, arch, out.stat().st_size, types, fallbacks, notes)
 

@@ -25,7 +25,10 @@ class LlamaCppModel:
             raise EmbodiedPruneError(f"llama.cpp is not installed; run {DEPLOY_INSTALL}.") from None
         path = Path(path)
         if not path.is_file():
-            raise EmbodiedPruneError(f"GGUF file {path} does not exist; export one with `embodied-prune export`.")
+            what = "is a folder, not a GGUF file" if path.is_dir() else "does not exist"
+            raise EmbodiedPruneError(
+                f"GGUF file {path} {what}; export one with `embodied-prune export` (or drop --backend llama.cpp)."
+            )
         from .export import inspect_gguf
 
         self.architecture = inspect_gguf(path)[0]  # refuses a file that is not GGUF, with a sentence
