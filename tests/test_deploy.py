@@ -1,5 +1,5 @@
-"""GGUF export and the llama.cpp backend, on tiny random Llamas that carry SmolLM2's real tokenizer (llama.cpp's
-converter recognises a tokenizer by its pre-tokenizer, so a home-made vocabulary would be refused)."""
+"""GGUF export and the llama.cpp backend, mostly on tiny random Llamas that carry SmolLM2's real tokenizer (llama.cpp's
+converter recognises a tokenizer by its pre-tokenizer), and on the byte-vocabulary built-ins."""
 
 import json
 
@@ -167,9 +167,49 @@ def test_llama_cpp_backend_scores_a_two_instruction_file(tiny, tmp_path, capsys)
 
 
 def test_a_tokenizer_llama_cpp_does_not_know_is_refused_in_one_sentence(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # A BPE with merges learnt here: its pre-tokenizer's hash is none llama.cpp knows.
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["keep right at thirty metres per second, then overtake"] * 50, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="Ġ")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    folder = save_model(LlamaForCausalLM(config), tmp_path / "m", tok)
     with pytest.raises(EmbodiedPruneError, match="does not know the tokenizer"):
-        export_gguf("builtin:tinylm", tmp_path / "t.gguf")
+        export_gguf(folder, tmp_path / "t.gguf")
+    # transformers gives the from-scratch controllers' Qwen2 tokenizer one token past their embedding.
+    with pytest.raises(EmbodiedPruneError, match="past the model's 512 embedding rows"):
+        export_gguf("builtin:driving-s-sft", tmp_path / "t.gguf")
     assert not (tmp_path / "t.gguf").exists()
+
+
+@pytest.mark.parametrize("name", ["builtin:llama-tiny", "builtin:tinylm"])
+def test_byte_vocabularies_export_with_the_same_token_ids_and_greedy_tokens(name, tmp_path):
+    report = export_gguf(name, tmp_path / "b.gguf", "f32")
+    text = "Keep 30 m/s,  stay right<eos> — ünï\n\tcode 🚗?"
+    tok, model = load_tokenizer(name), load_model(name)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    m = LlamaCppModel(report.path, threads=1)
+    try:
+        assert m.tokenize(text) == ids
+        assert m.llm.detokenize(ids, special=True).decode() == tok.decode(ids)
+        gen = m.llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+        got = [next(gen) for _ in range(12)]
+    finally:
+        m.close()
+    out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert got == out[0, len(ids) :].tolist()
 
 
 def test_bench_llama_cpp_backend_rows(tiny, tmp_path, capsys):

@@ -5,7 +5,10 @@ files, and llama.cpp's quantiser (``llama_model_quantize`` in the ``llama-cpp-py
 and the other block types from a lossless intermediate file. What this module adds is what a pruned model needs:
 
 - **Per-layer shapes** (a structured model pruned on a ``--layers`` range) go to llama.cpp's ``deci`` architecture
-  through :mod:`._per_layer_convert` (Llama family only; anything else is refused with a sentence).
+  through :mod:`._convert` (Llama family only; anything else is refused with a sentence).
+- **Byte vocabularies** (byte-level BPE without merges: ``tinylm``, the random built-ins such as ``llama-130m``),
+  which the converter cannot name, are written by :mod:`._convert` with llama.cpp's default pre-tokenizer (without
+  merges every pre-tokenizer gives the same ids). Any other tokenizer the converter does not know is refused.
 - **GLUESTICK factors** are merged into the dense weights first (``W + (V·U)ᵀ``): llama.cpp has no low-rank side
   path, so the exported file is dense and its sparsity is gone.
 - **Unstructured / N:M models** export as dense matrices holding their zeros: llama.cpp has no sparse kernels.
@@ -90,6 +93,7 @@ def export_gguf(
             f"{model} has decoder layers of different shapes, which llama.cpp runs only for Llama-family models (its "
             "deci architecture); prune it without --layers (every layer alike) to export it."
         )
+    _check_vocab(model, folder, config)
     notes = _notes(side)
     tools = converter_dir()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ def export_gguf(
         direct = quant in GGUF_CONVERTER_TYPES  # the converter writes these itself
         first = quant if direct else _lossless_type(source)
         converted = tmp / f"model-{first}.gguf"
-        _convert(tools, source, converted, first, per_layer)
+        _convert(tools, source, converted, first, per_layer, is_byte_vocab(source))
         final = converted
         if not direct:
             final = tmp / f"model-{quant}.gguf"
@@ -163,10 +167,42 @@ def _run(cmd: list[str], what: str) -> str:
     return proc.stderr + proc.stdout
 
 
-def _convert(tools: Path, source: Path, dest: Path, outtype: str, per_layer: bool) -> None:
-    if per_layer:
-        script = Path(__file__).with_name("_per_layer_convert.py")
+def _check_vocab(model: str | os.PathLike, folder: Path, config: dict) -> None:
+    """Refuse a tokenizer with ids past the embedding (the converter would stop on a bare assertion)."""
+    from ..models.checkpoint import load_tokenizer
+
+    tok = load_tokenizer(folder)
+    if tok is None:
+        raise EmbodiedPruneError(f"{model} has no tokenizer; save the model with its tokenizer to export it.")
+    rows = config.get("vocab_size") or len(tok)
+    extra = sorted(t for t, i in tok.get_vocab().items() if i >= rows)
+    if extra:
+        raise EmbodiedPruneError(
+            f"the tokenizer of {model} (as transformers loads it) has tokens past the model's {rows} embedding rows "
+            f"({', '.join(extra[:3])}), which llama.cpp's converter cannot write; export a model whose tokenizer "
+            "fits its embedding."
+        )
+
+
+def is_byte_vocab(folder: Path) -> bool:
+    """Whether ``folder``'s tokenizer is byte-level BPE with no merges and all 256 bytes: every byte its own token."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return False
+    spec = json.loads(path.read_text())
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or model.get("merges") or pre.get("type") != "ByteLevel":
+        return False
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return set(ByteLevel.alphabet()) <= set(model.get("vocab", {}))
+
+
+def _convert(tools: Path, source: Path, dest: Path, outtype: str, per_layer: bool, byte_vocab: bool) -> None:
+    if per_layer or byte_vocab:
+        script = Path(__file__).with_name("_convert.py")
         cmd = [sys.executable, str(script), str(tools), str(source), str(dest), outtype]
+        cmd += ["--per-layer"] * per_layer + ["--byte-vocab"] * byte_vocab
     else:
         cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(source), "--outfile", str(dest)]
         cmd += ["--outtype", outtype]
