@@ -14,7 +14,9 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -195,3 +197,28 @@ def stale_models(data: dict) -> list[str]:
 def nan_array(values: Iterable[float | None]) -> np.ndarray:
     """Per-instruction values as a float array, None (an instruction no episode could score) as NaN."""
     return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def run_verb(argv: list[str], log: Path) -> dict:
+    """Run ``embodied-prune ARGV`` in a fresh process; its wall time, exit status and peak resident memory."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parent / "_verb_peak.py"), *argv],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    wall = time.perf_counter() - t0
+    lines = log.read_text().strip().splitlines()
+    peak = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "peak_rss_bytes": peak.get("peak_rss_bytes"),
+        "peak_cuda_bytes": peak.get("peak_cuda_bytes"),
+        "log_tail": lines[-3:],
+    }
+
+
+def gib(n: int | None) -> str:
+    return "–" if n is None else f"{n / 2**30:.1f} GiB"

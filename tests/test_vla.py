@@ -238,7 +238,9 @@ def test_pruned_and_recovered_checkpoints_keep_the_source_dtype(tmp_path):
     bf16 = save_vla(tiny_policy()[0].to(torch.bfloat16), tok, tmp_path / "bf16")
     assert stored_dtype(f32) == torch.float32 and stored_dtype(bf16) == torch.bfloat16
     pruned = ep.prune(bf16, "magnitude", pattern="2:4", out=tmp_path / "m24", progress=False)
-    assert pruned.model.dtype == torch.float32  # pruned in float32, saved as stored
+    assert pruned.model.dtype == torch.bfloat16  # held as stored (per-layer maths in float32), saved as stored
+    held32 = ep.prune(bf16, "magnitude", pattern="2:4", dtype="float32", progress=False)
+    assert held32.model.dtype == torch.float32
     recovered = ep.recover(bf16, pruned.path, rank=4, out=tmp_path / "m24-r4")
     for path in (pruned.path, recovered.path):
         assert stored_dtype(path) == torch.bfloat16
@@ -247,7 +249,7 @@ def test_pruned_and_recovered_checkpoints_keep_the_source_dtype(tmp_path):
     assert size == pytest.approx((bf16 / "model.safetensors").stat().st_size, rel=0.01)
     q = query(model, tok)
     with torch.no_grad():  # magnitude keeps the stored values, so the cast back to bf16 loses nothing
-        assert torch.equal(pruned.model.eval()(*q)["actions"], load_vla(pruned.path)[0](*q)["actions"])
+        assert torch.equal(held32.model.eval()(*q)["actions"], load_vla(pruned.path)[0](*q)["actions"])
     kept = ep.prune(f32, "magnitude", pattern="2:4", out=tmp_path / "f32-m24", progress=False)
     assert stored_dtype(kept.path) == torch.float32
 

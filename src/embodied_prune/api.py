@@ -40,13 +40,54 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _resolve(model: PreTrainedModel | str | os.PathLike, with_factors: bool = True):
-    """``(model, tokenizer, history)`` for a model object or a spec."""
+def _resolve(
+    model: PreTrainedModel | str | os.PathLike,
+    with_factors: bool = True,
+    dtype: torch.dtype | str | None = "auto",
+    device: torch.device | str | None = None,
+    whole_model: bool = False,
+):
+    """``(model, tokenizer, history)`` for a model object (used as it is, where it is) or a spec, loaded in
+    ``dtype`` (``auto``: the checkpoint's, see :func:`~embodied_prune.models.devices.resolve_dtype`) onto
+    ``device`` — or kept in host memory when it does not fit there and only one layer at a time needs the device
+    (``whole_model`` False), as the per-layer algorithms do."""
     if isinstance(model, (str, os.PathLike)):
         where = resolve_model_path(model)
         history = read_side_file(where).get("history", []) if Path(where).is_dir() else []
-        return load_model(model, with_factors=with_factors), load_tokenizer(model), history
+        home, dtype = _placement(model, dtype, device, whole_model)
+        return load_model(model, dtype=dtype, with_factors=with_factors, device=home), load_tokenizer(model), history
     return model, None, []
+
+
+def _placement(spec, dtype, device, whole_model: bool) -> tuple[torch.device, torch.dtype]:
+    """Where a spec is loaded (``device``, or the CPU when it does not fit a GPU's free memory) and in which
+    dtype."""
+    from .models.checkpoint import checkpoint_nbytes
+    from .models.devices import cuda_free_bytes, default_device, default_dtype, resolve_device, resolve_dtype
+
+    device = resolve_device(device or default_device() or "cpu")
+    if dtype in (None, "auto") and default_dtype() is not None:
+        dtype = default_dtype()  # an enclosing default placement (e.g. `experiment --dtype`) names one
+    dtype = resolve_dtype(dtype, _source_dtype(spec), device, whole_model)
+    free = cuda_free_bytes(device)
+    need = checkpoint_nbytes(spec, dtype) if free is not None else None
+    if need is not None and need > 0.85 * free:
+        if whole_model:
+            raise EmbodiedPruneError(
+                f"{spec} needs {need / 2**30:.1f} GiB in {dtype}, more than {device}'s {free / 2**30:.1f} GiB free, "
+                "and this step runs the whole model; pass --dtype bfloat16, another --device, or --device cpu."
+            )
+        return torch.device("cpu"), dtype  # one layer at a time goes to the device
+    return device, dtype
+
+
+def _has_safetensors(spec) -> bool:
+    """Whether ``spec`` is a local checkpoint folder with safetensors weights (readable one tensor at a time)."""
+    try:
+        where = Path(resolve_model_path(spec))
+    except EmbodiedPruneError:
+        return False
+    return where.is_dir() and any(where.glob("model*.safetensors"))
 
 
 def _source_dtype(spec) -> torch.dtype | None:
@@ -83,10 +124,13 @@ def _feed(inputs: torch.Tensor | list[dict], batch_size: int = 8):
     from .pruning.calibration import calibration_chunks, forward_chunk
 
     def run(model) -> None:
+        from .models.devices import module_device, move
+
         model.eval()
+        device = module_device(model)
         with torch.no_grad():
             for chunk in calibration_chunks(inputs, batch_size):
-                forward_chunk(model, chunk)
+                forward_chunk(model, move(chunk, device))
 
     return run
 
@@ -118,8 +162,17 @@ def prune(
     overwrite: bool = False,
     progress: bool = True,
     round_to: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = "auto",
+    grad_dtype: torch.dtype | str = torch.float32,
 ) -> Outcome:
     """Prune ``model`` (an object, pruned in place, or a spec: path, hub id or ``builtin:NAME``).
+
+    ``device`` computes the pruning (default: where the model is; the CPU for a spec): a spec is loaded there in
+    ``dtype`` (``auto``: the checkpoint's own), or, when it does not fit a GPU, kept in host memory and moved to it
+    one decoder layer at a time (Wanda, SparseGPT, magnitude; Taylor's backward passes need the whole model on the
+    device). Per-layer maths runs in float32. ``grad_dtype`` holds the summed gradient where a Taylor variant needs
+    it (param_first over several batches, param_mix): float32, or bfloat16 at half the memory.
 
     ``method`` is ``structured`` (physically removes heads and MLP channels) or an unstructured
     method (magnitude, wanda, sparsegpt) with ``sparsity`` or an N:M ``pattern`` such as ``"2:4"``.
@@ -154,7 +207,11 @@ def prune(
         check_output_dir(out, overwrite)
     source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     source_spec = model
-    model, tokenizer, history = _resolve(model, with_factors=False)
+    needs_whole = method == "structured" and importance == "taylor"
+    model, tokenizer, history = _resolve(model, False, dtype, device, whole_model=needs_whole)
+    compute = torch.device(device) if device is not None else None
+    if needs_whole and compute is not None and compute != _device_of(model):
+        model = model.to(compute)  # an object given on another device: Taylor's backward needs it all there
     if gluestick_layers(model):
         raise EmbodiedPruneError(
             "this model carries GLUESTICK corrections; prune the dense model first, then run recover on the result."
@@ -181,9 +238,12 @@ def prune(
             round_to=round_to,
             seed=seed,
             progress=progress,
+            grad_dtype=_dtype(grad_dtype),
         )
     else:
-        details = prune_unstructured(model, method, sparsity, nm, calibration=ids, layers=span, progress=progress)
+        details = prune_unstructured(
+            model, method, sparsity, nm, calibration=ids, layers=span, progress=progress, device=compute
+        )
     record = {
         "op": "prune",
         "method": method,
@@ -200,6 +260,8 @@ def prune(
         "calibration_samples": None if ids is None else _n_samples(ids),
         "seed": seed,
         "source": source,
+        "dtype": str(_dtype_of(model)).removeprefix("torch."),
+        "device": str(compute or _device_of(model)),
         "date": _now(),
     }
     history = [*history, record]
@@ -207,6 +269,24 @@ def prune(
     if out is not None:
         path = save_model(model, out, tokenizer, history, overwrite, dtype=_source_dtype(source_spec))
     return Outcome(model, record, path, details, history)
+
+
+def _dtype(name: torch.dtype | str) -> torch.dtype:
+    from .models.devices import resolve_dtype
+
+    return resolve_dtype(name, None, torch.device("cpu"), whole_model=False)
+
+
+def _device_of(model) -> torch.device:
+    from .models.devices import module_device
+
+    return module_device(model)
+
+
+def _dtype_of(model) -> torch.dtype:
+    from .models.devices import module_dtype
+
+    return module_dtype(model)
 
 
 def recover(
@@ -224,6 +304,9 @@ def recover(
     n_samples: int = 32,
     seq_len: int = 128,
     seed: int = 0,
+    device: torch.device | str | None = None,
+    model_dtype: torch.dtype | str | None = "auto",
+    progress: bool = False,
 ) -> Outcome:
     """GLUESTICK: attach rank-``rank`` corrections of ``dense − pruned`` to the pruned model — or, with
     ``budget``, per-layer ranks spending that fraction of the corrected layers' parameters; ``dtype``
@@ -236,19 +319,42 @@ def recover(
     Returns the corrected model (a copy of ``pruned`` when it is a spec, else ``pruned`` itself, wrapped
     in place) and a :class:`GluestickReport` in ``details``. With ``out`` the pruned checkpoint and its
     ``gluestick.safetensors`` are saved there atomically.
+
+    ``pruned`` is loaded in ``model_dtype`` (``auto``: its checkpoint's) and each gap is decomposed on ``device``
+    (default: where the pruned model is), one layer at a time. A dense model given as a checkpoint is read one
+    weight at a time from its files (no second model in memory), unless a budget is spent by calibration outputs,
+    which runs the dense model.
     """
     if out is not None:
         check_output_dir(out, overwrite)
-    dense_model, dense_tokenizer, _ = _resolve(dense, with_factors=False)
-    pruned_model, tokenizer, history = _resolve(pruned, with_factors=False)
+    pruned_model, tokenizer, history = _resolve(pruned, False, model_dtype, device)
     feed = inputs = None
-    if budget is not None and _is_policy(dense_model) and (calibration is None or str(calibration) == "random"):
+    policy = _is_policy(pruned_model)
+    if budget is not None and policy and (calibration is None or str(calibration) == "random"):
         calibration = BUILTIN_FRAMES  # a budget spent by output share beat the singular values on the VLA
-    if calibration is not None:
-        inputs = _calibration_inputs(dense_model, dense_tokenizer or tokenizer, calibration, n_samples, seq_len, seed)
-        feed = _feed(inputs)
+    if calibration is None and isinstance(dense, (str, os.PathLike)) and _has_safetensors(dense):
+        from .models.checkpoint import CheckpointWeights
+
+        dense_model = CheckpointWeights(dense)
+    else:
+        dense_model, dense_tokenizer, _ = _resolve(dense, False, model_dtype, device)
+        if calibration is not None:
+            inputs = _calibration_inputs(
+                dense_model, dense_tokenizer or tokenizer, calibration, n_samples, seq_len, seed
+            )
+            feed = _feed(inputs)
     report: GluestickReport = compute_factors(
-        dense_model, pruned_model, rank, svd, include, exclude, budget=budget, dtype=dtype, feed=feed
+        dense_model,
+        pruned_model,
+        rank,
+        svd,
+        include,
+        exclude,
+        budget=budget,
+        dtype=dtype,
+        feed=feed,
+        device=device,
+        progress=progress,
     )
     record = {
         "op": "recover",

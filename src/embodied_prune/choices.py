@@ -12,6 +12,7 @@ IMPORTANCE_CRITERIA = ("l1", "l2", "taylor", "random")  # pruning.importance.CRI
 TAYLOR_VARIANTS = ("vectorize", "param_first", "param_second", "param_mix")
 ATTENTION_MODES = ("auto", "kv_group", "query_head", "none")
 SVD_METHODS = ("exact", "randomized")
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # models.devices.DTYPES, after "auto"
 FACTOR_DTYPES = ("float32", "bfloat16", "float16", "int8")  # models.lowrank.FACTOR_DTYPES
 SCHEDULES = ("linear", "constant", "cubic")  # schedules.sparsity.SCHEDULES
 CONTROLLER_SIZES = ("s", "m", "l")  # models.ladder.SIZES

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .cli_args import add_output_args
+from .cli_args import add_device_args, add_output_args, placement
 from .errors import EmbodiedPruneError
 
 EXIT_USAGE = 2
@@ -46,7 +46,9 @@ def _sparsity(text: str) -> float:
 
 def cmd_prune(a: argparse.Namespace) -> None:
     from .api import prune
+    from .models.devices import resolve_device
 
+    device = resolve_device(a.device)
     outcome = prune(
         a.model,
         a.method,
@@ -64,11 +66,15 @@ def cmd_prune(a: argparse.Namespace) -> None:
         a.overwrite,
         progress=not a.quiet,
         round_to=a.round_to,
+        device=device,
+        dtype=a.dtype,
+        grad_dtype=a.grad_dtype,
     )
     from .bench.speed import count_parameters
 
     params, nonzero, nbytes = count_parameters(outcome.model)
-    print(f"pruned {a.model} with {a.method} → {outcome.path}")
+    r = outcome.record
+    print(f"pruned {a.model} with {a.method} on {r['device']} ({r['dtype']} weights) → {outcome.path}")
     _say_builtin_frames(outcome.record, a.calibration == "random")
     print(f"parameters: {params:,} (non-zero {nonzero:,}), weights {nbytes / 2**20:.1f} MiB")
     side = json.loads((outcome.path / "embodied_prune.json").read_text())
@@ -92,7 +98,9 @@ def _say_builtin_frames(record: dict, defaulted: bool) -> None:
 
 def cmd_recover(a: argparse.Namespace) -> None:
     from .api import recover
+    from .models.devices import resolve_device
 
+    device = resolve_device(a.device)
     outcome = recover(
         a.dense,
         a.pruned,
@@ -108,6 +116,9 @@ def cmd_recover(a: argparse.Namespace) -> None:
         n_samples=a.calibration_samples,
         seq_len=a.calibration_seq_len,
         seed=a.seed,
+        device=device,
+        model_dtype=a.dtype,
+        progress=not a.quiet,
     )
     rep = outcome.details
     _say_builtin_frames(outcome.record, a.calibration is None)
@@ -134,10 +145,11 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise EmbodiedPruneError(f"device {a.device} was asked for but CUDA is not available; use --device cpu.")
     names = _unique_names(a.model)
-    models = {n: load_model(spec).to(a.device) for n, spec in zip(names, a.model, strict=True)}
+    models = {}
+    for n, spec in zip(names, a.model, strict=True):
+        device, dtype = placement(a, spec, whole_model=True)
+        models[n] = load_model(spec, dtype=dtype, device=device)
     rows = bench_models(
         models,
         a.prompt_len,
@@ -198,8 +210,10 @@ def _print_bench(
 def _bench_llama_cpp(a: argparse.Namespace) -> None:
     from .bench.llamacpp import bench_gguf
 
-    if a.device != "cpu":
-        raise EmbodiedPruneError("--backend llama.cpp runs on the CPU here; drop --device.")
+    if a.device not in ("auto", "cpu") or a.dtype != "auto":
+        raise EmbodiedPruneError(
+            "--backend llama.cpp runs GGUF files on the CPU in their own types; drop --device and --dtype."
+        )
     names = _unique_names(a.model)
     rows = bench_gguf(
         dict(zip(names, a.model, strict=True)),
@@ -222,7 +236,10 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     if a.format != "gguf":
         raise EmbodiedPruneError(f"unknown export format {a.format!r}; gguf is the one supported.")
-    report = export_gguf(a.model, a.out, a.quant, overwrite=a.overwrite, threads=a.threads or None)
+    device, dtype = placement(a, a.model, whole_model=False)
+    report = export_gguf(
+        a.model, a.out, a.quant, overwrite=a.overwrite, threads=a.threads or None, device=device, dtype=dtype
+    )
     types = ", ".join(f"{k} {v}" for k, v in report.tensor_types.items())
     print(
         f"exported {a.model} → {report.path} ({human_bytes(report.file_bytes)}, llama.cpp architecture "
@@ -252,6 +269,14 @@ def cmd_models(a: argparse.Namespace) -> None:
 
 
 def cmd_experiment(a: argparse.Namespace) -> None:
+    from .models.devices import DTYPES, default_placement, resolve_device
+
+    device = resolve_device(a.device)
+    with default_placement(device, None if a.dtype == "auto" else DTYPES[a.dtype]):
+        _run_experiment(a)
+
+
+def _run_experiment(a: argparse.Namespace) -> None:
     out = a.out or f"runs/{a.kind}"
     if a.kind == "tokens":
         from .experiments.tokens import run_tokens_experiment
@@ -363,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)"
     )
     sp.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and random importance")
+    sp.add_argument(
+        "--grad-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="structured + taylor: dtype of the summed gradient, kept only where the variant needs it (param_first "
+        "over several calibration batches, param_mix); bfloat16 halves that memory (default float32)",
+    )
+    add_device_args(sp, whole_model=False)
     add_output_args(sp)
 
     sp = verb(
@@ -423,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)"
     )
     sp.add_argument("--seed", type=int, default=0, help="seed for calibration sampling (default 0)")
+    add_device_args(sp, whole_model=False)
     add_output_args(sp)
 
     sp = verb(
@@ -446,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the .gguf file to write")
     sp.add_argument("--threads", type=int, default=0, help="quantiser threads (default: all cores)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    add_device_args(sp, whole_model=False)  # used where GLUESTICK factors are folded into the weights
 
     sp = verb(
         "bench",
@@ -468,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--threads", type=int, default=0, help="CPU threads (default: torch's choice; llama.cpp: all cores)"
     )
-    sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    add_device_args(sp, whole_model=True)
     sp.add_argument(
         "--backend",
         choices=["torch", "llama.cpp"],
@@ -518,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True, help="YAML config (see configs/)")
     sp.add_argument("--out", help="output folder (default runs/KIND)")
     sp.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    from .cli_args import EXPERIMENT_DTYPE_HELP
+
+    add_device_args(sp, whole_model=True, dtype_help=EXPERIMENT_DTYPE_HELP)
 
     sp = verb(
         "demo",

@@ -22,6 +22,11 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError("train driving needs --stage sft or --stage grpo.")
     if a.demos or a.batch_size or a.bf16 or a.visual_keep is not None or a.patch is not None:
         raise EmbodiedPruneError("--demos, --batch-size, --bf16, --patch and --visual-keep are for train manipulation.")
+    from .models.devices import default_placement, resolve_autocast, resolve_device
+
+    device = resolve_device(a.device)
+    autocast = resolve_autocast(a.dtype, device)
+    placed = {"device": device, "autocast": autocast}
     run = {"overwrite": a.overwrite, "progress": not a.quiet, "checkpoint_every": a.save_every, "resume": a.resume}
     if a.decision is not None and a.decision < 0:
         raise EmbodiedPruneError(f"--decision is a number of decision examples; got {a.decision}.")
@@ -58,7 +63,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
             return load_tokenizer(a.base) if a.base else train_tokenizer()
 
-        path = train_sft(a.out, s, callbacks=_pruning(a, s.total_steps(), tokenizer), **run)
+        with default_placement(device):
+            path = train_sft(a.out, s, callbacks=_pruning(a, s.total_steps(), tokenizer), **run, **placed)
     else:
         if not a.init:
             raise EmbodiedPruneError(
@@ -89,7 +95,9 @@ def cmd_train(a: argparse.Namespace) -> None:
             make = GRPOSettings
         s = make(seed=a.seed, workers=a.workers, **given)
 
-        path = train_grpo(a.init, a.out, s, callbacks=_pruning(a, s.steps, lambda: load_tokenizer(a.init)), **run)
+        with default_placement(device):
+            callbacks = _pruning(a, s.steps, lambda: load_tokenizer(a.init))
+            path = train_grpo(a.init, a.out, s, callbacks=callbacks, **run, **placed)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained {a.stage} controller in {record['wall_s']:.0f} s → {path}")
     for p in record.get("pruning", []):
@@ -171,18 +179,24 @@ def _controller(a: argparse.Namespace) -> tuple[object, object]:
     if a.backend == "llama.cpp":
         from .deploy.runtime import ChatTemplate, LlamaCppModel
 
+        if a.device not in ("auto", "cpu") or a.dtype != "auto":
+            raise EmbodiedPruneError(
+                "--backend llama.cpp runs the GGUF file on the CPU in its own types; drop --device and --dtype."
+            )
         model = LlamaCppModel(a.model, threads=a.threads or None)
         return model, ChatTemplate(model.chat_template)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
+    from .cli_args import placement
     from .models.checkpoint import load_model, load_tokenizer
 
+    device, dtype = placement(a, a.model, whole_model=True)
     tok = load_tokenizer(a.model)
     if tok is None:
         raise EmbodiedPruneError(f"{a.model} has no tokenizer files; a driving controller needs its tokenizer.")
-    return load_model(a.model), tok
+    return load_model(a.model, dtype=dtype, device=device), tok
 
 
 def _check_limit(a: argparse.Namespace) -> None:
@@ -245,7 +259,7 @@ def cmd_data(a: argparse.Namespace) -> None:
 def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``train`` and ``eval`` with the main parser's ``verb`` helper."""
     from .choices import CONTROLLER_SIZES, IMPORTANCE_CRITERIA, SCHEDULES
-    from .cli_args import add_output_args
+    from .cli_args import TRAIN_DTYPE_HELP, add_device_args, add_output_args
     from .cli_manipulation import EVAL_HELP, TRAIN_HELP, add_eval_arguments, add_train_arguments
 
     sp = verb(
@@ -355,6 +369,7 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="resumable checkpoint every STEPS")
     sp.add_argument("--resume", action="store_true", help="go on from a killed run's last checkpoint")
     add_train_arguments(sp)
+    add_device_args(sp, whole_model=True, dtype_help=TRAIN_DTYPE_HELP)
     add_output_args(sp)
 
     sp = verb(
@@ -409,6 +424,7 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "export`, in llama.cpp (greedy, batch 1), the runtime the robot uses",
     )
     sp.add_argument("--threads", type=int, default=0, help="CPU threads of the backend (default: all cores)")
+    add_device_args(sp, whole_model=True)
     add_eval_arguments(sp)
     sp.add_argument("--json", metavar="FILE", help="write the full result (with per-instruction rows) here")
 

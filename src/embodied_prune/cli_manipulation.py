@@ -71,8 +71,20 @@ def cmd_train(a: argparse.Namespace) -> None:
         "visual_keep": a.visual_keep,
         "patch": a.patch,
     }
-    s = BCSettings(seed=a.seed, bf16=a.bf16, **{k: v for k, v in given.items() if v is not None})
-    path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
+    import torch
+
+    from .models.devices import default_placement, resolve_autocast, resolve_device
+
+    device = resolve_device(a.device)
+    autocast = resolve_autocast(a.dtype, device)
+    if a.bf16 and a.dtype not in ("auto", "bfloat16"):
+        raise EmbodiedPruneError(f"--bf16 asks for bfloat16 autocast, --dtype for {a.dtype}; pass one of them.")
+    if autocast not in (None, torch.bfloat16):
+        raise EmbodiedPruneError("train manipulation autocasts in bfloat16 only; pass --dtype bfloat16 or float32.")
+    bf16 = a.bf16 or autocast == torch.bfloat16
+    s = BCSettings(seed=a.seed, bf16=bf16, **{k: v for k, v in given.items() if v is not None})
+    with default_placement(device):
+        path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained the VLA policy in {record['wall_s']:.0f} s → {path}")
     print(f"evaluate it: embodied-prune eval manipulation --model {path}")
@@ -84,6 +96,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     if a.backend != "torch":
         raise EmbodiedPruneError("--backend llama.cpp runs language-model controllers (eval driving / decision) only.")
+    from .cli_args import placement
+    from .models.devices import dtype_name
+
+    device, dtype = placement(a, a.model, whole_model=True)
     episodes = 50 if a.episodes is None else a.episodes
     if episodes < 1:
         raise EmbodiedPruneError(f"--episodes must be at least 1, got {episodes}.")
@@ -141,6 +157,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
         progress=not a.quiet,
         token_pruner=token_pruner,
         openvla=openvla,
+        device=str(device),
+        dtype=dtype_name(dtype),
     )
     print(report.markdown())
     if a.json:

@@ -1,6 +1,6 @@
 """Subprocess entry point: peak memory of loading one model and running a prefill + decode.
 
-``python -m embodied_prune.bench.memory SPEC PROMPT_LEN NEW_TOKENS DEVICE`` prints ``{"peak_bytes": N}``.
+``python -m embodied_prune.bench.memory SPEC PROMPT_LEN NEW_TOKENS DEVICE [DTYPE]`` prints ``{"peak_bytes": N}``.
 On the CPU, N is the peak resident set size (``VmHWM``) minus the resident size after imports; on
 CUDA it is ``torch.cuda.max_memory_allocated``. ``VmHWM`` belongs to this process's own address space;
 ``getrusage``'s ``ru_maxrss`` would not do, because Linux carries it over from the parent across
@@ -26,11 +26,12 @@ def main(argv: list[str]) -> None:
     import torch
 
     from ..models.checkpoint import load_model
+    from ..models.devices import DTYPES
     from .speed import time_prefill_decode
 
     torch.zeros(1) @ torch.zeros(1)  # let torch finish its lazy initialisation before the baseline
     base = status_bytes("VmRSS")
-    model = load_model(spec).to(device)
+    model = load_model(spec, dtype=DTYPES[argv[4] if len(argv) > 4 else "float32"], device=device)
     prompt = torch.zeros(1, prompt_len, dtype=torch.long, device=device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -124,7 +124,8 @@ def bench_models(
         prefill = statistics.median(t[0] for t in times[name])
         decode = statistics.median(t[1] for t in times[name])
         spec = (memory_specs or {}).get(name)
-        peak = measure_peak_memory(spec, prompt_len, new_tokens, str(device)) if spec else None
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        peak = measure_peak_memory(spec, prompt_len, new_tokens, str(device), dtype) if spec else None
         rows.append(
             BenchResult(
                 model=name,
@@ -144,9 +145,11 @@ def bench_models(
     return rows
 
 
-def measure_peak_memory(spec: str, prompt_len: int, new_tokens: int, device: str = "cpu") -> int:
-    """Peak memory (bytes) of loading ``spec`` and running one prefill + decode, in a fresh process."""
-    cmd = [sys.executable, "-m", "embodied_prune.bench.memory", spec, str(prompt_len), str(new_tokens), device]
+def measure_peak_memory(
+    spec: str, prompt_len: int, new_tokens: int, device: str = "cpu", dtype: str = "float32"
+) -> int:
+    """Peak memory (bytes) of loading ``spec`` in ``dtype`` and running one prefill + decode, in a fresh process."""
+    cmd = [sys.executable, "-m", "embodied_prune.bench.memory", spec, str(prompt_len), str(new_tokens), device, dtype]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:

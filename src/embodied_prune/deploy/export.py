@@ -62,8 +62,13 @@ def export_gguf(
     quant: str = "f16",
     overwrite: bool = False,
     threads: int | None = None,
+    device: str | None = None,
+    dtype=None,
 ) -> ExportReport:
-    """Export the checkpoint ``model`` (folder or ``builtin:NAME``) to the GGUF file ``out`` of type ``quant``."""
+    """Export the checkpoint ``model`` (folder or ``builtin:NAME``) to the GGUF file ``out`` of type ``quant``.
+
+    Only a GLUESTICK-corrected model is loaded (to fold its factors into the weights): on ``device`` (default the
+    CPU) in ``dtype`` (default: the checkpoint's own); the folded weights are written in the checkpoint's dtype."""
     quant = quant.lower()
     if quant not in GGUF_TYPES:
         raise EmbodiedPruneError(f"unknown GGUF type {quant!r}; choose one of: {', '.join(GGUF_TYPES)}.")
@@ -104,7 +109,7 @@ def export_gguf(
 
         if (folder / FACTORS_FILE).is_file():
             source = tmp / "merged"
-            _merge_factors(model, source)
+            _merge_factors(model, source, device, dtype)
             notes.append("GLUESTICK factors merged into the dense weights (llama.cpp has no low-rank side path).")
         direct = quant in GGUF_CONVERTER_TYPES  # the converter writes these itself
         first = quant if direct else _lossless_type(source)
@@ -146,12 +151,12 @@ def _lossless_type(folder: Path) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "f16"}.get(stored, "f32")
 
 
-def _merge_factors(model: str | os.PathLike, dest: Path) -> None:
+def _merge_factors(model: str | os.PathLike, dest: Path, device: str | None = None, dtype=None) -> None:
     """Save ``model`` with its GLUESTICK corrections folded into plain linear layers, as an ordinary folder."""
     from ..models.checkpoint import load_model, load_tokenizer, save_model
     from ..models.lowrank import merge_factors
 
-    loaded = load_model(model)
+    loaded = load_model(model, dtype=dtype, device=device)
     merge_factors(loaded)
     save_model(loaded, dest, load_tokenizer(model), dtype=stored_dtype(resolve_model_path(model)))
 

@@ -23,12 +23,16 @@ def logit_fidelity(dense: nn.Module, other: nn.Module, input_ids: torch.Tensor, 
     kl_sum, agree, count = 0.0, 0, 0
     for i in range(0, input_ids.shape[0], batch_size):
         ids = input_ids[i : i + batch_size]
-        p = F.log_softmax(dense(input_ids=ids).logits.float(), -1)
-        q = F.log_softmax(other(input_ids=ids).logits.float(), -1)
+        p = F.log_softmax(dense(input_ids=ids.to(_device(dense))).logits.float(), -1)
+        q = F.log_softmax(other(input_ids=ids.to(_device(other))).logits.float(), -1).to(p.device)
         kl_sum += float(F.kl_div(q, p, log_target=True, reduction="sum"))
         agree += int((p.argmax(-1) == q.argmax(-1)).sum())
         count += ids.numel()
     return Fidelity(kl=kl_sum / count, top1_agreement=agree / count)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def layer_output_error(weight: torch.Tensor, pruned: torch.Tensor, x: torch.Tensor) -> float:

@@ -69,13 +69,18 @@ class VLAPolicy:
         if not self._queue:
             from ..models.vla import encode_instructions
 
+            device = next(self.model.parameters()).device
             enc = encode_instructions(self.tokenizer, [instruction], self.model.config.instruction_len)
-            images = {name: torch.from_numpy(obs[name][None]) for name, _, _ in self.model.config.cameras}
+            enc = {k: v.to(device) for k, v in enc.items()}
+            images = {name: torch.from_numpy(obs[name][None]).to(device) for name, _, _ in self.model.config.cameras}
+            proprio = torch.from_numpy(obs["proprio"][None]).to(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                chunk = self._query(images, enc, torch.from_numpy(obs["proprio"][None]))
+                chunk = self._query(images, enc, proprio)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
             self.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-            self._queue.extend(np.clip(chunk.numpy(), -1.0, 1.0)[: self.execute])
+            self._queue.extend(np.clip(chunk.float().cpu().numpy(), -1.0, 1.0)[: self.execute])
         return self._queue.popleft()
 
 
@@ -242,7 +247,17 @@ def _init_worker(
     one_thread: bool = True,
     token_pruner=None,
     openvla: dict | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> None:
+    from ..models.devices import DTYPES, default_placement
+
+    placed = torch.device(device) if device else None
+    with default_placement(placed, DTYPES[dtype] if dtype else None):
+        _load_worker(model_path, execute, blank_images, one_thread, token_pruner, openvla, placed)
+
+
+def _load_worker(model_path, execute, blank_images, one_thread, token_pruner, openvla, device) -> None:
     if one_thread:  # pool workers share the cores; the in-process path leaves the caller's setting alone
         torch.set_num_threads(1)
     from ..envs.manipulation.render import cameras_for
@@ -256,6 +271,8 @@ def _init_worker(
 
         opts = openvla or {}
         model, processor = load_openvla(model_path, trust_remote_code=opts.get("trust_remote_code", False))
+        if device is not None:
+            model = model.to(device)
         pruner = build_token_pruner(cameras=token_cameras(model), **token_pruner) if wants_tokens else None
         policy = OpenVLAPolicy(
             model, processor, unnorm_key=opts.get("unnorm_key"), execute=execute, token_pruner=pruner
@@ -364,12 +381,21 @@ def evaluate_manipulation(
     progress: bool = True,
     token_pruner: dict | None = None,
     openvla: dict | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> ManipulationReport:
     """Evaluate the policy saved at ``model_path`` on ``episodes`` fresh scenes per task; ``token_pruner``
     is ``{"name", "keep", "alpha", "options"}`` of a registered visual-token pruner (see
     :func:`embodied_prune.tokens.build_token_pruner`; None or name ``"none"``: the plain forward).
     An OpenVLA checkpoint folder (see :mod:`embodied_prune.models.openvla`) takes ``openvla`` =
-    ``{"trust_remote_code": bool, "unnorm_key": str | None}``."""
+    ``{"trust_remote_code": bool, "unnorm_key": str | None}``. Each worker loads the policy on ``device`` in
+    ``dtype`` (names, e.g. ``"cuda"``, ``"bfloat16"``; default the CPU in float32)."""
+    from ..models.devices import default_device, default_dtype, dtype_name
+
+    if device is None and default_device() is not None:  # workers are fresh processes: pass the placement on
+        device = str(default_device())
+    if dtype is None and default_dtype() is not None:
+        dtype = dtype_name(default_dtype())
     specs = resolve_tasks(tasks)
     jobs = [(s.name, i, scene_seed(seed, s.name, i, EVAL_STREAM)) for s in specs for i in range(episodes)]
     t0 = time.time()
@@ -381,13 +407,13 @@ def evaluate_manipulation(
             workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(str(model_path), execute, blank_images, True, token_pruner, openvla),
+            initargs=(str(model_path), execute, blank_images, True, token_pruner, openvla, device, dtype),
         ) as pool:
             for r in pool.map(_worker_episode, jobs):
                 results.append(r)
                 bar.update()
     else:
-        _init_worker(str(model_path), execute, blank_images, False, token_pruner, openvla)
+        _init_worker(str(model_path), execute, blank_images, False, token_pruner, openvla, device, dtype)
         try:
             for job in jobs:
                 results.append(_worker_episode(job))

@@ -92,6 +92,7 @@ class OpenVLAPolicy:
             images = [Image.fromarray(obs[c]) for c in self.cameras]
             text = self.prompt.format(instruction=instruction)
             inputs = self.processor(text, images[0] if len(images) == 1 else images)
+            inputs = inputs.to(self.model.device, dtype=self.model.dtype)  # pixel values in the model's dtype
             if self.hooks is not None:  # the sequence: BOS, the patches, the prompt, then anything the model adds
                 n, prompt = visual_token_count(self.model), inputs["input_ids"].shape[1] - 1
                 self.hooks.set_spans((1, 1 + n), (1 + n, 1 + n + prompt))

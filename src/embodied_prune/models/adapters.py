@@ -52,6 +52,13 @@ class DecoderAdapter:
     up_proj: str = "mlp.up_proj"
     down_proj: str = "mlp.down_proj"
     attention: str = "self_attn"
+    # projections that read the same input tensor (one set of input statistics serves each group)
+    shared_inputs: tuple[tuple[str, ...], ...] = (
+        ("q_proj", "k_proj", "v_proj"),
+        ("o_proj",),
+        ("gate_proj", "up_proj"),
+        ("down_proj",),
+    )
 
     # --- lookup -------------------------------------------------------------------------------
     def get_layers(self, model: nn.Module) -> nn.ModuleList:

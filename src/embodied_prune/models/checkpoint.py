@@ -129,12 +129,15 @@ def stored_dtype(spec: str | os.PathLike) -> torch.dtype | None:
     files = [f for f in files if f.name.startswith("model")] or files
     if not files:
         return None
-    with safe_open(files[0], "pt") as f:
-        names = f.keys()  # a safe_open handle is not iterable
-        for key in names:
-            kind = _SAFETENSORS_FLOATS.get(f.get_slice(key).get_dtype())
-            if kind is not None:
-                return kind
+    try:
+        with safe_open(files[0], "pt") as f:
+            names = f.keys()  # a safe_open handle is not iterable
+            for key in names:
+                kind = _SAFETENSORS_FLOATS.get(f.get_slice(key).get_dtype())
+                if kind is not None:
+                    return kind
+    except (OSError, SafetensorError):
+        return None  # unreadable: loading the checkpoint says what is wrong with it
     return None
 
 
@@ -191,18 +194,43 @@ def resolve_model_path(spec: str | os.PathLike) -> str:
     )
 
 
+_UNSET: Any = object()
+
+
 def load_model(
-    spec: str | os.PathLike, dtype: torch.dtype | None = torch.float32, with_factors: bool = True
+    spec: str | os.PathLike,
+    dtype: torch.dtype | None = _UNSET,
+    with_factors: bool = True,
+    device: torch.device | str | None = _UNSET,
+    device_map: str | dict | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM from ``builtin:NAME``, a checkpoint folder (pruned or not) or a hub id.
 
-    Folders whose side file lists per-layer shapes go through :func:`load_pruned`; GLUESTICK factors
-    beside the weights are attached unless ``with_factors`` is False. Everything else is plain
-    ``AutoModelForCausalLM.from_pretrained``.
+    ``dtype`` None loads the weights in the dtype they are stored in (:func:`stored_dtype`; float32 when that cannot
+    be told); left out, float32 (or the dtype of an enclosing
+    :func:`~embodied_prune.models.devices.default_placement`). ``device`` puts the model there (a Hugging Face
+    checkpoint is read straight onto it; left out, the CPU or the enclosing default placement's device);
+    ``device_map="auto"`` instead spreads a model too large for one device over the GPUs and host memory
+    (accelerate's big-model loading; plain Hugging Face checkpoints only). Folders whose side file lists per-layer
+    shapes go through :func:`load_pruned`; GLUESTICK factors beside the weights are attached (on their layer's
+    device) unless ``with_factors`` is False. Everything else is plain ``AutoModelForCausalLM.from_pretrained``.
     """
+    from .devices import default_device, default_dtype
+
+    if dtype is _UNSET:
+        dtype = default_dtype() or torch.float32
+    if device is _UNSET:
+        device = default_device()
     where = resolve_model_path(spec)
     local = Path(where).is_dir()
+    if dtype is None:
+        dtype = (stored_dtype(where) if local else None) or torch.float32
     side = read_side_file(where) if local else {"layer_shapes": None}
+    plain = not side.get("layer_shapes") and not (local and _is_vla(where))
+    if device_map is not None and not plain:
+        raise EmbodiedPruneError(
+            f"{spec} has per-layer shapes or is a VLA policy, which load on one device only; pass a single --device."
+        )
     if side.get("layer_shapes"):
         model = load_pruned(where, dtype=dtype)
     elif local and _is_vla(where):
@@ -210,10 +238,15 @@ def load_model(
 
         model = TinyVLA.from_pretrained(where, dtype=dtype)
     else:
+        placement = {"device_map": device_map} if device_map is not None else {}
+        if device is not None and device_map is None and torch.device(device).type != "cpu":
+            placement = {"device_map": {"": torch.device(device)}}  # read straight onto the device
         try:
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **placement)
         except (OSError, ValueError, RuntimeError, SafetensorError) as e:
             raise EmbodiedPruneError(f"could not load model {spec!r}: {_first_line(e)}") from e
+    if device is not None and device_map is None:
+        model = model.to(device)
     model.eval()
     if local and with_factors:
         from .lowrank import FACTORS_FILE, load_factors
@@ -224,7 +257,8 @@ def load_model(
 
 
 def load_pruned(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> PreTrainedModel:
-    """Load a checkpoint whose decoder layers have different shapes (listed in the side file)."""
+    """Load a checkpoint whose decoder layers have different shapes (listed in the side file), in ``dtype``
+    (None: as stored)."""
     path = Path(path)
     check_checkpoint_dir(path)
     side = read_side_file(path)
@@ -249,6 +283,8 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype | None = torch.float
     for layer, raw in zip(layers, shapes, strict=True):
         _resize_layer(adapter, layer, LayerShape(**raw))
     state = _read_state_dict(path)
+    if dtype is not None:  # assign=True keeps the state's tensors, so they must already be in the asked dtype
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tie = getattr(config, "tie_word_embeddings", False)  # a VLA's top-level config has no LM head to tie
     tied = set(getattr(model, "_tied_weights_keys", None) or []) if tie else set()
@@ -348,3 +384,78 @@ def load_tokenizer(spec: str | os.PathLike):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+class CheckpointWeights:
+    """The linear weights of a safetensors checkpoint, read one tensor at a time on demand (no model is built), so
+    that a dense reference costs one layer of memory instead of a second model: ``weights[name]`` is the
+    ``name.weight`` tensor of module ``name``, ``weights.shape(name)`` its shape from the file header."""
+
+    def __init__(self, spec: str | os.PathLike) -> None:
+        folder = Path(resolve_model_path(spec))
+        if not folder.is_dir():
+            raise EmbodiedPruneError(f"{spec} is not a local checkpoint folder; pass a folder or builtin:NAME.")
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            files = {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+        elif (folder / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(folder / "model.safetensors", "pt") as f:
+                files = dict.fromkeys(f.keys(), folder / "model.safetensors")
+        else:
+            raise EmbodiedPruneError(f"{folder} holds no safetensors weights; re-save it with save_pretrained.")
+        self.spec, self.files = str(spec), files
+
+    def __contains__(self, name: str) -> bool:
+        return f"{name}.weight" in self.files
+
+    def _slice(self, name: str):
+        from safetensors import safe_open
+
+        key = f"{name}.weight"
+        if key not in self.files:
+            raise EmbodiedPruneError(
+                f"the dense checkpoint {self.spec} has no weight {key}; pass the model it belongs to."
+            )
+        handle = safe_open(self.files[key], "pt")
+        return handle, key
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        handle, key = self._slice(name)
+        return tuple(handle.get_slice(key).get_shape())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        handle, key = self._slice(name)
+        return handle.get_tensor(key)
+
+
+def checkpoint_nbytes(spec: str | os.PathLike, dtype: torch.dtype | None = None) -> int | None:
+    """Bytes the weights of a local safetensors checkpoint take in memory in ``dtype`` (floating-point tensors; as
+    stored when None), read from the file headers; None when that cannot be told (a hub id, ``.bin`` weights)."""
+    from safetensors import safe_open
+
+    folder = Path(resolve_model_path(spec))
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    files = [f for f in files if f.name.startswith("model")]
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        try:
+            f = safe_open(file, "pt")
+        except (OSError, SafetensorError):
+            return None  # unreadable: loading the checkpoint says what is wrong with it
+        with f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+                s = f.get_slice(key)
+                numel = 1
+                for d in s.get_shape():
+                    numel *= d
+                kind = _SAFETENSORS_FLOATS.get(s.get_dtype())
+                size = (dtype or kind).itemsize if kind is not None else _SAFETENSORS_SIZES.get(s.get_dtype(), 4)
+                total += numel * size
+    return total
+
+
+_SAFETENSORS_SIZES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -44,6 +44,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from .adapters import DecoderAdapter
+from .devices import module_device, module_dtype
 
 SPECIAL = ("[PAD]", "[UNK]", "[BOS]")
 # the shipped policy's cameras ([name, image size, patch size]; envs.manipulation.render places them)
@@ -159,7 +160,7 @@ class CameraEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` uint8 (B, H, W, 3) → tokens (B, N, dim)."""
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = (images.permute(0, 3, 1, 2).float() / 127.5 - 1.0).to(module_dtype(self))
         x = self.patch(self.stem(x))
         tokens = x.flatten(2).transpose(1, 2) + self.pos
         return tokens if self.mixer is None else self.mixer(tokens)
@@ -228,7 +229,7 @@ class TinyVLA(PreTrainedModel):
         # normalisation statistics live in the config (set from the demonstrations before training)
         mean = torch.tensor(self.config.proprio_mean, device=proprio.device)
         std = torch.tensor(self.config.proprio_std, device=proprio.device)
-        proprio = (proprio.float() - mean) / std
+        proprio = ((proprio.float() - mean) / std).to(self.proprio_proj.weight.dtype)
         queries = self.action_queries.unsqueeze(0) + self.proprio_proj(proprio).unsqueeze(1)
         x = torch.cat([bos, visual.to(bos.dtype), embed(input_ids), queries.to(bos.dtype)], dim=1)
         ones = torch.ones(b, 1 + visual.shape[1], dtype=attention_mask.dtype, device=attention_mask.device)
@@ -256,15 +257,16 @@ class TinyVLA(PreTrainedModel):
         hidden = self.backbone(
             inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False
         ).last_hidden_state
-        queries = hidden[:, -self.config.chunk :].float()
-        pred = self.action_head(queries)
+        queries = hidden[:, -self.config.chunk :].to(module_dtype(self.action_head))
+        pred = self.action_head(queries).float()
         out = {"actions": pred}
         if actions is not None:
             out["loss"] = F.l1_loss(pred, actions)
             if aux_targets is not None and self.aux_head is not None:
                 mean = torch.tensor(self.config.aux_mean, device=queries.device)
                 std = torch.tensor(self.config.aux_std, device=queries.device)
-                out["aux_loss"] = F.l1_loss(self.aux_head(queries.mean(1)), (aux_targets.float() - mean) / std)
+                aux = self.aux_head(queries.mean(1)).float()
+                out["aux_loss"] = F.l1_loss(aux, (aux_targets.float() - mean) / std)
                 out["loss"] = out["loss"] + self.config.aux_weight * out["aux_loss"]
         return out
 
@@ -306,7 +308,10 @@ def compute_split(model: TinyVLA, instruction_len: int | None = None) -> dict[st
     from torch.utils.flop_counter import FlopCounterMode
 
     lay = model.layout(instruction_len)
-    images = {name: torch.zeros(1, size, size, 3, dtype=torch.uint8) for name, size, _ in model.config.cameras}
+    device, dtype = module_device(model), module_dtype(model.backbone)
+    images = {
+        name: torch.zeros(1, size, size, 3, dtype=torch.uint8, device=device) for name, size, _ in model.config.cameras
+    }
     parts = {}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     with torch.no_grad():
@@ -318,7 +323,7 @@ def compute_split(model: TinyVLA, instruction_len: int | None = None) -> dict[st
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         parts["vision"] = fc.get_total_flops()
-        x = torch.zeros(1, lay.length, visual.shape[-1])
+        x = torch.zeros(1, lay.length, visual.shape[-1], device=device, dtype=dtype)
         with FlopCounterMode(display=False) as fc:
             h = model.backbone(inputs_embeds=x, use_cache=False).last_hidden_state
         parts["backbone"] = fc.get_total_flops()

@@ -2,8 +2,9 @@
 
 ``calibration_ids`` turns a calibration spec into token ids. ``LayerwiseRunner`` runs the model one
 decoder layer at a time over the calibration set, as Wanda and SparseGPT do, so only one layer's
-activations (and statistics) are alive at once. ``accumulate_gradients`` runs the loss backward over
-the calibration set for Taylor importance.
+activations (and statistics) are alive at once. ``taylor_pass`` runs the loss backward over the
+calibration set for Taylor importance, keeping per-channel scores rather than gradients where it can;
+``accumulate_gradients`` keeps every parameter's summed gradients (the pruning callback's small models).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tqdm.auto import tqdm
 
 from ..errors import EmbodiedPruneError
 from ..models.adapters import DecoderAdapter
+from ..models.devices import module_device, move, on_device
+from .importance import TaylorAccumulator
 
 
 def calibration_ids(
@@ -141,8 +144,10 @@ def accumulate_gradients(
     was_training = model.training
     model.eval()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    device = module_device(model)
     for chunk in tqdm(list(batches(ids, batch_size)), desc="gradients", disable=not progress, leave=False):
         model.zero_grad(set_to_none=True)
+        chunk = chunk.to(device)
         loss = model(input_ids=chunk, labels=chunk).loss
         loss.backward()
         for name, p in params.items():
@@ -156,6 +161,65 @@ def accumulate_gradients(
     return grads, grad_sq
 
 
+def taylor_pass(
+    model: nn.Module,
+    ids: torch.Tensor,
+    names: list[str],
+    variant: str,
+    batch_size: int = 8,
+    grad_dtype: torch.dtype = torch.float32,
+    checkpointing: bool = True,
+    progress: bool = True,
+) -> TaylorAccumulator:
+    """Taylor importance of the weights ``names`` (qualified parameter names) from the LM loss on ``ids``, in bounded
+    memory: only those weights take gradients, each one's gradient is folded into a :class:`TaylorAccumulator` the
+    moment the backward pass completes it and then freed, and with ``checkpointing`` (when the model supports it)
+    activations are recomputed in the backward pass instead of kept. The model runs where it is, in its dtype."""
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise EmbodiedPruneError(f"the model has no parameter {missing[0]}; the adapter does not fit this model.")
+    chunks = list(batches(ids, batch_size))
+    acc = TaylorAccumulator(variant, len(chunks), grad_dtype)
+    flags = {n: p.requires_grad for n, p in params.items()}
+    chosen = set(names)
+    handles = []
+    for n, p in params.items():
+        p.requires_grad_(n in chosen)
+    for n in names:
+
+        def fold(p: torch.Tensor, n: str = n) -> None:
+            acc.add(n, p, p.grad)
+            p.grad = None
+
+        handles.append(params[n].register_post_accumulate_grad_hook(fold))
+    was_training = model.training
+    checkpoint = checkpointing and getattr(model, "supports_gradient_checkpointing", False)
+    # transformers 5.x renamed gradient_checkpointing_* to activation_checkpointing_*; either spelling works
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    already = checkpoint and getattr(model, f"is_{prefix}_checkpointing", False)
+    if checkpoint and not already:
+        getattr(model, f"{prefix}_checkpointing_enable")(**{f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}})
+    # transformers recomputes checkpointed layers only in training mode; Llama-family decoders have no dropout, so
+    # train() changes nothing else here
+    model.train(checkpoint)
+    device = module_device(model)
+    try:
+        for chunk in tqdm(chunks, desc="gradients", disable=not progress, leave=False):
+            chunk = chunk.to(device)
+            model(input_ids=chunk, labels=chunk, use_cache=False).loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+            p.grad = None
+        if checkpoint and not already:
+            getattr(model, f"{prefix}_checkpointing_disable")()
+        model.train(was_training)
+    return acc
+
+
 class _StopForward(Exception):
     pass
 
@@ -167,20 +231,36 @@ class LayerwiseRunner:
     ``forward()`` runs the layer over all calibration samples (with whatever hooks ``visit`` has
     installed) and returns nothing. After ``visit`` returns, the layer is run once more, now as
     ``visit`` left it (e.g. pruned), and its outputs become the next layer's inputs.
+
+    Each layer is computed on ``device`` (default: where the decoder layers are) in ``compute_dtype``
+    (default float32): during its turn the layer is moved there and cast, and afterwards put back where and in the
+    dtype it was (rounded, e.g. to bf16, with whatever ``visit`` changed). So a model held in host memory in
+    bf16 is processed one float32 layer at a time on the GPU, as SparseGPT's and llm-compressor's sequential
+    pipelines do; only the calibration states of one layer boundary live on the device.
     """
 
     def __init__(
-        self, model: nn.Module, adapter: DecoderAdapter, ids: torch.Tensor | list[dict], batch_size: int = 8
+        self,
+        model: nn.Module,
+        adapter: DecoderAdapter,
+        ids: torch.Tensor | list[dict],
+        batch_size: int = 8,
+        device: torch.device | str | None = None,
+        compute_dtype: torch.dtype | None = torch.float32,
     ) -> None:
         self.model = model
         self.adapter = adapter
         self.ids = ids
         self.batch_size = batch_size
+        layers = adapter.get_layers(model)
+        self.device = torch.device(device) if device is not None else module_device(layers[0])
+        self.compute_dtype = compute_dtype
 
     @torch.no_grad()
     def _first_inputs(self) -> list[tuple[torch.Tensor, dict]]:
         layers = self.adapter.get_layers(self.model)
         captured: list[tuple[torch.Tensor, dict]] = []
+        home = module_device(self.model)  # where the embeddings are: the calibration inputs go there
 
         def catch(_module, args, kwargs):
             hidden = args[0] if args else kwargs.pop("hidden_states")
@@ -188,7 +268,7 @@ class LayerwiseRunner:
             # no KV cache while replaying the layers (transformers 5 renamed past_key_values to cache)
             kwargs["cache" if "cache" in kwargs else "past_key_values"] = None
             kwargs["use_cache"] = False
-            captured.append((hidden, kwargs))
+            captured.append(move((hidden, kwargs), self.device, self.compute_dtype))
             raise _StopForward
 
         handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
@@ -196,7 +276,7 @@ class LayerwiseRunner:
             # token ids for a causal LM, or ready model-input dicts (a VLA's images, instruction, proprio)
             for chunk in calibration_chunks(self.ids, self.batch_size):
                 with contextlib.suppress(_StopForward):
-                    forward_chunk(self.model, chunk)
+                    forward_chunk(self.model, move(chunk, home))
         finally:
             handle.remove()
         return captured
@@ -212,9 +292,9 @@ class LayerwiseRunner:
             return [_hidden(layer(h, **kw)) for h, kw in states]
 
         for i in tqdm(range(len(layers)), desc="layers", disable=not progress, leave=False):
-            layer = layers[i]
-            visit(i, layer, lambda layer=layer: forward_all(layer) and None)
-            outs = forward_all(layer)
+            with on_device(layers[i], self.device, self.compute_dtype) as layer:
+                visit(i, layer, lambda layer=layer: forward_all(layer) and None)
+                outs = forward_all(layer)
             states = [(o, kw) for o, (_, kw) in zip(outs, states, strict=True)]
         self.model.train(was_training)
 

@@ -133,11 +133,11 @@ def sparsegpt_prune(
         raise EmbodiedPruneError(
             f"a layer with {cols} inputs cannot take an N:M pattern with M={pattern[1]}; choose M dividing {cols}."
         )
-    h = hessian.detach().float().clone()
+    h = hessian.detach().to(device=w.device, dtype=torch.float32).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
     hinv = _upper_cholesky_of_inverse(h)
 
     pruned = 0
@@ -175,7 +175,7 @@ def sparsegpt_prune(
 
 def _upper_cholesky_of_inverse(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor of H⁻¹; retries with more damping if H is numerically indefinite."""
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     extra = 0.0
     for _ in range(6):
         try:

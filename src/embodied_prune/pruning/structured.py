@@ -31,8 +31,8 @@ from torch import nn
 
 from ..choices import ATTENTION_MODES
 from ..errors import EmbodiedPruneError
-from ..models.adapters import DecoderAdapter, LayerShape, adapter_for
-from .importance import Importance, make_importance
+from ..models.adapters import ROLES, DecoderAdapter, LayerShape, adapter_for
+from .importance import Importance, TaylorAccumulator, TaylorImportance, make_importance
 from .masks import check_sparsity
 from .unstructured import layer_indices
 
@@ -138,12 +138,18 @@ def score_layer(
     grads: dict[str, torch.Tensor] | None = None,
     grad_sq: dict[str, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    taylor: TaylorAccumulator | None = None,
 ) -> GroupScores:
-    """Sum channel scores into group scores for one layer (``prefix`` = the layer's parameter-name prefix)."""
+    """Sum channel scores into group scores for one layer (``prefix`` = the layer's parameter-name prefix).
+
+    Gradient criteria read either full gradients (``grads``, ``grad_sq``: the pruning callback's) or a
+    :class:`TaylorAccumulator` that gathered the channel scores during the calibration pass (``taylor``)."""
 
     def channel(role: str, dim: int) -> torch.Tensor:
         w = adapter.linear(layer, role).weight
         key = f"{prefix}{getattr(adapter, role)}.weight"
+        if taylor is not None:
+            return taylor.scores(key, w, dim).float().cpu()
         g = grads.get(key) if grads else None
         gs = grad_sq.get(key) if grad_sq else None
         return criterion(w, dim, grad=g, grad_sq=gs, generator=generator).float().cpu()
@@ -220,6 +226,7 @@ def plan_structured(
     round_to: int = 1,
     seed: int = 0,
     adapter: DecoderAdapter | None = None,
+    taylor: TaylorAccumulator | None = None,
 ) -> list[LayerPlan]:
     """Which heads and channels survive in each pruned layer.
 
@@ -239,7 +246,8 @@ def plan_structured(
     for i in layer_indices(len(shapes), layers):
         shape, ref = shapes[i], reference[i]
         layer = adapter.get_layers(model)[i]
-        scores = score_layer(adapter, layer, shape, criterion, f"{adapter.layers}.{i}.", grads, grad_sq, generator)
+        prefix = f"{adapter.layers}.{i}."
+        scores = score_layer(adapter, layer, shape, criterion, prefix, grads, grad_sq, generator, taylor)
         layout = choose_head_layout(shape.num_kv_heads, shape.group_size, sparsity, hidden, attention, ref.num_heads)
         keep = (
             mlp_keep_count(shape.intermediate_size, sparsity, ref.intermediate_size, round_to)
@@ -274,22 +282,34 @@ def prune_structured(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    grad_dtype: torch.dtype = torch.float32,
 ) -> StructuredResult:
     """One-shot structured pruning in place (LLM-Pruner's block-wise strategy, uniform per layer).
 
     ``importance`` is a criterion name (l1, l2, taylor, random) or an :class:`Importance`; Taylor
-    needs ``calibration`` token ids, whose LM-loss gradients it uses.
+    needs ``calibration`` token ids, whose LM-loss gradients it uses. Its backward passes (``batch_size``
+    sequences each) run where the model is, in its dtype; only the pruned layers' projections take gradients,
+    folded into per-channel scores as they arrive (:func:`~.calibration.taylor_pass`; where a variant needs the
+    summed gradient itself, it is kept in ``grad_dtype``). Weights are sliced layer by layer where they lie: no
+    second copy of the model is made.
     """
     criterion = make_importance(importance, taylor) if isinstance(importance, str) else importance
     adapter = adapter_for(model)
     before = adapter.layer_shapes(model)
-    grads = grad_sq = None
+    scores = grads = grad_sq = None
     if criterion.needs_gradients:
         if calibration is None:
             raise EmbodiedPruneError("taylor importance needs calibration data; pass --calibration (e.g. a text file).")
-        from .calibration import accumulate_gradients
+        from .calibration import accumulate_gradients, taylor_pass
 
-        grads, grad_sq = accumulate_gradients(model, calibration, batch_size, progress)
+        if isinstance(criterion, TaylorImportance):
+            chosen = layer_indices(len(before), layers)
+            names = [f"{adapter.layers}.{i}.{getattr(adapter, r)}.weight" for i in chosen for r in ROLES]
+            scores = taylor_pass(
+                model, calibration, names, criterion.variant, batch_size, grad_dtype, progress=progress
+            )
+        else:  # a criterion of the caller's own gets the full gradients
+            grads, grad_sq = accumulate_gradients(model, calibration, batch_size, progress)
     plans = plan_structured(
         model,
         sparsity,
@@ -302,6 +322,7 @@ def prune_structured(
         round_to=round_to,
         seed=seed,
         adapter=adapter,
+        taylor=scores,
     )
     with torch.no_grad():
         after = apply_structured(model, plans, adapter)

@@ -34,9 +34,11 @@ from fnmatch import fnmatch
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..choices import SVD_METHODS
 from ..errors import EmbodiedPruneError
+from ..models.checkpoint import CheckpointWeights
 from ..models.lowrank import (
     FACTOR_DTYPES,
     LayerFactors,
@@ -150,7 +152,7 @@ def _factors_of_gap(
         u, s, vh = torch.linalg.svd(gap, full_matrices=False)
         v = vh.mT
     elif method == "randomized":
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[gap.device] if gap.is_cuda else []):
             torch.manual_seed(seed)
             u, s, v = torch.svd_lowrank(gap, q=min(r + oversample, *gap.shape), niter=niter)
     else:
@@ -217,8 +219,35 @@ def _selected(name: str, include: list[str] | None, exclude: list[str]) -> bool:
     return not any(fnmatch(name, p) or name.split(".")[-1] == p for p in exclude)
 
 
+class _DenseSource:
+    """The dense weights, from a model in memory or read one tensor at a time from its checkpoint
+    (:class:`~embodied_prune.models.checkpoint.CheckpointWeights`)."""
+
+    def __init__(self, dense: nn.Module | CheckpointWeights) -> None:
+        self.module = dense if isinstance(dense, nn.Module) else None
+        self.file = dense if isinstance(dense, CheckpointWeights) else None
+        self.linears = _linears(dense) if self.module is not None else None
+
+    def check_names(self, pruned: dict[str, nn.Linear]) -> None:
+        if self.linears is not None and self.linears.keys() != pruned.keys():
+            only = sorted(self.linears.keys() ^ pruned.keys())
+            raise EmbodiedPruneError(
+                f"dense and pruned models do not match layer for layer (e.g. {only[0]} is in only one of them); "
+                "pass the dense model the pruned one was made from."
+            )
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.linears[name].weight.shape) if self.linears is not None else self.file.shape(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.linears if self.linears is not None else name in self.file
+
+    def weight(self, name: str) -> torch.Tensor:
+        return self.linears[name].weight.detach() if self.linears is not None else self.file[name]
+
+
 def compute_factors(
-    dense: nn.Module,
+    dense: nn.Module | CheckpointWeights,
     pruned: nn.Module,
     rank: int | None = None,
     method: str = "exact",
@@ -228,6 +257,8 @@ def compute_factors(
     budget: float | None = None,
     dtype: str = "float32",
     feed: Callable[[nn.Module], None] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> GluestickReport:
     """Factors for every pruned linear layer of ``pruned`` (a layer whose weight differs from the dense one).
 
@@ -239,6 +270,11 @@ def compute_factors(
     or int8. ``include``/``exclude`` are module-name patterns (glob, or a last-name component such as
     ``lm_head`` or ``down_proj``). The two models must have the same linear layers with the same
     shapes; otherwise the error names the first mismatch.
+
+    ``dense`` is a model in memory or, to keep one model's memory, its checkpoint's weights read layer by layer
+    (:class:`~embodied_prune.models.checkpoint.CheckpointWeights`; not with ``feed``, which runs the dense model).
+    Each gap is formed and decomposed on ``device`` (default: the pruned layer's) in float32, one layer at a time;
+    with one ``rank`` only the factors are kept, so memory is bounded by one layer. The factors live on the CPU.
     """
     if (rank is None) == (budget is None):
         raise EmbodiedPruneError("give GLUESTICK either a rank (--rank) or a budget of extra parameters (--budget).")
@@ -251,45 +287,65 @@ def compute_factors(
             "calibration data steer how --budget spreads ranks over the layers; with one --rank for every layer "
             "they are not used: drop --calibration or give --budget."
         )
+    if feed is not None and not isinstance(dense, nn.Module):
+        raise EmbodiedPruneError("a budget spent by calibration outputs needs the dense model itself, not its weights.")
     if dtype not in FACTOR_DTYPES:
         raise EmbodiedPruneError(f"unknown factor dtype {dtype!r}; choose one of: {', '.join(FACTOR_DTYPES)}.")
-    dense_l, pruned_l = _linears(dense), _linears(pruned)
-    if dense_l.keys() != pruned_l.keys():
-        only = sorted(dense_l.keys() ^ pruned_l.keys())
-        raise EmbodiedPruneError(
-            f"dense and pruned models do not match layer for layer (e.g. {only[0]} is in only one of them); "
-            "pass the dense model the pruned one was made from."
-        )
+    if rank is not None and rank < 1:
+        raise EmbodiedPruneError(f"GLUESTICK rank must be at least 1, got {rank}.")
+    source, pruned_l = _DenseSource(dense), _linears(pruned)
+    source.check_names(pruned_l)
     report = GluestickReport(method=method, requested_rank=rank, budget=budget)
-    chosen = []
+    selected = [(n, lin) for n, lin in pruned_l.items() if _selected(n, include, list(exclude))]
+    selected_names = {n for n, _ in selected}
     for name, lin in pruned_l.items():
-        dw = dense_l[name].weight
-        if dw.shape != lin.weight.shape:
+        if source.linears is None and not source.has(name):
+            if name in selected_names:
+                raise EmbodiedPruneError(
+                    f"the dense checkpoint has no weight for {name}; pass the dense model the pruned one was made from."
+                )
+            continue
+        if source.shape(name) != tuple(lin.weight.shape):
             raise EmbodiedPruneError(
-                f"dense and pruned models do not match at {name}: {tuple(dw.shape)} vs {tuple(lin.weight.shape)}; "
-                "GLUESTICK needs a pruned model with the dense model's shapes (unstructured or N:M pruning), "
-                "made from this dense model."
+                f"dense and pruned models do not match at {name}: {source.shape(name)} vs "
+                f"{tuple(lin.weight.shape)}; GLUESTICK needs a pruned model with the dense model's shapes "
+                "(unstructured or N:M pruning), made from this dense model."
             )
-        if _selected(name, include, list(exclude)) and not torch.equal(dw, lin.weight):
-            chosen.append((name, lin, dw.detach().float() - lin.weight.detach().float()))
-            report.base_parameters += lin.weight.numel()
+
+    def gap_of(name: str, lin: nn.Linear) -> torch.Tensor | None:
+        """``W_dense − W_pruned`` in float32 on the computing device, or None where the layer was not pruned
+        (compared in the pruned model's dtype, so a float32 dense model and its bf16 pruned copy agree)."""
+        w = lin.weight.detach()
+        dw = source.weight(name).to(device=w.device, dtype=w.dtype)
+        if torch.equal(dw, w):
+            return None
+        where = torch.device(device) if device is not None else w.device
+        return dw.to(where, torch.float32) - w.to(where, torch.float32)
+
+    total_energy = captured = 0.0
+    svds, chosen = [], []
+    bar = tqdm(selected, desc="GLUESTICK factors", disable=not progress, leave=False)
+    for name, lin in bar:
+        gap = gap_of(name, lin)
+        if gap is None:
+            continue
+        report.base_parameters += lin.weight.numel()
+        chosen.append((name, lin))
+        if budget is None:  # one rank: factor now, keep only the factors
+            v, u = _factors_of_gap(gap, rank, method, seed=seed)
+            report.layers.append(LayerFactors(name, lin.in_features, lin.out_features, v.cpu(), u.cpu()))
+            total_energy += float(gap.pow(2).sum())
+            captured += float(u.pow(2).sum())  # U = Σ_r U_rᵀ with orthonormal rows: ‖U‖² = Σ σ²
+        else:
+            svds.append(tuple(t.cpu() for t in torch.linalg.svd(gap, full_matrices=False)))
+        del gap
     if not chosen:
         raise EmbodiedPruneError(
             "no linear layer of the pruned model differs from the dense model among the selected ones; "
             "check that --pruned is really a pruned copy of --dense and the include/exclude patterns."
         )
-    total_energy = captured = 0.0
-    if budget is None:
-        if rank < 1:
-            raise EmbodiedPruneError(f"GLUESTICK rank must be at least 1, got {rank}.")
-        for name, lin, gap in chosen:
-            v, u = _factors_of_gap(gap, rank, method, seed=seed)
-            report.layers.append(LayerFactors(name, lin.in_features, lin.out_features, v, u))
-            total_energy += float(gap.pow(2).sum())
-            captured += float(u.pow(2).sum())  # U = Σ_r U_rᵀ with orthonormal rows: ‖U‖² = Σ σ²
-    else:
-        svds = [torch.linalg.svd(gap, full_matrices=False) for _, _, gap in chosen]
-        costs = [lin.in_features + lin.out_features for _, lin, _ in chosen]
+    if budget is not None:
+        costs = [lin.in_features + lin.out_features for _, lin in chosen]
         allowed = int(budget * report.base_parameters)
         if allowed < min(costs):
             raise EmbodiedPruneError(
@@ -300,11 +356,11 @@ def compute_factors(
         report.allocation = "energy"
         if feed is not None:
             report.allocation = "output"
-            directions = {name: vh.mT for (name, _, _), (_, _, vh) in zip(chosen, svds, strict=True)}
+            directions = {name: vh.mT for (name, _), (_, _, vh) in zip(chosen, svds, strict=True)}
             stats = output_statistics(dense, directions, feed)
-            gains = [output_gains(s, *stats[name]) for (name, _, _), (_, s, _) in zip(chosen, svds, strict=True)]
+            gains = [output_gains(s, *stats[name]) for (name, _), (_, s, _) in zip(chosen, svds, strict=True)]
         ranks = allocate_ranks([s for _, s, _ in svds], costs, allowed, gains)
-        for (name, lin, _), (u, s, vh), r in zip(chosen, svds, ranks, strict=True):
+        for (name, lin), (u, s, vh), r in zip(chosen, svds, ranks, strict=True):
             total_energy += float(s.pow(2).sum())
             captured += float(s[:r].pow(2).sum())
             if r:

@@ -309,7 +309,7 @@ class PruningCallback(TrainerCallback):
                 apply_structured(model, plans)
         grads = Path(folder) / GRADS_FILE
         if grads.is_file():
-            saved = torch.load(grads, weights_only=True)
+            saved = torch.load(grads, weights_only=True, map_location="cpu")
             self._grad, self._grad_sq = saved["grad"], saved["grad_sq"]
 
     # --- the cut ----------------------------------------------------------------------------------------

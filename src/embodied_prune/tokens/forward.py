@@ -146,7 +146,8 @@ def pruned_query(model, pruner, images, input_ids, attention_mask, proprio, bos_
         hidden = layer(hidden, attention_mask=causal, position_embeddings=pe, position_ids=position_ids)
     pruner.finish(QueryStats(counts))
     hidden = bb.norm(hidden)
-    return model.action_head(hidden[:, -model.config.chunk :].float())
+    head = model.action_head
+    return head(hidden[:, -model.config.chunk :].to(next(head.parameters()).dtype)).float()
 
 
 __all__ = ["SCORE_ROWS", "QueryState", "QueryStats", "pruned_query"]

@@ -56,7 +56,7 @@ def row_attention(
     # it; each group's heads are stacked into one product with their shared keys instead of copying the keys
     grouped = q.float().reshape(kv, heads // kv * len(rows), hd)
     logits = (grouped @ k.float().transpose(-1, -2)).view(heads, len(rows), n) * attn.scaling
-    allowed = (torch.arange(n)[None, :] <= rows[:, None]) & key_valid[None, :]
+    allowed = (torch.arange(n, device=rows.device)[None, :] <= rows[:, None]) & key_valid[None, :]
     logits = logits.masked_fill(~allowed, float("-inf"))
     return torch.softmax(logits, dim=-1)
 

@@ -44,6 +44,7 @@ from ..errors import EmbodiedPruneError
 from ..models.adapters import LayerShape
 from ..models.builtin import ADAPTER_DIR
 from ..models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
+from ..models.devices import trainer_precision
 from ..schedules.callback import PruningCallback
 from .controller import build_controller, train_tokenizer
 from .runs import WallClock, prepare_run, use_compact_progress
@@ -201,9 +202,14 @@ def train_sft(
     progress: bool = True,
     checkpoint_every: int = 0,
     resume: bool = False,
+    device: torch.device | str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Path:
     """Train a controller on teacher labels (and, with ``settings.decision``, on decision examples): a fresh one
-    of ``settings.size``, or ``settings.base`` fine-tuned (LoRA with ``settings.lora_rank``); save it to ``out``."""
+    of ``settings.size``, or ``settings.base`` fine-tuned (LoRA with ``settings.lora_rank``); save it to ``out``.
+
+    Trains on ``device`` (default: the enclosing default placement's, else the CPU) with float32 weights, the
+    passes under ``autocast`` (bfloat16 or float16; default none)."""
     from trl import SFTConfig, SFTTrainer
 
     s = settings or SFTSettings()
@@ -220,7 +226,7 @@ def train_sft(
     scratch = _prepare(out, overwrite, s.seed)
     decisions = _decisions(s.decision, s.decision_file)
     if s.base:
-        model = load_model(s.base, with_factors=False)
+        model = load_model(s.base, with_factors=False, device=None)
     else:
         tok = train_tokenizer(
             extra_texts=[decision_prompt(None, d.instruction, d.state) + d.answer() for d in decisions]
@@ -242,11 +248,10 @@ def train_sft(
         # with decision examples, batches of like length: a parameter example (~140 tokens) padded to a decision
         # one's length (~285) costs twice its own
         train_sampling_strategy="group_by_length" if decisions else "random",
-        use_cpu=True,
-        # TRL turns both on by default. On a CPU without bfloat16 units, bf16 autocast is emulated and
-        # checkpointing recomputes every layer: an l SFT step took 1.77 s with them, 0.55 s without
-        # (ad-hoc, this machine, 2026-11-24); a controller of a few MB has no memory to save.
-        bf16=False,
+        # TRL turns bf16 and checkpointing on by default. On a CPU without bfloat16 units, bf16 autocast is emulated
+        # and checkpointing recomputes every layer: an l SFT step took 1.77 s with them, 0.55 s without (ad-hoc,
+        # this machine, 2026-11-24); a controller of a few MB has no memory to save. Autocast only when asked.
+        **trainer_precision(_training_device(device), autocast),
         activation_checkpointing=False,
         report_to=[],
         **_checkpointing(checkpoint_every),
@@ -396,8 +401,11 @@ def train_grpo(
     progress: bool = True,
     checkpoint_every: int = 0,
     resume: bool = False,
+    device: torch.device | str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Path:
-    """GRPO from the controller ``init`` (an SFT checkpoint or builtin), closed-loop reward; save to ``out``."""
+    """GRPO from the controller ``init`` (an SFT checkpoint or builtin), closed-loop reward; save to ``out``.
+    ``device`` and ``autocast`` as in :func:`train_sft`."""
     from trl import GRPOConfig, GRPOTrainer
 
     s = settings or GRPOSettings()
@@ -407,7 +415,7 @@ def train_grpo(
         )
     _check_lora(s.lora_rank, callbacks)
     scratch = _prepare(out, overwrite, s.seed)
-    model = load_model(init, with_factors=False)
+    model = load_model(init, with_factors=False, device=None)
     for cb in callbacks or []:
         if isinstance(cb, PruningCallback) and cb.dense_shapes is None:
             cb.dense_shapes = _reference_of(init)  # a pruned SFT stage: go on towards the dense-relative target
@@ -431,8 +439,7 @@ def train_grpo(
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=10,
         reward_weights=DrivingRewards.WEIGHTS,
-        use_cpu=True,
-        bf16=False,  # see train_sft
+        **trainer_precision(_training_device(device), autocast),  # see train_sft
         activation_checkpointing=False,
         report_to=[],
         **_checkpointing(checkpoint_every),
@@ -608,6 +615,13 @@ def _save(trainer, tok, out, record: dict[str, Any], overwrite: bool, dtype: tor
         model.to(torch.float32)
         acc.wait_for_everyone()
     return path
+
+
+def _training_device(device: torch.device | str | None) -> torch.device:
+    """``device``, else the enclosing default placement's, else the CPU (the Trainer moves the model there)."""
+    from ..models.devices import default_device
+
+    return torch.device(device) if device is not None else default_device() or torch.device("cpu")
 
 
 def save_adapter(folder: Path, config, state: dict[str, torch.Tensor]) -> None:

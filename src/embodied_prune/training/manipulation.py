@@ -31,6 +31,7 @@ from ..envs.manipulation.demos import (
 )
 from ..envs.manipulation.tasks import TASKS
 from ..errors import EmbodiedPruneError
+from ..models.devices import default_device, trainer_precision
 from ..models.vla import (
     TinyVLA,
     TinyVLAConfig,
@@ -256,7 +257,7 @@ def fit(
         lr_scheduler_type="cosine",
         warmup_steps=min(100, steps // 10),
         weight_decay=0.01,
-        use_cpu=True,
+        **trainer_precision(default_device() or torch.device("cpu"), torch.bfloat16 if bf16 else None),
         report_to=[],
         save_strategy="no",
         logging_steps=25,
@@ -265,7 +266,6 @@ def fit(
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        bf16=bf16,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
     use_compact_progress(trainer, ("loss",), progress)
