@@ -215,6 +215,7 @@ def run_verb(argv: list[str], log: Path) -> dict:
         "rc": proc.returncode,
         "wall_s": wall,
         "peak_rss_bytes": peak.get("peak_rss_bytes"),
+        "peak_anon_bytes": peak.get("peak_anon_bytes"),
         "peak_cuda_bytes": peak.get("peak_cuda_bytes"),
         "log_tail": lines[-3:],
     }

@@ -3,8 +3,8 @@
 Each check is one ``embodied-prune`` command with ``--device cuda`` in a fresh process (wall time, exit status,
 peak GPU memory from ``torch.cuda.max_memory_allocated``, peak host memory): a random-weight bf16 Qwen2.5-1.5B
 (``embodied_prune.models.scale``) pruned structurally (L2 and Taylor), by Wanda and SparseGPT 2:4, recovered by
-GLUESTICK, benched against the pruned copy; the shipped SmolLM2 controller evaluated in closed loop and on decisions;
-a few SFT steps of a controller; the quick BPF experiment's first cells are not included (minutes of simulator
+GLUESTICK, benched against the pruned copy; the shipped driving controller ``builtin:driving-l-grpo`` evaluated in
+closed loop and on decisions; a few SFT steps of a controller (the BPF experiment is left out: minutes of simulator
 time, CPU-bound). Then the two GPU latency scripts that already existed (visual-token pruning, 2:4 + GLUESTICK).
 Writes ``benchmarks/results/gpu_checks.{json,md}`` (a BENCHMARKS.md section) and, with ``--out DIR``, copies of
 both there (the device tool brings back what lands under ``$OUT``).
@@ -13,11 +13,21 @@ both there (the device tool brings back what lands under ``$OUT``).
 itself, writing nothing under benchmarks/results. Without CUDA (and without ``--smoke``) it exits with the reason.
 
 python benchmarks/gpu_checks.py [--shape qwen2.5-1.5b] [--out $OUT] [--skip-latency] [--smoke]
+
+On the lent machine (its python3 has torch, transformers, peft, accelerate, safetensors, tqdm; nothing can be
+fetched there), from the repository root, ~5 minutes for the language-model checks:
+
+    PYTHONPATH=src:benchmarks PYTHONUNBUFFERED=1 python3 benchmarks/gpu_checks.py --out $OUT
+
+The driving checks are skipped there unless gymnasium, highway-env, trl and datasets travel as wheels (device tool
+README: ``pip download --no-deps --only-binary=:all: --python-version 3.12 … -d .whl NAME==VERSION`` here, name
+``.whl`` in ``carry``, install them with ``--target /tmp/site`` there and add it to PYTHONPATH).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -32,10 +42,14 @@ HERE = Path(__file__).resolve().parent
 CALIB = ["--calibration", "random", "--calibration-samples", "16", "--calibration-seq-len", "256"]
 
 
-def checks(dense: str, work: Path, smoke: bool) -> list[tuple[str, list[str]]]:
-    """``(name, argv)`` of every check; outputs go under ``work``."""
-    controller = "builtin:qwen2-tiny" if smoke else "builtin:driving-smollm2-grpo"
-    limit = "2" if smoke else "40"
+def checks(dense: str, work: Path, smoke: bool) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """``(name, argv, modules it needs)`` of every check; outputs go under ``work``. The device machine's image
+    holds torch, transformers, peft, accelerate and safetensors; the driving checks also need gymnasium,
+    highway-env (and for training trl and datasets), carried as wheels (see the module docstring)."""
+    controller = "builtin:qwen2-tiny" if smoke else "builtin:driving-l-grpo"  # shipped in the repository
+    evals = ["--limit", "2"] if smoke else ["--limit", "40", "--workers", "8"]
+    lm = ("transformers", "safetensors")
+    sim = ("gymnasium", "highway_env")
     return [
         (
             "prune structured l2 30%",
@@ -52,6 +66,7 @@ def checks(dense: str, work: Path, smoke: bool) -> list[tuple[str, list[str]]]:
                 "--out",
                 f"{work}/s30",
             ],
+            lm,
         ),
         (
             "prune structured taylor 30%",
@@ -72,14 +87,17 @@ def checks(dense: str, work: Path, smoke: bool) -> list[tuple[str, list[str]]]:
                 "--out",
                 f"{work}/t30",
             ],
+            lm,
         ),
         (
             "prune wanda 2:4",
             ["prune", "--model", dense, "--method", "wanda", "--pattern", "2:4", *CALIB, "--out", f"{work}/w24"],
+            lm,
         ),
         (
             "prune sparsegpt 2:4",
             ["prune", "--model", dense, "--method", "sparsegpt", "--pattern", "2:4", *CALIB, "--out", f"{work}/g24"],
+            lm,
         ),
         (
             "recover gluestick r64",
@@ -96,16 +114,19 @@ def checks(dense: str, work: Path, smoke: bool) -> list[tuple[str, list[str]]]:
                 "--out",
                 f"{work}/w24-r64",
             ],
+            lm,
         ),
         (
             "bench dense vs structured 30%",
             ["bench", "--model", dense, "--model", f"{work}/s30", "--new-tokens", "64", "--repeats", "5"],
+            lm,
         ),
-        ("eval driving", ["eval", "driving", "--model", controller, "--limit", limit]),
-        ("eval decision", ["eval", "decision", "--model", controller, "--limit", limit]),
+        ("eval driving", ["eval", "driving", "--model", controller, *evals], sim),
+        ("eval decision", ["eval", "decision", "--model", controller, *evals], sim),
         (
             "train driving sft (4 steps)",
             ["train", "driving", "--stage", "sft", "--size", "s", "--max-steps", "4", "--out", f"{work}/sft"],
+            (*sim, "trl", "datasets"),
         ),
     ]
 
@@ -132,7 +153,12 @@ def main() -> None:
             from embodied_prune.models.scale import write_random_checkpoint
 
             dense = str(write_random_checkpoint(a.shape, work / "dense", progress=False))
-        for name, argv in checks(dense, work, a.smoke):
+        for name, argv, needs in checks(dense, work, a.smoke):
+            missing = [m for m in needs if importlib.util.find_spec(m) is None]
+            if missing:
+                rows.append({"check": name, "argv": ["embodied-prune", *argv], "skipped": f"no {', '.join(missing)}"})
+                print(f"{name}: skipped (no {', '.join(missing)} here; carry their wheels)", flush=True)
+                continue
             result = run_verb([*argv, "--device", device, "-q"], work / "verb.log")
             rows.append({"check": name, "argv": ["embodied-prune", *argv], **result})
             print(
@@ -152,17 +178,20 @@ def main() -> None:
             latency[script] = {"rc": proc.returncode, "tail": (proc.stdout + proc.stderr).strip().splitlines()[-25:]}
             print(f"{script}: rc {proc.returncode}", flush=True)
     if a.smoke:
-        bad = [r["check"] for r in rows if r["rc"] != 0]
+        bad = [r["check"] for r in rows if r.get("rc", 0) != 0]
         print("smoke: all checks ran" if not bad else f"smoke: failed: {', '.join(bad)}")
         sys.exit(1 if bad else 0)
     table = ["| check | wall | peak GPU memory | peak host memory | exit |", "|---|---|---|---|---|"]
     for r in rows:
+        if "skipped" in r:
+            table.append(f"| {r['check']} | skipped: {r['skipped']} | | | |")
+            continue
         table.append(
             f"| {r['check']} | {r['wall_s']:.1f} s | {gib(r['peak_cuda_bytes'])} | {gib(r['peak_rss_bytes'])} "
             f"| {r['rc']} |"
         )
     body = (
-        f"Random-weight bf16 {a.shape} (`embodied_prune.models.scale`) and the shipped SmolLM2 controller, every "
+        f"Random-weight bf16 {a.shape} (`embodied_prune.models.scale`) and `builtin:driving-l-grpo`, every "
         "verb with `--device cuda` in a fresh process; GPU memory is `torch.cuda.max_memory_allocated` of that "
         f"process. GPU: {torch.cuda.get_device_name()}.\n\n" + "\n".join(table)
     )

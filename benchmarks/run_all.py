@@ -30,6 +30,7 @@ SCRIPTS = [
     "robotxr1_smollm2",
     "bpf_study",
     "deploy_llamacpp",
+    "scale",
     "manipulation_vla",
     "tokens_vla",
     "tokens_vla_hires",

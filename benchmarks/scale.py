@@ -31,6 +31,7 @@ CALIB = ["--calibration", "random", "--calibration-samples", "16", "--calibratio
 # Taylor's backward passes run the whole model: float32 on this CPU (bf16 products are 5x slower here)
 TAYLOR_OPTS = ["--round-to", "64", "--dtype", "float32", "--calibration", "random", "--calibration-samples", "16"]
 TAYLOR_OPTS += ["--calibration-seq-len", "128"]
+TAYLOR_BF16 = [*TAYLOR_OPTS, "--grad-dtype", "bfloat16"]
 
 # (cell, argv template, output kept for a later cell of the same shape). {dense} {out} {work} are filled in.
 CELLS_BY_SHAPE: dict[str, list[tuple[str, list[str]]]] = {
@@ -44,6 +45,10 @@ CELLS_BY_SHAPE: dict[str, list[tuple[str, list[str]]]] = {
         ),
         ("gluestick-r64", ["recover", "--pruned", "{work}/wanda-2:4", "--rank", "64", "--svd", "randomized"]),
         ("bench", ["bench", "--model", "{work}/structured-l2-30", "--new-tokens", "32", "--repeats", "3"]),
+        (
+            "structured-taylor-30-bf16-grad",
+            ["prune", "--method", "structured", "--importance", "taylor", "--sparsity", "0.3", *TAYLOR_BF16],
+        ),
     ],
     "large": [
         ("structured-l2-30", ["prune", "--method", "structured", "--sparsity", "0.3", "--round-to", "64"]),
@@ -68,7 +73,7 @@ def measure_shape(shape: str, work: Path, only: str | None) -> None:
         return
     if not (dense / "config.json").exists():
         t0 = time.perf_counter()
-        write_random_checkpoint(shape, dense, overwrite=True)
+        write_random_checkpoint(shape, dense, overwrite=True, progress=False)
         print(f"{shape}: random bf16 checkpoint written in {time.perf_counter() - t0:.0f} s", flush=True)
     for cell, template in PLAN[shape]:
         if (cell, template) not in todo:
@@ -153,20 +158,26 @@ def report(wall_s: float) -> None:
     order = {s: i for i, s in enumerate(PLAN)}
     cells.sort(key=lambda c: (order.get(c["shape"], 99), [x for x, _ in PLAN[c["shape"]]].index(c["cell"])))
     rows = [
-        "| shape | cell | command | wall | peak RSS | exit |",
+        "| shape | cell | wall | peak anonymous memory | peak RSS (VmHWM) | exit |",
         "|---|---|---|---|---|---|",
     ]
     for c in cells:
-        argv = " ".join(a if " " not in a else repr(a) for a in c["argv"][1:4])
         rows.append(
-            f"| {c['shape']} | {c['cell']} | `{argv} …` | {c['wall_s'] / 60:.1f} min | {gib(c['peak_rss_bytes'])} "
-            f"| {c['rc']} |"
+            f"| {c['shape']} | {c['cell']} | {c['wall_s'] / 60:.1f} min | {gib(c.get('peak_anon_bytes'))} "
+            f"| {gib(c['peak_rss_bytes'])} | {c['rc']} |"
         )
-    agree = CELLS / "agreement.json"
+    commands = sorted({" ".join(c["argv"][:3]) + " …" for c in cells})
     extra = ""
+    for c in cells:
+        if c.get("bench"):
+            table = [line for line in c["bench"].splitlines() if line.startswith("|")]
+            how = "float32 on this CPU, batch 1, prompt 64, 32 new tokens, median of 3"
+            extra += f"\n\n`bench` on {c['shape']} ({how}):\n\n"
+            extra += "\n".join(table)
+    agree = CELLS / "agreement.json"
     if agree.exists():
         a = json.loads(agree.read_text())
-        extra = (
+        extra += (
             f"\n\nTaylor (param_first) with the summed gradient kept in bfloat16 instead of float32, on {a['model']} "
             f"(real weights; 16 × 128 tokens of builtin:python-docstrings in 4 batches): channel-score rank "
             f"correlation per matrix mean {a['spearman_mean']:.4f} (min {a['spearman_min']:.4f}); of the MLP channels "
@@ -178,10 +189,18 @@ def report(wall_s: float) -> None:
     machines = sorted({c["machine"] for c in cells})
     body = (
         "Random-weight bf16 checkpoints of the published shapes (`embodied_prune.models.scale`), each verb in a fresh "
-        "process on the CPU, `--dtype auto` (the bf16 weights are held as stored; per-layer maths in float32) unless "
-        "the command says otherwise. Peak RSS is the process's `VmHWM` (it includes file pages of the safetensors "
-        "shards mapped while loading). Calibration: 16 × 256 random tokens (Taylor: 16 × 128).\n\n"
+        "process on the CPU (`benchmarks/_verb_peak.py`), `--dtype auto` (the bf16 weights are held as stored; "
+        "per-layer maths in float32) except Taylor (`--dtype float32`: its backward passes run the whole model, and "
+        "bf16 products are 5x slower on this CPU). Cells: structured L2 / Taylor at 30 % (`--round-to 64`), Wanda and "
+        "SparseGPT 2:4 (16 × 256 random calibration tokens; Taylor 16 × 128 in 2 batches), GLUESTICK rank 64 "
+        "(randomized SVD) on the Wanda 2:4 model, and bench (float32, batch 1) of dense vs structured 30 %. "
+        "**Peak anonymous memory** is the most the process itself held (`RssAnon`, sampled every 50 ms): what must "
+        "fit in RAM. **Peak RSS** (`VmHWM`) also counts the pages of the checkpoint files, which transformers maps "
+        "rather than reads (clean page cache the kernel drops under pressure); cells measured before the sampler "
+        "existed show only it.\n\n"
         + "\n".join(rows)
+        + "\n\nCommands (each cell's full command line is in `benchmarks/results/scale_cells/`): "
+        + ", ".join(f"`{c}`" for c in commands)
         + extra
         + f"\n\nCells measured on {', '.join(dates)}; machine: {'; '.join(machines)}."
     )

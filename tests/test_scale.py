@@ -292,3 +292,16 @@ def test_a_cuda_request_without_cuda_is_one_sentence_and_writes_nothing(verb, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CUDA device" in err[0] and "--device cpu" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_and_eval_hold_the_model_in_the_dtype_asked(bf16_folder, tmp_path):
+    rows = {}
+    for dtype in ("auto", "bfloat16"):
+        out = tmp_path / f"{dtype}.json"
+        argv = ["bench", "--model", str(bf16_folder), "--dtype", dtype, "--device", "cpu", "--no-memory"]
+        assert main([*argv, "--repeats", "1", "--new-tokens", "2", "--prompt-len", "4", "--json", str(out), "-q"]) == 0
+        rows[dtype] = json.loads(out.read_text())[0]
+    assert rows["auto"]["weight_bytes"] == 2 * rows["bfloat16"]["weight_bytes"]  # auto on a CPU: float32
+    argv = ["eval", "driving", "--model", "builtin:driving-s-grpo", "--limit", "2", "--workers", "1", "--dtype"]
+    assert main([*argv, "bfloat16", "--json", str(tmp_path / "e.json"), "-q"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["instructions"] == 2

@@ -15,6 +15,17 @@ from .choices import BUILTIN_FRAMES
 from .errors import EmbodiedPruneError
 from .io import check_output_dir
 from .models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
+from .models.devices import (
+    cuda_free_bytes,
+    default_device,
+    default_dtype,
+    dtype_name,
+    module_device,
+    module_dtype,
+    move,
+    resolve_device,
+    resolve_dtype,
+)
 from .models.lowrank import attach_factors, gluestick_layers, save_factors
 from .pruning.calibration import calibration_ids
 from .pruning.masks import check_sparsity, parse_pattern
@@ -63,7 +74,6 @@ def _placement(spec, dtype, device, whole_model: bool) -> tuple[torch.device, to
     """Where a spec is loaded (``device``, or the CPU when it does not fit a GPU's free memory) and in which
     dtype."""
     from .models.checkpoint import checkpoint_nbytes
-    from .models.devices import cuda_free_bytes, default_device, default_dtype, resolve_device, resolve_dtype
 
     device = resolve_device(device or default_device() or "cpu")
     if dtype in (None, "auto") and default_dtype() is not None:
@@ -124,8 +134,6 @@ def _feed(inputs: torch.Tensor | list[dict], batch_size: int = 8):
     from .pruning.calibration import calibration_chunks, forward_chunk
 
     def run(model) -> None:
-        from .models.devices import module_device, move
-
         model.eval()
         device = module_device(model)
         with torch.no_grad():
@@ -210,7 +218,7 @@ def prune(
     needs_whole = method == "structured" and importance == "taylor"
     model, tokenizer, history = _resolve(model, False, dtype, device, whole_model=needs_whole)
     compute = torch.device(device) if device is not None else None
-    if needs_whole and compute is not None and compute != _device_of(model):
+    if needs_whole and compute is not None and compute != module_device(model):
         model = model.to(compute)  # an object given on another device: Taylor's backward needs it all there
     if gluestick_layers(model):
         raise EmbodiedPruneError(
@@ -238,7 +246,7 @@ def prune(
             round_to=round_to,
             seed=seed,
             progress=progress,
-            grad_dtype=_dtype(grad_dtype),
+            grad_dtype=resolve_dtype(grad_dtype, None, torch.device("cpu"), whole_model=False),
         )
     else:
         details = prune_unstructured(
@@ -260,8 +268,8 @@ def prune(
         "calibration_samples": None if ids is None else _n_samples(ids),
         "seed": seed,
         "source": source,
-        "dtype": str(_dtype_of(model)).removeprefix("torch."),
-        "device": str(compute or _device_of(model)),
+        "dtype": dtype_name(module_dtype(model)),
+        "device": str(compute or module_device(model)),
         "date": _now(),
     }
     history = [*history, record]
@@ -269,24 +277,6 @@ def prune(
     if out is not None:
         path = save_model(model, out, tokenizer, history, overwrite, dtype=_source_dtype(source_spec))
     return Outcome(model, record, path, details, history)
-
-
-def _dtype(name: torch.dtype | str) -> torch.dtype:
-    from .models.devices import resolve_dtype
-
-    return resolve_dtype(name, None, torch.device("cpu"), whole_model=False)
-
-
-def _device_of(model) -> torch.device:
-    from .models.devices import module_device
-
-    return module_device(model)
-
-
-def _dtype_of(model) -> torch.dtype:
-    from .models.devices import module_dtype
-
-    return module_dtype(model)
 
 
 def recover(

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .cli_args import add_device_args, add_output_args, placement
+from .cli_args import add_device_args, add_output_args, load_kwargs, placement
 from .errors import EmbodiedPruneError
 
 EXIT_USAGE = 2
@@ -149,7 +149,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     models = {}
     for n, spec in zip(names, a.model, strict=True):
         device, dtype = placement(a, spec, whole_model=True)
-        models[n] = load_model(spec, dtype=dtype, device=device)
+        models[n] = load_model(spec, **load_kwargs(spec, device, dtype))
     rows = bench_models(
         models,
         a.prompt_len,

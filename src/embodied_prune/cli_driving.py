@@ -189,14 +189,14 @@ def _controller(a: argparse.Namespace) -> tuple[object, object]:
         import torch
 
         torch.set_num_threads(a.threads)
-    from .cli_args import placement
+    from .cli_args import load_kwargs, placement
     from .models.checkpoint import load_model, load_tokenizer
 
     device, dtype = placement(a, a.model, whole_model=True)
     tok = load_tokenizer(a.model)
     if tok is None:
         raise EmbodiedPruneError(f"{a.model} has no tokenizer files; a driving controller needs its tokenizer.")
-    return load_model(a.model, dtype=dtype, device=device), tok
+    return load_model(a.model, **load_kwargs(a.model, device, dtype)), tok
 
 
 def _check_limit(a: argparse.Namespace) -> None:
