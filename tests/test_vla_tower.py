@@ -1,0 +1,155 @@
+"""A VLA policy that sees through the pretrained DINOv2 ViT-S/14 (``builtin:dinov2-small``): token layout with the
+tower's token count, the tower's features against transformers' own preprocessing, cached features against the
+live tower, and a saved policy that carries no tower weights.
+
+These tests use the real DINOv2 weights on purpose (converted once into the session cache).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import LlamaConfig
+
+from embodied_prune.envs.manipulation.tasks import TASKS
+from embodied_prune.models.builtin import builtin_path
+from embodied_prune.models.vla import (
+    TOWER_CAMERAS,
+    TinyVLA,
+    TinyVLAConfig,
+    VisionTower,
+    build_tokenizer,
+    compute_split,
+    encode_instructions,
+    load_vla,
+    save_vla,
+)
+
+TOWER = "builtin:dinov2-small"
+
+
+def tower_policy(cameras=TOWER_CAMERAS, seed: int = 0) -> tuple[TinyVLA, object]:
+    torch.manual_seed(seed)
+    tok = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
+    backbone = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tok),
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    config = TinyVLAConfig(
+        backbone_config=backbone, cameras=[list(c) for c in cameras], vision_dim=384, vision_tower=TOWER
+    )
+    return TinyVLA(config).eval(), tok
+
+
+def query(model, tok, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = {
+        name: torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=g)
+        for name, size, _ in model.config.cameras
+    }
+    enc = encode_instructions(tok, ["push the puck to the green ball"] * batch, model.config.instruction_len)
+    return images, enc["input_ids"], enc["attention_mask"], torch.rand(batch, 4, generator=g)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return tower_policy()
+
+
+def test_layout_counts_the_towers_patches(policy):
+    model, tok = policy
+    # 224 px front: 16 x 16 patches of 14 px; 112 px side and wrist: 8 x 8 each
+    assert model.config.visual_tokens() == {"front": 256, "side": 64, "wrist": 64}
+    lay = model.layout()
+    assert lay.visual == (1, 1 + 384)
+    assert lay.cameras["front"] == (1, 257) and lay.cameras["wrist"] == (321, 385)
+    images, ids, mask, proprio = query(model, tok)
+    x, full_mask = model.build_inputs(images, ids, mask, proprio, tok.bos_token_id)
+    assert x.shape[1] == lay.length == full_mask.shape[1]
+    assert model(images, ids, mask, proprio, tok.bos_token_id)["actions"].shape == (2, model.config.chunk, 4)
+
+
+def test_tower_features_equal_transformers_preprocessing(policy):
+    """The tower scales and normalises the camera image exactly as DINOv2's own image processor does (no resize
+    or crop: the camera renders at the tower's size) and drops only the class token."""
+    from transformers import AutoImageProcessor, Dinov2Model
+
+    model, tok = policy
+    images, *_ = query(model, tok)
+    features = model.tower_features(images)
+    path = builtin_path("dinov2-small")
+    processor = AutoImageProcessor.from_pretrained(path, do_resize=False, do_center_crop=False)
+    reference = Dinov2Model.from_pretrained(path).eval()
+    for name, size, _ in model.config.cameras:
+        pixels = processor(list(images[name].numpy()), return_tensors="pt")["pixel_values"]
+        assert pixels.shape == (2, 3, size, size)
+        with torch.no_grad():
+            expected = reference(pixel_values=pixels).last_hidden_state[:, 1:]
+        assert features[name].shape == (2, (size // 14) ** 2, 384)
+        torch.testing.assert_close(features[name], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cached_features_give_the_live_policys_actions(policy):
+    model, tok = policy
+    images, ids, mask, proprio = query(model, tok, seed=1)
+    with torch.no_grad():
+        live = model(images, ids, mask, proprio, tok.bos_token_id)["actions"]
+        cached = model.tower_features(images)
+        from_cache = model(None, ids, mask, proprio, tok.bos_token_id, features=cached)["actions"]
+        other = model(None, ids, mask, proprio, tok.bos_token_id, features={k: v.flip(0) for k, v in cached.items()})
+    torch.testing.assert_close(from_cache, live, rtol=0, atol=0)
+    assert not torch.allclose(other["actions"], live)  # the features are what the policy acts on
+
+
+def test_saved_policy_carries_no_tower_weights(tmp_path, policy):
+    model, tok = policy
+    folder = save_vla(model, tok, tmp_path / "p")
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not any("embeddings.patch_embeddings" in k or "encoder.layer" in k for k in keys)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000  # the 22 M tower is not a parameter
+    loaded, _ = load_vla(folder)
+    assert loaded.config.vision_tower == TOWER
+    images, ids, mask, proprio = query(model, tok, seed=2)
+    with torch.no_grad():
+        a = model(images, ids, mask, proprio, tok.bos_token_id)["actions"]
+        b = loaded.eval()(images, ids, mask, proprio, tok.bos_token_id)["actions"]
+    torch.testing.assert_close(a, b)
+
+
+def test_compute_split_names_the_tower(policy):
+    model, _ = policy
+    split = compute_split(model)
+    assert {"tower", "vision", "backbone", "action_head"} <= set(split)
+    assert split["tower"] > split["backbone"]  # a 22 M tower against a 2-layer, 64-wide backbone
+    assert sum(split[k] for k in ("tower", "vision", "backbone", "action_head")) == pytest.approx(1.0)
+
+
+def test_cameras_the_tower_cannot_cut_are_refused():
+    with pytest.raises(ValueError, match="multiple of 14"):
+        tower_policy(cameras=(("front", 224, 14), ("side", 64, 8)))
+
+
+def test_a_wrong_vision_dim_is_named():
+    tok = build_tokenizer(["a b"])
+    config = TinyVLAConfig(cameras=[["front", 56, 14]], vision_dim=128, vision_tower=TOWER)
+    config.backbone_config.vocab_size = len(tok)
+    model = TinyVLA(config).eval()
+    images = {"front": torch.zeros(1, 56, 56, 3, dtype=torch.uint8)}
+    with pytest.raises(ValueError, match="vision_dim"):
+        model.visual_embeddings(images)
+
+
+def test_the_tower_is_loaded_once_and_frozen():
+    tower = VisionTower(TOWER)
+    a, b = tower.model(), VisionTower(TOWER).model()
+    assert a is b
+    assert not any(p.requires_grad for p in a.parameters())
+    assert len(tower.fingerprint()) == 64
