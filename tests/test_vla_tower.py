@@ -153,3 +153,78 @@ def test_the_tower_is_loaded_once_and_frozen():
     assert a is b
     assert not any(p.requires_grad for p in a.parameters())
     assert len(tower.fingerprint()) == 64
+
+
+@pytest.fixture(scope="module")
+def tower_demos(tmp_path_factory):
+    """One expert episode of reach through the cameras at the tower's sizes."""
+    from embodied_prune.envs.manipulation.demos import generate_demos
+    from embodied_prune.envs.manipulation.render import cameras_for
+
+    out = tmp_path_factory.mktemp("tower-demos") / "d"
+    cameras = cameras_for([list(c) for c in TOWER_CAMERAS])
+    return generate_demos(out, tasks="reach", episodes=1, progress=False, workers=1, cameras=cameras)
+
+
+def test_cached_features_equal_the_live_tower(tower_demos, policy):
+    """The cache holds the tower's features of every frame (to float16's rounding), resumes episode by episode,
+    and what the policy acts on from it equals what it acts on from the frames."""
+    import json
+    import os
+
+    import numpy as np
+
+    from embodied_prune.envs.manipulation.demos import load_demos
+    from embodied_prune.training.tower_features import build_cache, cache_folder, load_cache
+
+    model, _ = policy
+    folder = build_cache(tower_demos, TOWER, model.config.cameras, progress=False)
+    assert folder == cache_folder(tower_demos, VisionTower(TOWER))
+    assert json.loads((folder / "meta.json").read_text())["sha256"] == VisionTower(TOWER).fingerprint()
+    (cached,) = load_cache(tower_demos, TOWER, model.config.cameras)
+    (episode,) = load_demos(tower_demos).episodes
+    steps = [0, len(episode["action"]) // 2, len(episode["action"]) - 1]
+    images = {name: torch.from_numpy(episode[name][steps]) for name, _, _ in model.config.cameras}
+    live = model.tower_features(images)
+    for name in live:
+        assert cached[name].dtype == np.float16 and cached[name].shape[0] == len(episode["action"])
+        got = torch.from_numpy(cached[name][steps]).float()
+        torch.testing.assert_close(got, live[name], rtol=2**-10, atol=1e-3)
+    # resuming: an unfinished cache recomputes only what is missing
+    (file,) = list((folder / "episodes").iterdir())
+    stamp = file.stat().st_mtime_ns
+    os.remove(folder / "meta.json")
+    build_cache(tower_demos, TOWER, model.config.cameras, progress=False)
+    assert file.stat().st_mtime_ns == stamp and (folder / "meta.json").is_file()
+
+
+def test_load_cache_refuses_a_missing_cache(tmp_path, demos):
+    from embodied_prune.errors import EmbodiedPruneError
+    from embodied_prune.training.tower_features import build_cache, load_cache
+
+    with pytest.raises(EmbodiedPruneError, match="no finished cache"):
+        load_cache(demos, TOWER, [["front", 224, 14]])
+    # the shared fixture was recorded at 112 px: the tower's 224 px camera is named as missing
+    with pytest.raises(EmbodiedPruneError, match="recorded through cameras"):
+        build_cache(demos, TOWER, [["front", 224, 14]], progress=False)
+
+
+def test_behaviour_cloning_through_the_tower(tmp_path, tower_demos, demos):
+    """train_bc builds a tower policy on cached features (no tower weights saved), and the policy runs live in
+    closed loop; demonstrations at sizes the tower cannot cut are refused in a sentence."""
+    from embodied_prune.errors import EmbodiedPruneError
+    from embodied_prune.evaluation.manipulation import evaluate_manipulation
+    from embodied_prune.training.manipulation import BCSettings, train_bc
+
+    settings = BCSettings(
+        steps=2, batch_size=4, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128, vision_tower=TOWER
+    )
+    path = train_bc(tower_demos, tmp_path / "p", settings, progress=False)
+    model, _ = load_vla(path)
+    assert model.config.vision_tower == TOWER and model.config.vision_dim == 384
+    assert model.config.visual_tokens() == {"front": 256, "side": 64, "wrist": 64}
+    report = evaluate_manipulation(str(path), tasks="reach", episodes=1, workers=1, progress=False).to_dict()
+    assert report["episodes"] == 1 and report["queries"] >= 1
+    with pytest.raises(EmbodiedPruneError, match="multiples of 14"):
+        train_bc(demos, tmp_path / "q", settings, progress=False)
+    assert not (tmp_path / "q").exists()

@@ -33,8 +33,10 @@ from ..envs.manipulation.tasks import TASKS
 from ..errors import EmbodiedPruneError
 from ..models.devices import default_device, trainer_precision
 from ..models.vla import (
+    TOWER_PATCH,
     TinyVLA,
     TinyVLAConfig,
+    VisionTower,
     build_tokenizer,
     encode_instructions,
     load_vla,
@@ -42,6 +44,7 @@ from ..models.vla import (
     save_vla,
 )
 from .runs import prepare_run, use_compact_progress
+from .tower_features import build_cache, load_cache
 
 
 @dataclass
@@ -64,12 +67,32 @@ class BCSettings:
     bf16: bool = False  # bfloat16 autocast for the forward and backward passes (weights and optimizer stay fp32)
     visual_keep: float = 1.0  # share of visual tokens each training sample keeps (random; 1: all; see TinyVLA)
     vision_layers: int = 0  # transformer layers mixing each camera's patch tokens before the projector (0: none)
+    # a frozen pretrained vision tower every camera is seen through (e.g. "builtin:dinov2-small"; None: the conv
+    # encoders); its patch size replaces ``patch``, and training reads its features from a cache (tower_features)
+    vision_tower: str | None = None
 
 
 class DemoSteps(Dataset):
-    """Every step of every demonstration as a training sample."""
+    """Every step of every demonstration as a training sample; with ``features`` (per episode, camera name → the
+    vision tower's features of each frame, :func:`~.tower_features.load_cache`) a sample carries those instead
+    of the images (no augmentation: the features are fixed)."""
 
-    def __init__(self, demos: DemoSet, tokenizer, chunk: int, instruction_len: int, shift: float, seed: int) -> None:
+    def __init__(
+        self,
+        demos: DemoSet,
+        tokenizer,
+        chunk: int,
+        instruction_len: int,
+        shift: float,
+        seed: int,
+        features: list[dict[str, np.ndarray]] | None = None,
+    ) -> None:
+        if features is not None and len(features) != len(demos.episodes):
+            raise EmbodiedPruneError(
+                f"{len(features)} episodes of tower features for {len(demos.episodes)} demonstration episodes: "
+                "rebuild the feature cache of these demonstrations."
+            )
+        self.features = features
         self.episodes = demos.episodes
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep["action"]))]
         self.chunk = chunk
@@ -98,9 +121,12 @@ class DemoSteps(Dataset):
         idx = np.minimum(np.arange(t, t + self.chunk), len(ep["action"]) - 1)
         ids, mask = self.instr[ep["task"]]
         extra = {"aux_targets": torch.from_numpy(self.aux[e][t])} if self.aux is not None else {}
+        if self.features is not None:
+            extra["features"] = {c: torch.from_numpy(f[t]) for c, f in self.features[e].items()}
+        else:
+            extra["images"] = {c: torch.from_numpy(self._shifted(ep[c][t])) for c in self.cameras}
         return {
             **extra,
-            "images": {c: torch.from_numpy(self._shifted(ep[c][t])) for c in self.cameras},
             "input_ids": ids,
             "attention_mask": mask,
             "proprio": torch.from_numpy(ep["proprio"][t]),
@@ -117,9 +143,13 @@ def aux_targets(demos: DemoSet) -> list[np.ndarray] | None:
 
 
 def collate(rows: list[dict]) -> dict:
-    """Stack samples (the images dict camera by camera)."""
-    out = {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "images"}
-    out["images"] = {c: torch.stack([r["images"][c] for r in rows]) for c in rows[0]["images"]}
+    """Stack samples (the images or features dict camera by camera; a batch of features has images None)."""
+    per_camera = ("images", "features")
+    out = {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k not in per_camera}
+    for key in per_camera:
+        if key in rows[0]:
+            out[key] = {c: torch.stack([r[key][c] for r in rows]) for c in rows[0][key]}
+    out.setdefault("images", None)
     return out
 
 
@@ -130,6 +160,25 @@ def check_patch(patch: int, sizes: list[int]) -> None:
             f"patch {patch} does not fit the cameras (image sizes {sorted(set(sizes))}): --patch must be a "
             "multiple of 4 that divides every image size (e.g. 8 or 16 for 112 and 64 pixels)."
         )
+
+
+def check_tower_sizes(sizes: list[int]) -> None:
+    """Refuse, in one sentence, camera sizes a vision tower cannot cut into its patches."""
+    if any(z % TOWER_PATCH for z in sizes):
+        raise EmbodiedPruneError(
+            f"a policy seeing through a vision tower needs camera sizes that are multiples of {TOWER_PATCH} pixels, "
+            f"but the demonstrations were recorded at {sorted(set(sizes))}: record them at the tower's sizes "
+            "(e.g. 224 px front, 112 px side and wrist: generate_demos(..., cameras=cameras_for(TOWER_CAMERAS)))."
+        )
+
+
+def demo_folders(demos: str | os.PathLike | list) -> list:
+    """The folders of a ``demos`` argument of :func:`train_bc`: a list, a comma-separated string, or one folder."""
+    if isinstance(demos, list | tuple):
+        return list(demos)
+    if isinstance(demos, str) and "," in demos:
+        return [p.strip() for p in demos.split(",") if p.strip()]
+    return [demos]
 
 
 def check_shape(s: BCSettings) -> None:
@@ -153,7 +202,13 @@ def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
     """A fresh policy and tokenizer for ``demos``' tasks and cameras, proprioception statistics set."""
     tokenizer = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
     proprio = np.concatenate([ep["proprio"] for ep in demos.episodes])
-    cameras = [[c["name"], c["size"], s.patch] for c in demos.meta["cameras"]]
+    patch = TOWER_PATCH if s.vision_tower else s.patch
+    cameras = [[c["name"], c["size"], patch] for c in demos.meta["cameras"]]
+    tower = (
+        {"vision_tower": s.vision_tower, "vision_dim": VisionTower(s.vision_tower).hidden_size()}
+        if s.vision_tower
+        else {}
+    )
     aux: dict = {}
     rows = aux_targets(demos) if s.aux_weight > 0 else None
     if rows is not None:
@@ -178,6 +233,7 @@ def build_policy(demos: DemoSet, s: BCSettings) -> tuple[TinyVLA, object]:
         cameras=cameras,
         vision_layers=s.vision_layers,
         chunk=s.chunk,
+        **tower,
         proprio_mean=proprio.mean(0).tolist(),
         proprio_std=np.maximum(proprio.std(0), 1e-3).tolist(),
         **aux,
@@ -204,7 +260,9 @@ def train_bc(
     if init is None:
         check_shape(s)  # a fine-tuned policy keeps its own shape
     demo_set = load_demo_folders(demos)
-    if init is None:
+    if init is None and s.vision_tower:
+        check_tower_sizes([c["size"] for c in demo_set.meta["cameras"]])
+    elif init is None:
         check_patch(s.patch, [c["size"] for c in demo_set.meta["cameras"]])
     else:
         model, tokenizer = load_vla(init)
@@ -214,7 +272,16 @@ def train_bc(
     if init is None:
         model, tokenizer = build_policy(demo_set, s)
     model.train_visual_keep = s.visual_keep  # this run's token dropout (not saved: a loaded policy keeps all)
-    data = DemoSteps(demo_set, tokenizer, model.config.chunk, model.config.instruction_len, s.shift, s.seed)
+    features = None
+    if model.tower is not None:  # the frozen tower's features, computed once per frame (tower_features)
+        features = []
+        for folder in demo_folders(demos):
+            build_cache(
+                folder, model.config.vision_tower, model.config.cameras, default_device() or "cpu", progress=progress
+            )
+            features += load_cache(folder, model.config.vision_tower, model.config.cameras)
+    cfg = model.config
+    data = DemoSteps(demo_set, tokenizer, cfg.chunk, cfg.instruction_len, s.shift, s.seed, features)
     t0 = time.time()
     model = fit(model, data, s.steps, s.batch_size, s.learning_rate, s.seed, scratch, progress, bf16=s.bf16)
     record = {
@@ -310,6 +377,8 @@ __all__ = [
     "build_policy",
     "check_patch",
     "check_shape",
+    "check_tower_sizes",
+    "demo_folders",
     "fit",
     "policy_calibration",
     "train_bc",

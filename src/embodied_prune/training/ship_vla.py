@@ -38,12 +38,12 @@ from pathlib import Path
 import torch
 
 from ..envs.manipulation.demos import generate_demos
-from ..envs.manipulation.render import DEFAULT_CAMERAS
+from ..envs.manipulation.render import DEFAULT_CAMERAS, cameras_for
 from ..errors import EmbodiedPruneError
 from ..evaluation.manipulation import record_corrections
 from ..io import atomic_write_text
 from ..models.builtin import ASSETS
-from ..models.vla import load_vla, save_vla
+from ..models.vla import TOWER_CAMERAS, load_vla, save_vla
 from .manipulation import BCSettings, check_patch, check_shape, train_bc
 
 NAME = "vla-metaworld"
@@ -85,6 +85,8 @@ def bc_recipe(s: BCSettings) -> dict:
     d = asdict(s)
     if d["vision_layers"] == 0:
         del d["vision_layers"]
+    if d["vision_tower"] is None:
+        del d["vision_tower"]
     return d
 
 
@@ -158,7 +160,10 @@ def ship(
             f"got {dagger_episodes} and {dagger_steps}."
         )
     s = settings or BCSettings(steps=BC_STEPS, patch=PATCH)
-    check_patch(s.patch, [c.size for c in DEFAULT_CAMERAS])  # before minutes of demonstrations, not after
+    # a policy seeing through a vision tower sees the cameras at the tower's sizes (224 px front: 256 patches)
+    cameras = cameras_for([list(c) for c in TOWER_CAMERAS]) if s.vision_tower else DEFAULT_CAMERAS
+    if not s.vision_tower:
+        check_patch(s.patch, [c.size for c in cameras])  # before minutes of demonstrations, not after
     check_shape(s)
     borrowed, data = borrowed_data(Path(data_from)) if data_from is not None else (None, None)
     recipe = {
@@ -175,7 +180,7 @@ def ship(
         stages = _Stages(Path(work), recipe)
 
         def record_demos(folder: Path) -> None:
-            generate_demos(folder, episodes=episodes, progress=progress, noise=noise, overwrite=True)
+            generate_demos(folder, episodes=episodes, progress=progress, noise=noise, overwrite=True, cameras=cameras)
 
         if borrowed is None:
             demos, info = stages.run("demos", record_demos)
@@ -275,6 +280,14 @@ def main(argv: list[str] | None = None) -> int:
         help="transformer layers mixing each camera's patch tokens before the backbone, as a VLA's vision tower "
         f"does (default {shape.vision_layers}: bare patch embeddings)",
     )
+    p.add_argument(
+        "--vision-tower",
+        default=None,
+        metavar="SPEC",
+        help="see every camera through this frozen pretrained tower (e.g. builtin:dinov2-small: 224 px front, "
+        "112 px side and wrist, 14-pixel patches, 384 visual tokens; --patch and --vision-layers unused); its "
+        "features of each demonstration frame are computed once and cached beside the frames (default: none)",
+    )
     p.add_argument("--layers", type=int, default=shape.layers, help=f"backbone decoder layers (default {shape.layers})")
     p.add_argument(
         "--hidden-size", type=int, default=shape.hidden_size, help=f"backbone width (default {shape.hidden_size})"
@@ -322,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "kv_heads",
         "intermediate_size",
         "vision_layers",
+        "vision_tower",
     )
     settings = BCSettings(**{name: getattr(a, name) for name in recipe})  # the flags' names are the fields' names
     try:
