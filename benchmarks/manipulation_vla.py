@@ -7,7 +7,12 @@ joint within 5 % of a limit, an object faster than 1.5 m/s), median policy-query
 one torch thread per worker), the evaluation's wall time, the policy's compute split (vision vs
 backbone vs action head) and the training wall times read from the checkpoint's side file.
 
+For a policy that sees through a pretrained vision tower (``builtin:vla-metaworld-dino``) the query is also timed by
+part (tower, the rest; the backbone alone), one torch thread, median of repeated queries: token pruning shortens only
+the backbone, so the part it can save bounds the end-to-end speed-up.
+
 python benchmarks/manipulation_vla.py [--model builtin:vla-metaworld] [--episodes 50] [--blank-episodes 20] [--seed 0]
+                                      [--result manipulation_vla]
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ def ship_command(train: dict) -> str:
     ]
     if train.get("vision_layers"):  # records from before the option, and policies without, have none
         args.append(f"--vision-layers {train['vision_layers']}")
+    if train.get("vision_tower"):
+        args.append(f"--vision-tower {train['vision_tower']}")
     if rounds:
         args.append(f"--dagger-steps {train['steps']}")
         if "episodes_per_task" in rounds[0]:
@@ -75,19 +82,63 @@ def ship_command(train: dict) -> str:
     return own if first is None else f"{first} && {own}"
 
 
+def query_ms(model, tokenizer, repeats: int = 20) -> dict[str, float]:
+    """Median milliseconds (one torch thread) of one query's parts for a tower policy: the tower on every camera,
+    the rest of the query from the tower's features (camera embeddings, projector, backbone, action head), and the
+    backbone alone on the query's embedded sequence."""
+    import statistics
+
+    import torch
+
+    from embodied_prune.models.vla import encode_instructions
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images = {n: torch.zeros(1, z, z, 3, dtype=torch.uint8) for n, z, _ in model.config.cameras}
+        enc = encode_instructions(tokenizer, ["push the puck to the goal"], model.config.instruction_len)
+        proprio = torch.zeros(1, model.config.proprio_dim)
+        bos = tokenizer.bos_token_id
+        features = model.tower_features(images)
+        x, mask = model.build_inputs(None, enc["input_ids"], enc["attention_mask"], proprio, bos, features)
+        parts = {
+            "tower": lambda: model.tower_features(images),
+            "rest": lambda: model(None, enc["input_ids"], enc["attention_mask"], proprio, bos, features=features),
+            "backbone": lambda: model.backbone(inputs_embeds=x, attention_mask=mask, use_cache=False),
+        }
+        out = {}
+        with torch.inference_mode():
+            for name, fn in parts.items():
+                fn()
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(1000 * (time.perf_counter() - t0))
+                out[name] = statistics.median(times)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin:vla-metaworld", help="policy to evaluate")
     ap.add_argument("--episodes", type=int, default=50, help="episodes per task (default 50)")
     ap.add_argument("--blank-episodes", type=int, default=20, help="episodes per task with black cameras (default 20)")
     ap.add_argument("--seed", type=int, default=0, help="evaluation scene seed (default 0)")
+    ap.add_argument(
+        "--result", default="manipulation_vla", help="name of the result files in results/ (default manipulation_vla)"
+    )
     a = ap.parse_args()
     t0 = time.time()
-    model, _ = load_vla(a.model)
+    model, tokenizer = load_vla(a.model)
+    model.eval()
     split = compute_split(model)
+    timed = query_ms(model, tokenizer) if model.tower is not None else None
     side = json.loads((Path(resolve_model_path(a.model)) / "embodied_prune.json").read_text())
     train = side["history"][0]
-    rows, data = [], {"model": a.model, "compute_split": split, "training": train, "runs": []}
+    rows, data = [], {"model": a.model, "compute_split": split, "query_ms": timed, "training": train, "runs": []}
     for name, blank, n in (("as shipped", False, a.episodes), ("cameras blacked out", True, a.blank_episodes)):
         d = evaluate_manipulation(a.model, episodes=n, seed=a.seed, workers=2, blank_images=blank).to_dict()
         v = d["safety_violations"]
@@ -117,12 +168,12 @@ def main() -> None:
     )
     if "data_from" in train:  # ship_vla --data-from: another run's demonstrations and rollouts
         src = train["data_from"]
-        data = (
+        source = (
             f"data borrowed from another run's work folder ({', '.join(src['stages'])}; recorded there in "
             f"{src['wall_s'] / 60:.1f} min)"
         )
     else:
-        data = f"demonstrations {train.get('demos_wall_s', float('nan')) / 60:.1f} min"
+        source = f"demonstrations {train.get('demos_wall_s', float('nan')) / 60:.1f} min"
     regen = ship_command(train)
     keep = train.get("visual_keep", 1.0)
     dropout = f", each training sample keeping a random {100 * keep:.0f} % of its visual tokens" if keep < 1 else ""
@@ -150,17 +201,27 @@ def main() -> None:
             f" (stages {', '.join(train['reused_stages']['stages'])} were made by an earlier run of the same "
             "recipe and reused through `--work`; their times are the ones measured then)"
         )
+    tower = ""
+    if timed is not None:
+        total = timed["tower"] + timed["rest"]
+        tower = (
+            f"The frozen tower `{model.config.vision_tower}` (not counted in the parameters; run once per query on "
+            f"every camera) is {100 * split['tower']:.0f} % of the FLOPs. Timed (median of 20 queries, one torch "
+            f"thread): tower {timed['tower']:.1f} ms, the rest of the query {timed['rest']:.1f} ms, of which the "
+            f"backbone {timed['backbone']:.1f} ms; token pruning shortens only the backbone, so even removing all of "
+            f"it would speed a query up at most {total / (total - timed['backbone']):.2f}×. "
+        )
     body = (
         f"{table}\n\n"
         f"Policy `{a.model}`: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; one query is "
         f"{split['total_gflops']:.2f} GFLOPs, of which the backbone {100 * split['backbone']:.0f} %, vision encoder "
-        f"and projector {100 * split['vision']:.0f} %, action head {100 * split['action_head']:.1f} %. "
-        f"Its training record (regenerate with `{regen}`): {data}, {recipe}, on the machine that trained "
+        f"and projector {100 * split['vision']:.0f} %, action head {100 * split['action_head']:.1f} %. {tower}"
+        f"Its training record (regenerate with `{regen}`): {source}, {recipe}, on the machine that trained "
         f"it{reused}. Episodes: per task, scenes from "
         "`--seed`'s evaluation stream, never a demonstration's.\n"
     )
     write_result(
-        "manipulation_vla",
+        a.result,
         "Closed-loop manipulation: the shipped VLA on Meta-World",
         body,
         data,

@@ -228,3 +228,20 @@ def test_behaviour_cloning_through_the_tower(tmp_path, tower_demos, demos):
     with pytest.raises(EmbodiedPruneError, match="multiples of 14"):
         train_bc(demos, tmp_path / "q", settings, progress=False)
     assert not (tmp_path / "q").exists()
+
+
+def test_cli_trains_a_tower_policy(tmp_path, tower_demos, capsys):
+    from embodied_prune.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", "manipulation", "--demos", str(tower_demos), "--vision-tower", TOWER, "--max-steps", "1"]
+    assert main([*args, "--batch-size", "2", "-q", "--out", str(out)]) == 0
+    model, _ = load_vla(out)
+    assert model.config.vision_tower == TOWER and model.layout().visual == (1, 385)
+    # the tower flags belong to their own verbs, said in a sentence
+    assert main(["train", "driving", "--stage", "sft", "--vision-tower", TOWER, "--out", str(tmp_path / "d")]) == 2
+    assert "--vision-tower are for train manipulation" in capsys.readouterr().err
+    refused = ["demos", "manipulation", "--tower-cameras", "--policy", str(out), "--out", str(tmp_path / "c")]
+    assert main(refused) == 2
+    assert "--tower-cameras is for expert demonstrations" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

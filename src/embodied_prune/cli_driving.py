@@ -20,8 +20,10 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     if a.stage is None:
         raise EmbodiedPruneError("train driving needs --stage sft or --stage grpo.")
-    if a.demos or a.batch_size or a.bf16 or a.visual_keep is not None or a.patch is not None:
-        raise EmbodiedPruneError("--demos, --batch-size, --bf16, --patch and --visual-keep are for train manipulation.")
+    if a.demos or a.batch_size or a.bf16 or a.visual_keep is not None or a.patch is not None or a.vision_tower:
+        raise EmbodiedPruneError(
+            "--demos, --batch-size, --bf16, --patch, --visual-keep and --vision-tower are for train manipulation."
+        )
     from .models.devices import default_placement, resolve_autocast, resolve_device
 
     device = resolve_device(a.device)

@@ -32,10 +32,18 @@ def cmd_demos(a: argparse.Namespace) -> None:
     common = dict(
         tasks=a.tasks, episodes=a.episodes, seed=a.seed, overwrite=a.overwrite, progress=not a.quiet, workers=a.workers
     )
+    if a.policy and a.tower_cameras:
+        raise EmbodiedPruneError("--tower-cameras is for expert demonstrations; --policy records through its cameras.")
     if a.policy:
         out = record_corrections(a.policy, a.out, noise=a.noise, **common)
     else:
-        out = generate_demos(a.out, noise=a.noise, **common)
+        cameras = None
+        if a.tower_cameras:
+            from .envs.manipulation.render import cameras_for
+            from .models.vla import TOWER_CAMERAS
+
+            cameras = cameras_for([list(c) for c in TOWER_CAMERAS])
+        out = generate_demos(a.out, noise=a.noise, cameras=cameras, **common)
     meta = json.loads((out / "meta.json").read_text())
     steps = sum(e["length"] for e in meta["episodes"])
     if a.policy:
@@ -70,6 +78,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         "batch_size": a.batch_size,
         "visual_keep": a.visual_keep,
         "patch": a.patch,
+        "vision_tower": a.vision_tower,
     }
     import torch
 
@@ -196,6 +205,13 @@ def add_train_arguments(sp: argparse.ArgumentParser) -> None:
         "(patch dropout; 0.5 makes a step about twice as fast; the policy still sees every token when it acts; "
         "closed-loop effect so far not good, see docs/manipulation.md; default 1: all)",
     )
+    sp.add_argument(
+        "--vision-tower",
+        metavar="SPEC",
+        help="manipulation: a new policy sees every camera through this frozen pretrained tower, e.g. "
+        "builtin:dinov2-small (needs demonstrations from `demos manipulation --tower-cameras`; the tower's features "
+        "of every frame are computed once and cached beside the frames; --patch unused; ignored with --init)",
+    )
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
@@ -306,6 +322,12 @@ def add_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
         "--policy",
         metavar="DIR",
         help="DAgger: record this VLA policy's rollouts, labelled by the expert, instead of the expert's own",
+    )
+    sp.add_argument(
+        "--tower-cameras",
+        action="store_true",
+        help="record the cameras at the sizes a policy seeing through a vision tower uses (224 px front, 112 px "
+        "side and wrist: 14-pixel patches, 384 visual tokens; for train manipulation --vision-tower)",
     )
     sp.add_argument(
         "--noise",
