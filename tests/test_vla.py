@@ -301,7 +301,7 @@ def test_bf16_training_runs_under_autocast_and_keeps_fp32_weights(tmp_path, demo
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     capsys.readouterr()
     assert main(["train", "driving", "--stage", "sft", "--bf16", "--out", str(tmp_path / "d")]) == 2
-    assert "--bf16, --patch and --visual-keep are for train manipulation" in capsys.readouterr().err
+    assert "--bf16, --patch, --visual-keep and --vision-tower are for train manipulation" in capsys.readouterr().err
 
 
 def test_drop_visual_tokens_keeps_a_random_share_at_original_positions():
@@ -385,7 +385,7 @@ def test_train_visual_keep_is_recorded_and_checked(tmp_path, demos, capsys):
     assert "visual_keep must be in (0, 1] (--visual-keep), got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main(["train", "driving", "--stage", "sft", "--visual-keep", "0.5", "--out", str(tmp_path / "d")]) == 2
-    assert "--patch and --visual-keep are for train manipulation" in capsys.readouterr().err
+    assert "--patch, --visual-keep and --vision-tower are for train manipulation" in capsys.readouterr().err
 
 
 def test_train_patch_sets_the_visual_tokens_and_is_checked(tmp_path, demos, capsys):
