@@ -25,6 +25,7 @@ from ..envs.manipulation.demos import (
     BUILTIN_FRAMES,
     DemoSet,
     check_cameras,
+    demo_folders,
     demos_path,
     load_demo_folders,
     load_demos,
@@ -170,15 +171,6 @@ def check_tower_sizes(sizes: list[int]) -> None:
             f"but the demonstrations were recorded at {sorted(set(sizes))}: record them at the tower's sizes "
             "(e.g. 224 px front, 112 px side and wrist: generate_demos(..., cameras=cameras_for(TOWER_CAMERAS)))."
         )
-
-
-def demo_folders(demos: str | os.PathLike | list) -> list:
-    """The folders of a ``demos`` argument of :func:`train_bc`: a list, a comma-separated string, or one folder."""
-    if isinstance(demos, list | tuple):
-        return list(demos)
-    if isinstance(demos, str) and "," in demos:
-        return [p.strip() for p in demos.split(",") if p.strip()]
-    return [demos]
 
 
 def check_shape(s: BCSettings) -> None:
@@ -378,7 +370,6 @@ __all__ = [
     "check_patch",
     "check_shape",
     "check_tower_sizes",
-    "demo_folders",
     "fit",
     "policy_calibration",
     "train_bc",

@@ -293,13 +293,22 @@ def load_demos(path: str | os.PathLike) -> DemoSet:
     return DemoSet(meta, episodes)
 
 
+def demo_folders(paths: str | os.PathLike | list) -> list:
+    """The folders named by ``paths``: a list, a comma-separated string, or one folder."""
+    if isinstance(paths, list | tuple):
+        return list(paths)
+    if isinstance(paths, str) and "," in paths:
+        return [p.strip() for p in paths.split(",") if p.strip()]
+    return [paths]
+
+
 def load_demo_folders(paths: str | os.PathLike | list) -> DemoSet:
     """One folder (:func:`load_demos`) or several (a list, or a comma-separated string) as one set: their
     episodes in order, their tasks joined; the folders must share cameras."""
-    if isinstance(paths, str) and "," in paths:
-        paths = [p.strip() for p in paths.split(",") if p.strip()]
-    if not isinstance(paths, list | tuple):
-        return load_demos(paths)
+    folders = demo_folders(paths)
+    if len(folders) == 1 and not isinstance(paths, list | tuple):
+        return load_demos(folders[0])
+    paths = folders
     sets = [load_demos(p) for p in paths]
     first = sets[0].meta
     for p, d in zip(paths[1:], sets[1:], strict=True):
