@@ -1,7 +1,8 @@
 """A frozen vision tower's features of every demonstration frame, computed once and kept beside the frames.
 
 A policy that sees through a frozen pretrained tower (``TinyVLAConfig.vision_tower``, e.g. DINOv2 ViT-S/14) would
-spend most of each training step re-encoding the same frames: the tower is ~10× the backbone's compute. Its output
+spend most of each training step re-encoding the same frames (DINOv2 ViT-S/14 is 92 % of a query's FLOPs beside
+the default 4-layer backbone). Its output
 depends only on the frame and the tower's weights, so behaviour cloning reads the features from this cache instead
 (the random-shift image augmentation is therefore off for such policies). Rollouts and evaluation run the tower
 live on the rendered frame.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,7 @@ def build_cache(
         meta = json.loads((folder / "meta.json").read_text())
         if set(names) <= {c[0] for c in meta["cameras"]} and meta["episodes"] == [e["file"] for e in episodes]:
             return folder
+        shutil.rmtree(folder)  # made for other cameras or other episodes: made again
     (folder / "episodes").mkdir(parents=True, exist_ok=True)
     todo = [e for e in episodes if not (folder / "episodes" / e["file"]).is_file()]
     frames = sum(e["length"] for e in todo)
