@@ -9,17 +9,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig
 
 import embodied_prune as ep
+from conftest import query, tiny_policy
 from embodied_prune.envs.manipulation.demos import load_demos
-from embodied_prune.envs.manipulation.tasks import TASKS
 from embodied_prune.errors import EmbodiedPruneError
 from embodied_prune.evaluation.manipulation import evaluate_manipulation
 from embodied_prune.models.vla import (
     TinyVLA,
     TinyVLAConfig,
-    build_tokenizer,
     compute_split,
     encode_instructions,
     load_vla,
@@ -28,32 +26,6 @@ from embodied_prune.models.vla import (
 from embodied_prune.pruning.structured import prune_structured
 from embodied_prune.pruning.unstructured import prune_unstructured
 from embodied_prune.training.manipulation import BCSettings, train_bc
-
-
-def tiny_policy(seed: int = 0, vision_layers: int = 0) -> tuple[TinyVLA, object]:
-    torch.manual_seed(seed)
-    tok = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
-    backbone = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tok),
-        tie_word_embeddings=False,
-    )
-    config = TinyVLAConfig(backbone_config=backbone, vision_dim=32, stem_channels=8, vision_layers=vision_layers)
-    return TinyVLA(config), tok
-
-
-def query(model, tok, batch: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    images = {
-        name: torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=g)
-        for name, size, _ in model.config.cameras
-    }
-    enc = encode_instructions(tok, ["push the puck to the green ball"] * batch, model.config.instruction_len)
-    return images, enc["input_ids"], enc["attention_mask"], torch.rand(batch, 4, generator=g)
 
 
 def test_token_layout_is_bos_visual_instruction_actions():

@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import LlamaConfig
 
-from embodied_prune.envs.manipulation.tasks import TASKS
+from conftest import query, tiny_policy
 from embodied_prune.models.builtin import builtin_path
 from embodied_prune.models.vla import (
     TOWER_CAMERAS,
@@ -21,7 +20,6 @@ from embodied_prune.models.vla import (
     VisionTower,
     build_tokenizer,
     compute_split,
-    encode_instructions,
     load_vla,
     save_vla,
 )
@@ -30,32 +28,8 @@ TOWER = "builtin:dinov2-small"
 
 
 def tower_policy(cameras=TOWER_CAMERAS, seed: int = 0) -> tuple[TinyVLA, object]:
-    torch.manual_seed(seed)
-    tok = build_tokenizer([TASKS.get(n).instruction for n in TASKS.names()])
-    backbone = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tok),
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-    )
-    config = TinyVLAConfig(
-        backbone_config=backbone, cameras=[list(c) for c in cameras], vision_dim=384, vision_tower=TOWER
-    )
-    return TinyVLA(config).eval(), tok
-
-
-def query(model, tok, batch: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    images = {
-        name: torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=g)
-        for name, size, _ in model.config.cameras
-    }
-    enc = encode_instructions(tok, ["push the puck to the green ball"] * batch, model.config.instruction_len)
-    return images, enc["input_ids"], enc["attention_mask"], torch.rand(batch, 4, generator=g)
+    model, tok = tiny_policy(seed, cameras=[list(c) for c in cameras], vision_dim=384, vision_tower=TOWER)
+    return model.eval(), tok
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +136,7 @@ def tower_demos(tmp_path_factory):
     from embodied_prune.envs.manipulation.render import cameras_for
 
     out = tmp_path_factory.mktemp("tower-demos") / "d"
-    cameras = cameras_for([list(c) for c in TOWER_CAMERAS])
+    cameras = cameras_for(TOWER_CAMERAS)
     return generate_demos(out, tasks="reach", episodes=1, progress=False, workers=1, cameras=cameras)
 
 

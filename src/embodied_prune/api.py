@@ -16,7 +16,6 @@ from .errors import EmbodiedPruneError
 from .io import check_output_dir
 from .models.checkpoint import load_model, load_tokenizer, read_side_file, resolve_model_path, save_model
 from .models.devices import (
-    cuda_free_bytes,
     default_device,
     default_dtype,
     dtype_name,
@@ -73,15 +72,15 @@ def _resolve(
 def _placement(spec, dtype, device, whole_model: bool) -> tuple[torch.device, torch.dtype]:
     """Where a spec is loaded (``device``, or the CPU when it does not fit a GPU's free memory) and in which
     dtype."""
-    from .models.checkpoint import checkpoint_nbytes
+    from .models.checkpoint import gpu_shortfall
 
     device = resolve_device(device or default_device() or "cpu")
     if dtype in (None, "auto") and default_dtype() is not None:
         dtype = default_dtype()  # an enclosing default placement (e.g. `experiment --dtype`) names one
     dtype = resolve_dtype(dtype, _source_dtype(spec), device, whole_model)
-    free = cuda_free_bytes(device)
-    need = checkpoint_nbytes(spec, dtype) if free is not None else None
-    if need is not None and need > 0.85 * free:
+    short = gpu_shortfall(spec, dtype, device)
+    if short is not None:
+        need, free = short
         if whole_model:
             raise EmbodiedPruneError(
                 f"{spec} needs {need / 2**30:.1f} GiB in {dtype}, more than {device}'s {free / 2**30:.1f} GiB free, "

@@ -61,12 +61,11 @@ def load_kwargs(spec: str, device, dtype) -> dict:
     """``load_model`` keywords for running ``spec`` whole on ``device``: the device itself, or, when the checkpoint
     does not fit a GPU's free memory, ``device_map="auto"`` (accelerate spreads it over the GPUs and host memory;
     said in one line)."""
-    from .models.checkpoint import checkpoint_nbytes
-    from .models.devices import cuda_free_bytes
+    from .models.checkpoint import gpu_shortfall
 
-    free = cuda_free_bytes(device)
-    need = checkpoint_nbytes(spec, dtype) if free is not None else None
-    if need is not None and need > 0.85 * free:
+    short = gpu_shortfall(spec, dtype, device)
+    if short is not None:
+        need, free = short
         print(
             f"{spec} needs {need / 2**30:.1f} GiB in {dtype}, more than {device} has free ({free / 2**30:.1f} GiB): "
             "spread over the GPUs and host memory (device_map=auto)"

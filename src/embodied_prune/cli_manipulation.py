@@ -42,7 +42,7 @@ def cmd_demos(a: argparse.Namespace) -> None:
             from .envs.manipulation.render import cameras_for
             from .models.vla import TOWER_CAMERAS
 
-            cameras = cameras_for([list(c) for c in TOWER_CAMERAS])
+            cameras = cameras_for(TOWER_CAMERAS)
         out = generate_demos(a.out, noise=a.noise, cameras=cameras, **common)
     meta = json.loads((out / "meta.json").read_text())
     steps = sum(e["length"] for e in meta["episodes"])

@@ -458,4 +458,15 @@ def checkpoint_nbytes(spec: str | os.PathLike, dtype: torch.dtype | None = None)
     return total
 
 
+def gpu_shortfall(spec: str | os.PathLike, dtype: torch.dtype, device: torch.device) -> tuple[int, int] | None:
+    """``(needed, free)`` bytes when the checkpoint ``spec`` held in ``dtype`` would take more than 85 % of the free
+    memory of the CUDA ``device`` (the rest is left for activations); None when it fits, when ``device`` is not a
+    GPU, or when its size cannot be told."""
+    from .devices import cuda_free_bytes
+
+    free = cuda_free_bytes(device)
+    need = checkpoint_nbytes(spec, dtype) if free is not None else None
+    return (need, free) if need is not None and need > 0.85 * free else None
+
+
 _SAFETENSORS_SIZES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -161,7 +161,7 @@ def ship(
         )
     s = settings or BCSettings(steps=BC_STEPS, patch=PATCH)
     # a policy seeing through a vision tower sees the cameras at the tower's sizes (224 px front: 256 patches)
-    cameras = cameras_for([list(c) for c in TOWER_CAMERAS]) if s.vision_tower else DEFAULT_CAMERAS
+    cameras = cameras_for(TOWER_CAMERAS) if s.vision_tower else DEFAULT_CAMERAS
     if not s.vision_tower:
         check_patch(s.patch, [c.size for c in cameras])  # before minutes of demonstrations, not after
     check_shape(s)

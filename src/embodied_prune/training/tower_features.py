@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..envs.manipulation.demos import demos_path
+from ..envs.manipulation.demos import DemoSet, check_cameras, demos_path, read_meta
 from ..errors import EmbodiedPruneError
 from ..io import atomic_write_text
 from ..models.vla import VisionTower
@@ -43,23 +43,6 @@ FOLDER = "tower_features"
 def cache_folder(demos: str | os.PathLike, tower: VisionTower) -> Path:
     """Where ``tower``'s features of the demonstration folder ``demos`` live."""
     return demos_path(demos) / FOLDER / tower.fingerprint()[:16]
-
-
-def _episodes(demos: Path) -> list[dict]:
-    meta_file = demos / "meta.json"
-    if not meta_file.is_file():
-        raise EmbodiedPruneError(f"{demos} is not a demonstration folder (no meta.json); make one with `demos`.")
-    return json.loads(meta_file.read_text())["episodes"]
-
-
-def _check_cameras(demos: Path, cameras: list[list]) -> None:
-    have = {(c["name"], c["size"]) for c in json.loads((demos / "meta.json").read_text())["cameras"]}
-    want = [(name, size) for name, size, *_ in cameras]
-    if not set(want) <= have:
-        raise EmbodiedPruneError(
-            f"{demos} was recorded through cameras {sorted(have)}, but the policy's tower sees {want}: record "
-            "demonstrations at the policy's camera sizes (generate_demos(..., cameras=cameras_for(cameras)))."
-        )
 
 
 def encode_frames(
@@ -86,12 +69,13 @@ def build_cache(
     demos = demos_path(demos)
     tower = VisionTower(tower_spec)
     folder = cache_folder(demos, tower)
-    episodes = _episodes(demos)
-    _check_cameras(demos, cameras)
+    meta = read_meta(demos)
+    check_cameras(DemoSet(meta, []), cameras, f"the demonstrations {demos}")
+    episodes = meta["episodes"]
     names = [c[0] for c in cameras]
     if (folder / "meta.json").is_file():
-        meta = json.loads((folder / "meta.json").read_text())
-        if set(names) <= {c[0] for c in meta["cameras"]} and meta["episodes"] == [e["file"] for e in episodes]:
+        cached = json.loads((folder / "meta.json").read_text())
+        if set(names) <= {c[0] for c in cached["cameras"]} and cached["episodes"] == [e["file"] for e in episodes]:
             return folder
         shutil.rmtree(folder)  # made for other cameras or other episodes: made again
     (folder / "episodes").mkdir(parents=True, exist_ok=True)
@@ -132,7 +116,7 @@ def load_cache(demos: str | os.PathLike, tower_spec: str, cameras: list[list]) -
         )
     names = [c[0] for c in cameras]
     out = []
-    for e in _episodes(demos):
+    for e in read_meta(demos)["episodes"]:
         with np.load(folder / "episodes" / e["file"]) as z:
             out.append({name: z[name] for name in names})
     return out

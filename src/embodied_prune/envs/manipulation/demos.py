@@ -276,8 +276,8 @@ def make_builtin_frames(work: str | os.PathLike, out: str | os.PathLike = BUILTI
     return calibration_frames(full, out, 4, note=note)
 
 
-def load_demos(path: str | os.PathLike) -> DemoSet:
-    """Load a demonstration folder written by :func:`generate_demos` (or :data:`BUILTIN_FRAMES`); clear errors
+def read_meta(path: str | os.PathLike) -> dict:
+    """The ``meta.json`` of a demonstration folder (or :data:`BUILTIN_FRAMES`), without its episodes; clear errors
     for anything else."""
     path = demos_path(path)
     meta_file = path / "meta.json"
@@ -286,6 +286,14 @@ def load_demos(path: str | os.PathLike) -> DemoSet:
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT_VERSION:
         raise EmbodiedPruneError(f"{meta_file} has format {meta.get('format')!r}; this version reads {FORMAT_VERSION}.")
+    return meta
+
+
+def load_demos(path: str | os.PathLike) -> DemoSet:
+    """Load a demonstration folder written by :func:`generate_demos` (or :data:`BUILTIN_FRAMES`); clear errors
+    for anything else."""
+    path = demos_path(path)
+    meta = read_meta(path)
     episodes = []
     for e in meta["episodes"]:
         with np.load(path / "episodes" / e["file"]) as z:

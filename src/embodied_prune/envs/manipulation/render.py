@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import mujoco
@@ -41,7 +42,7 @@ DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (FRONT, SIDE, WRIST)
 CAMERAS: dict[str, CameraSpec] = {c.name: c for c in DEFAULT_CAMERAS}
 
 
-def cameras_for(config_cameras: list[list]) -> tuple[CameraSpec, ...]:
+def cameras_for(config_cameras: Sequence[Sequence]) -> tuple[CameraSpec, ...]:
     """The camera specs a policy sees through: its config's ``[name, size, patch]`` entries, each placed
     as the named camera of :data:`CAMERAS` and rendered at the policy's image size."""
     unknown = [c[0] for c in config_cameras if c[0] not in CAMERAS]
