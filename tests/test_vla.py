@@ -226,6 +226,39 @@ def test_pruned_and_recovered_checkpoints_keep_the_source_dtype(tmp_path):
     assert stored_dtype(kept.path) == torch.float32
 
 
+def test_killed_behaviour_cloning_resumes_to_the_same_policy(tmp_path, demos, monkeypatch):
+    """A BC run killed after its step-4 checkpoint goes on from it: the same weights as an unbroken run, and the
+    record counts both segments' training time."""
+    from transformers import Trainer
+
+    settings = BCSettings(
+        steps=6, batch_size=4, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64, shift=0.0
+    )
+    whole = train_bc(demos, tmp_path / "whole", settings, progress=False)
+    step = Trainer.training_step
+
+    def killed_after_step_5(self, *args, **kwargs):
+        if self.state.global_step == 5:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", killed_after_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_bc(demos, tmp_path / "broken", settings, progress=False, checkpoint_every=2, resume=True)
+    assert not (tmp_path / "broken").exists()
+    assert [p.name for p in (tmp_path / ".broken.trainer").glob("checkpoint-*")] == ["checkpoint-4"]
+    monkeypatch.setattr(Trainer, "training_step", step)
+    resumed = train_bc(demos, tmp_path / "broken", settings, progress=False, checkpoint_every=2, resume=True)
+    assert not (tmp_path / ".broken.trainer").exists()
+    record = json.loads((resumed / "embodied_prune.json").read_text())["history"][-1]
+    assert record["segments"] == 2 and 0 < record["resumed_wall_s"] < record["wall_s"]
+    a, b = load_vla(whole)[0].state_dict(), load_vla(resumed)[0].state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # without resume a killed run's checkpoints are not taken up: a fresh run, one segment
+    again = train_bc(demos, tmp_path / "again", settings, progress=False, checkpoint_every=2)
+    assert json.loads((again / "embodied_prune.json").read_text())["history"][-1]["segments"] == 1
+
+
 def test_behaviour_cloning_and_closed_loop_smoke(tmp_path, demos):
     settings = BCSettings(steps=2, batch_size=4, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=128)
     policy = train_bc(demos, tmp_path / "vla", settings, progress=False)

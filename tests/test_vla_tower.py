@@ -154,9 +154,11 @@ def test_cached_features_equal_the_live_tower(tower_demos, policy):
     model, _ = policy
     folder = build_cache(tower_demos, TOWER, model.config.cameras, progress=False)
     assert folder == cache_folder(tower_demos, VisionTower(TOWER))
-    assert json.loads((folder / "meta.json").read_text())["sha256"] == VisionTower(TOWER).fingerprint()
-    (cached,) = load_cache(tower_demos, TOWER, model.config.cameras)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["sha256"] == VisionTower(TOWER).fingerprint()
     (episode,) = load_demos(tower_demos).episodes
+    assert meta["wall_s"] > 0 and meta["timed_frames"] == len(episode["action"])  # the encoding time is kept
+    (cached,) = load_cache(tower_demos, TOWER, model.config.cameras)
     steps = [0, len(episode["action"]) // 2, len(episode["action"]) - 1]
     images = {name: torch.from_numpy(episode[name][steps]) for name, _, _ in model.config.cameras}
     live = model.tower_features(images)
@@ -170,6 +172,7 @@ def test_cached_features_equal_the_live_tower(tower_demos, policy):
     os.remove(folder / "meta.json")
     build_cache(tower_demos, TOWER, model.config.cameras, progress=False)
     assert file.stat().st_mtime_ns == stamp and (folder / "meta.json").is_file()
+    assert json.loads((folder / "meta.json").read_text())["wall_s"] == meta["wall_s"]  # summed over both runs
 
 
 def test_load_cache_refuses_a_missing_cache(tmp_path, demos):

@@ -70,8 +70,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise EmbodiedPruneError(
             "--stage, --beta, --anchor and --lora are for train driving; manipulation trains by behaviour cloning."
         )
-    if a.prune_to is not None or a.save_every or a.resume:
-        raise EmbodiedPruneError("--prune-to, --save-every and --resume are for train driving (for now).")
+    if a.prune_to is not None:
+        raise EmbodiedPruneError("--prune-to is for train driving (pruning during RL); prune a policy with `prune`.")
     given = {
         "learning_rate": a.learning_rate,
         "steps": a.max_steps,
@@ -93,7 +93,16 @@ def cmd_train(a: argparse.Namespace) -> None:
     bf16 = a.bf16 or autocast == torch.bfloat16
     s = BCSettings(seed=a.seed, bf16=bf16, **{k: v for k, v in given.items() if v is not None})
     with default_placement(device):
-        path = train_bc(a.demos, a.out, s, overwrite=a.overwrite, progress=not a.quiet, init=a.init)
+        path = train_bc(
+            a.demos,
+            a.out,
+            s,
+            overwrite=a.overwrite,
+            progress=not a.quiet,
+            init=a.init,
+            checkpoint_every=a.save_every,
+            resume=a.resume,
+        )
     record = json.loads((path / "embodied_prune.json").read_text())["history"][-1]
     print(f"trained the VLA policy in {record['wall_s']:.0f} s → {path}")
     print(f"evaluate it: embodied-prune eval manipulation --model {path}")

@@ -47,7 +47,14 @@ from ..models.checkpoint import load_model, load_tokenizer, read_side_file, reso
 from ..models.devices import trainer_precision
 from ..schedules.callback import PruningCallback
 from .controller import build_controller, train_tokenizer
-from .runs import WallClock, prepare_run, use_compact_progress
+from .runs import (
+    WallClock,
+    checkpointing_args,
+    last_checkpoint,
+    prepare_run,
+    train_keeping_checkpoints,
+    use_compact_progress,
+)
 
 N_TRAIN = 4000
 
@@ -254,7 +261,7 @@ def train_sft(
         **trainer_precision(_training_device(device), autocast),
         activation_checkpointing=False,
         report_to=[],
-        **_checkpointing(checkpoint_every),
+        **checkpointing_args(checkpoint_every),
         logging_steps=25,
         seed=s.seed,
         data_seed=s.seed,
@@ -274,7 +281,7 @@ def train_sft(
         if isinstance(cb, PruningCallback):
             cb.attach(trainer)  # several processes: the callback keeps DDP in step with its cuts
     use_compact_progress(trainer, ("loss", "mean_token_accuracy"), progress and trainer.accelerator.is_main_process)
-    _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
+    train_keeping_checkpoints(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
     record = {
         "op": "train",
         "stage": "sft",
@@ -442,7 +449,7 @@ def train_grpo(
         **trainer_precision(_training_device(device), autocast),  # see train_sft
         activation_checkpointing=False,
         report_to=[],
-        **_checkpointing(checkpoint_every),
+        **checkpointing_args(checkpoint_every),
         logging_steps=10,
         seed=s.seed,
         data_seed=s.seed,
@@ -479,7 +486,7 @@ def train_grpo(
         keys += ("rewards/decision_correct/mean",) if s.decision else ()
         keys += ("anchor_loss",) if s.anchor_coef else ()
         use_compact_progress(trainer, keys, progress and trainer.accelerator.is_main_process)
-        _train(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
+        train_keeping_checkpoints(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
     finally:
         rewards.scorer.close()
     record = {
@@ -526,37 +533,15 @@ def _lora_config(rank: int):
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def _checkpointing(every: int) -> dict[str, Any]:
-    if every < 0:
-        raise EmbodiedPruneError(f"checkpoint_every is a number of steps (0 = no checkpoints); got {every}.")
-    return {"save_strategy": "steps", "save_steps": every} if every else {"save_strategy": "no"}
-
-
 def _resume_point(scratch: str, resume: bool, callbacks: list[TrainerCallback] | None, model) -> str | None:
     """The last trainer checkpoint in ``scratch`` when resuming (None: start afresh); a pruning callback
     takes up its cuts on ``model`` first, so that the checkpoint's weights fit."""
-    found = sorted(Path(scratch).glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
-    if not resume or not found:
-        if resume:
-            print(f"no checkpoint in {scratch} to resume from; starting afresh", flush=True)
-        return None
-    for cb in callbacks or []:
-        if isinstance(cb, PruningCallback):
-            cb.restore(found[-1], model)
-    return str(found[-1])
-
-
-def _train(trainer, scratch: str, resume_from: str | None, keep_scratch: bool) -> None:
-    """``trainer.train()``. On failure the scratch folder goes too (nothing half-written stays) unless it
-    holds checkpoints to resume from."""
-    import shutil
-
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except BaseException:
-        if not keep_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-        raise
+    found = last_checkpoint(scratch, resume)
+    if found is not None:
+        for cb in callbacks or []:
+            if isinstance(cb, PruningCallback):
+                cb.restore(Path(found), model)
+    return found
 
 
 def _pruning_record(callbacks: list[TrainerCallback] | None) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +43,14 @@ from ..models.vla import (
     patch_fits,
     save_vla,
 )
-from .runs import prepare_run, use_compact_progress
+from .runs import (
+    WallClock,
+    checkpointing_args,
+    last_checkpoint,
+    prepare_run,
+    train_keeping_checkpoints,
+    use_compact_progress,
+)
 from .tower_features import build_cache, load_cache
 
 
@@ -241,11 +247,16 @@ def train_bc(
     progress: bool = True,
     save_dtype: torch.dtype = torch.float32,
     init: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> Path:
     """Train a policy on the demonstration folder ``demos`` (or several: a list or a comma-separated
     string, e.g. demonstrations plus a policy's labelled rollouts); save it to ``out`` (weights in
     ``save_dtype``). With ``init`` (a policy folder) that policy is fine-tuned instead of a fresh one
-    built, and the settings' shape fields are ignored."""
+    built, and the settings' shape fields are ignored. ``checkpoint_every`` / ``resume``: resumable
+    training (:func:`fit`); the checkpoints live in ``.<out name>.trainer`` beside ``out`` until it is saved.
+    A resumed run must be given the same demonstrations and settings (the checkpoint's shapes are not
+    those of another policy, and its data position means nothing for other data)."""
     s = settings or BCSettings()
     if not 0.0 < s.visual_keep <= 1.0:
         raise EmbodiedPruneError(f"visual_keep must be in (0, 1] (--visual-keep), got {s.visual_keep}.")
@@ -274,8 +285,19 @@ def train_bc(
             features += load_cache(folder, model.config.vision_tower, model.config.cameras)
     cfg = model.config
     data = DemoSteps(demo_set, tokenizer, cfg.chunk, cfg.instruction_len, s.shift, s.seed, features)
-    t0 = time.time()
-    model = fit(model, data, s.steps, s.batch_size, s.learning_rate, s.seed, scratch, progress, bf16=s.bf16)
+    model, clock = fit(
+        model,
+        data,
+        s.steps,
+        s.batch_size,
+        s.learning_rate,
+        s.seed,
+        scratch,
+        progress,
+        bf16=s.bf16,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
     record = {
         "op": "train",
         "stage": "bc",
@@ -284,7 +306,9 @@ def train_bc(
         "samples": len(data),
         "aux_loss": data.aux is not None and model.aux_head is not None,
         **asdict(s),
-        "wall_s": time.time() - t0,
+        "wall_s": clock.elapsed(),
+        "segments": clock.segments,
+        "resumed_wall_s": clock.prior,
     }
     return save_vla(model.to(save_dtype), tokenizer, out, history=[record], overwrite=overwrite)
 
@@ -299,7 +323,9 @@ def fit(
     scratch: str,
     progress: bool,
     bf16: bool = False,
-):
+    checkpoint_every: int = 0,
+    resume: bool = False,
+) -> tuple[torch.nn.Module, WallClock]:
     """Train ``model`` (any module whose forward takes a collated batch and returns ``{"loss": …}``) on
     ``data`` for ``steps`` AdamW steps with a cosine schedule, through ``transformers.Trainer``.
 
@@ -307,7 +333,12 @@ def fit(
     master weights and AdamW state staying fp32: on a CPU with AVX512-BF16 a step of the default policy
     is 1.1–1.3× faster, to the same held-out error after 600 steps; its effect on closed-loop success is
     not established (a bf16-trained candidate did worse, with other changes; docs/manipulation.md).
-    Without bfloat16 support in the hardware it is slower, not faster."""
+    Without bfloat16 support in the hardware it is slower, not faster.
+
+    ``checkpoint_every`` > 0 saves a trainer checkpoint (weights, AdamW state, schedule, data position) every
+    that many steps into ``scratch``, kept when the run fails or is killed; ``resume`` then goes on from the
+    last one (a run killed at step 2,000 of 3,000 redoes at most ``checkpoint_every`` steps). Returns the
+    trained model and the run's wall clock (summed over resumed segments)."""
     args = TrainingArguments(
         output_dir=scratch,
         max_steps=steps,
@@ -318,7 +349,8 @@ def fit(
         weight_decay=0.01,
         **trainer_precision(default_device() or torch.device("cpu"), torch.bfloat16 if bf16 else None),
         report_to=[],
-        save_strategy="no",
+        **checkpointing_args(checkpoint_every),
+        save_total_limit=1,
         logging_steps=25,
         seed=seed,
         data_seed=seed,
@@ -326,13 +358,15 @@ def fit(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
+    resume_from = last_checkpoint(scratch, resume)
+    if resume_from is None:
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed run's checkpoints, not asked for: start clean
+    clock = WallClock(resume_from)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[clock])
     use_compact_progress(trainer, ("loss",), progress)
-    try:
-        trainer.train()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return trainer.model
+    train_keeping_checkpoints(trainer, scratch, resume_from, keep_scratch=checkpoint_every > 0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return trainer.model, clock
 
 
 def policy_calibration(

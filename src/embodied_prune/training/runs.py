@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from ..errors import EmbodiedPruneError
 from ..io import check_output_dir
 
 
@@ -59,6 +62,35 @@ class WallClock(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
             (folder / self.FILE).write_text(json.dumps({"wall_s": self.elapsed(), "segments": self.segments}))
+
+
+def checkpointing_args(every: int) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields of a resumable checkpoint every ``every`` steps (0: no checkpoints)."""
+    if every < 0:
+        raise EmbodiedPruneError(f"checkpoint_every is a number of steps (0 = no checkpoints); got {every}.")
+    return {"save_strategy": "steps", "save_steps": every} if every else {"save_strategy": "no"}
+
+
+def last_checkpoint(scratch: str | os.PathLike, resume: bool) -> str | None:
+    """The last trainer checkpoint in ``scratch`` when resuming (None: start afresh, and say so when a resume
+    was asked for and there is nothing to resume)."""
+    found = sorted(Path(scratch).glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
+    if not resume or not found:
+        if resume:
+            print(f"no checkpoint in {scratch} to resume from; starting afresh", flush=True)
+        return None
+    return str(found[-1])
+
+
+def train_keeping_checkpoints(trainer, scratch: str, resume_from: str | None, keep_scratch: bool) -> None:
+    """``trainer.train()``. On failure the scratch folder goes too (nothing half-written stays) unless it
+    holds checkpoints to resume from."""
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except BaseException:
+        if not keep_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 def prepare_run(out: str | os.PathLike, overwrite: bool, seed: int) -> str:

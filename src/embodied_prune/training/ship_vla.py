@@ -54,6 +54,7 @@ PATCH = 16
 
 
 STAGES_FILE = "stages.json"
+CHECKPOINT_EVERY = 100  # BC / DAgger steps between trainer checkpoints when the work folder is kept
 
 
 def borrowed_data(work: Path) -> tuple[list[Path], dict]:
@@ -118,9 +119,16 @@ class _Stages:
                 del self.saved["stages"][later]
         t0 = time.time()
         extra = make(folder) or {}
-        self.saved["stages"][name] = {"wall_s": time.time() - t0, **extra}
+        # a stage resumed from a killed run's trainer checkpoint also spent that run's training time
+        self.saved["stages"][name] = {"wall_s": time.time() - t0 + extra.get("resumed_wall_s", 0.0), **extra}
         atomic_write_text(self.file, json.dumps(self.saved, indent=2))
         return folder, self.saved["stages"][name]
+
+
+def _resumed(policy: Path) -> dict:
+    """The training time an earlier, killed run of this stage spent before the checkpoint it resumed from."""
+    last = json.loads((policy / "embodied_prune.json").read_text())["history"][-1]
+    return {"resumed_wall_s": last["resumed_wall_s"], "segments": last["segments"]} if last["segments"] > 1 else {}
 
 
 def ship(
@@ -172,6 +180,9 @@ def ship(
         "dagger_episodes": dagger_episodes,
         "dagger_steps": dagger_steps,
     }
+    # a kept work folder makes training resumable inside a stage too: a trainer checkpoint every CHECKPOINT_EVERY
+    # steps (a killed BC run of an hour redoes a few minutes, not the hour)
+    run = {"checkpoint_every": CHECKPOINT_EVERY, "resume": True} if work is not None else {}
     with contextlib.ExitStack() as stack:
         if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -191,8 +202,9 @@ def ship(
             record = {"data_from": {"work": str(data_from), **data}}
             folders = list(borrowed)
 
-        def behaviour_cloning(folder: Path, data: tuple = tuple(folders)) -> None:
-            train_bc(list(data) if len(data) > 1 else data[0], folder, s, overwrite=True, progress=progress)
+        def behaviour_cloning(folder: Path, data: tuple = tuple(folders)) -> dict:
+            train_bc(list(data) if len(data) > 1 else data[0], folder, s, overwrite=True, progress=progress, **run)
+            return _resumed(folder)
 
         policy, info = stages.run("bc", behaviour_cloning)
         record["bc"] = {"steps": s.steps, "wall_s": info["wall_s"]}
@@ -208,8 +220,9 @@ def ship(
             corr, collect = stages.run(f"corrections{r}", rollouts)
             folders.append(corr)
 
-            def fine_tune(folder: Path, init: Path = policy, data: tuple = tuple(folders)) -> None:
-                train_bc(list(data), folder, tune, overwrite=True, progress=progress, init=init)
+            def fine_tune(folder: Path, init: Path = policy, data: tuple = tuple(folders)) -> dict:
+                train_bc(list(data), folder, tune, overwrite=True, progress=progress, init=init, **run)
+                return _resumed(folder)
 
             policy, trained = stages.run(f"round{r}", fine_tune)
             rounds.append(

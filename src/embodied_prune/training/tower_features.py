@@ -11,8 +11,10 @@ Layout, inside the demonstration folder (``FORMAT`` 1)::
 
     tower_features/<first 16 hex digits of the tower's SHA-256>/
         meta.json             {"format": 1, "tower": spec, "sha256": full hash, "dtype": "float16",
-                               "cameras": [[name, size], ...], "hidden_size": 384, "episodes": [file, ...]}
-        episodes/<file>.npz   per camera one float16 (T, patches, hidden) array, the episode's frames in order
+                               "cameras": [[name, size], ...], "hidden_size": 384, "episodes": [file, ...],
+                               "wall_s": encoding seconds, "timed_frames": frames they cover, "device": ...}
+        episodes/<file>.npz   per camera one float16 (T, patches, hidden) array, the episode's frames in order,
+                              and ``_seconds``: the time they took to encode
 
 The folder name versions the cache by the tower's weights (other weights, another folder). ``meta.json`` is written
 last: a folder without it is unfinished, and a later call resumes it episode by episode (each episode's file is
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from ..models.vla import VisionTower
 
 FORMAT = 1
 FOLDER = "tower_features"
+SECONDS = "_seconds"  # beside the cameras in each episode's file: the time its frames took to encode
 
 
 def cache_folder(demos: str | os.PathLike, tower: VisionTower) -> Path:
@@ -83,14 +87,21 @@ def build_cache(
     frames = sum(e["length"] for e in todo)
     bar = tqdm(total=frames, unit="frame", desc=f"{tower_spec} features", disable=not progress)
     for e in todo:
+        t0 = time.perf_counter()
         with np.load(demos / "episodes" / e["file"]) as z:
             arrays = {name: encode_frames(tower, z[name], device, batch_size) for name in names}
+        arrays[SECONDS] = np.float64(time.perf_counter() - t0)
         final = folder / "episodes" / e["file"]
         tmp = final.with_name(f".{final.name}.tmp.npz")
         np.savez(tmp, **arrays)  # uncompressed: features barely compress, and loading stays fast
         os.replace(tmp, final)
         bar.update(e["length"])
     bar.close()
+    seconds = []  # each episode's encoding time, summed over the runs that made the cache (resumed or not)
+    for e in episodes:
+        with np.load(folder / "episodes" / e["file"]) as z:
+            if SECONDS in z.files:
+                seconds.append((e["length"], float(z[SECONDS])))
     meta = {
         "format": FORMAT,
         "tower": tower_spec,
@@ -99,6 +110,9 @@ def build_cache(
         "cameras": [[name, size] for name, size, *_ in cameras],
         "hidden_size": tower.hidden_size(),
         "episodes": [e["file"] for e in episodes],
+        "wall_s": sum(t for _, t in seconds),
+        "timed_frames": sum(n for n, _ in seconds),
+        "device": str(device),
     }
     atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1) + "\n")
     return folder
