@@ -106,6 +106,27 @@ def test_compute_split_names_the_tower(policy):
     assert sum(split[k] for k in ("tower", "vision", "backbone", "action_head")) == pytest.approx(1.0)
 
 
+def test_token_pruners_run_on_the_towers_tokens(policy):
+    """The token study's query runs on a tower policy: keeping every token is the model's own forward, and
+    SpecPrune-VLA, FastV and random drop keep their budgets of the tower's 384 visual tokens."""
+    from embodied_prune.tokens import FastV, RandomDrop, SpecPrune, TokenPruner, pruned_query
+    from embodied_prune.tokens.pruners import SpecPruneSettings
+
+    model, tok = policy
+    q = query(model, tok, batch=1, seed=3)
+    spec = SpecPruneSettings(prune_layer=1, global_layers=(1,), layer_dynamic=(), cameras=model.config.cameras)
+    with torch.no_grad():
+        ref = model(*q, bos_id=tok.bos_token_id)["actions"]
+        assert torch.equal(pruned_query(model, TokenPruner(), *q, bos_id=tok.bos_token_id), ref)
+        for pruner in (FastV(keep=96), RandomDrop(keep=96, seed=1), SpecPrune(keep=96, settings=spec)):
+            out = pruned_query(model, pruner, *q, bos_id=tok.bos_token_id)
+            assert out.shape == ref.shape and not torch.equal(out, ref)
+            kept = pruner.queries[-1].visual_per_layer
+            assert len(kept) == 2 and kept[0] in (96, 384)
+            # SpecPrune keeps the union of its global, dynamic and local sets: at least its budget, not all
+            assert kept[1] == 96 if not isinstance(pruner, SpecPrune) else 96 <= kept[1] < 384
+
+
 def test_cameras_the_tower_cannot_cut_are_refused():
     with pytest.raises(ValueError, match="multiple of 14"):
         tower_policy(cameras=(("front", 224, 14), ("side", 64, 8)))

@@ -262,14 +262,17 @@ def train_bc(
         raise EmbodiedPruneError(f"visual_keep must be in (0, 1] (--visual-keep), got {s.visual_keep}.")
     if init is None:
         check_shape(s)  # a fine-tuned policy keeps its own shape
-    demo_set = load_demo_folders(demos)
+        tower = s.vision_tower
+    else:
+        model, tokenizer = load_vla(init)
+        model = model.float()
+        tower = model.config.vision_tower
+    demo_set = load_demo_folders(demos, images=not tower)  # a tower policy trains on cached features
     if init is None and s.vision_tower:
         check_tower_sizes([c["size"] for c in demo_set.meta["cameras"]])
     elif init is None:
         check_patch(s.patch, [c["size"] for c in demo_set.meta["cameras"]])
     else:
-        model, tokenizer = load_vla(init)
-        model = model.float()
         check_cameras(demo_set, model.config.cameras, f"the demonstrations {demos}")
     scratch = prepare_run(out, overwrite, s.seed)
     if init is None:

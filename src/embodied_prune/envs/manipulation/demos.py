@@ -289,15 +289,17 @@ def read_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
-def load_demos(path: str | os.PathLike) -> DemoSet:
+def load_demos(path: str | os.PathLike, images: bool = True) -> DemoSet:
     """Load a demonstration folder written by :func:`generate_demos` (or :data:`BUILTIN_FRAMES`); clear errors
-    for anything else."""
+    for anything else. ``images=False`` leaves the camera frames on disk (a policy trained from a vision tower's
+    cached features needs only actions, proprioception and positions: a fifth of the memory)."""
     path = demos_path(path)
     meta = read_meta(path)
+    skip = set() if images else {c["name"] for c in meta["cameras"]}
     episodes = []
     for e in meta["episodes"]:
         with np.load(path / "episodes" / e["file"]) as z:
-            episodes.append({k: z[k] for k in z.files} | {"task": e["task"]})
+            episodes.append({k: z[k] for k in z.files if k not in skip} | {"task": e["task"]})
     return DemoSet(meta, episodes)
 
 
@@ -310,14 +312,14 @@ def demo_folders(paths: str | os.PathLike | list) -> list:
     return [paths]
 
 
-def load_demo_folders(paths: str | os.PathLike | list) -> DemoSet:
+def load_demo_folders(paths: str | os.PathLike | list, images: bool = True) -> DemoSet:
     """One folder (:func:`load_demos`) or several (a list, or a comma-separated string) as one set: their
     episodes in order, their tasks joined; the folders must share cameras."""
     folders = demo_folders(paths)
     if len(folders) == 1 and not isinstance(paths, list | tuple):
-        return load_demos(folders[0])
+        return load_demos(folders[0], images)
     paths = folders
-    sets = [load_demos(p) for p in paths]
+    sets = [load_demos(p, images) for p in paths]
     first = sets[0].meta
     for p, d in zip(paths[1:], sets[1:], strict=True):
         if d.meta["cameras"] != first["cameras"]:
