@@ -72,8 +72,10 @@ def safety_lines(cells: dict[str, dict]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    a = study_parser(__doc__, config="gluestick_vla.yaml", out="gluestick", cells="gluestick_vla_cells").parse_args()
+def main(argv: list[str] | None = None, name: str = "gluestick_vla", out: str = "gluestick") -> None:
+    """The study on ``configs/<name>.yaml``, its runs in ``runs/<out>``, its cells in ``results/<name>_cells``, its
+    result and plots named ``name``."""
+    a = study_parser(__doc__, config=f"{name}.yaml", out=out, cells=f"{name}_cells").parse_args(argv)
     from embodied_prune.experiments.gluestick import run_gluestick_experiment
 
     t0 = time.time()
@@ -84,7 +86,7 @@ def main() -> None:
     summary = json.loads((out / "summary.json").read_text())
     cells = summary["cells"]
     for plot in ("success_vs_extra.png", "violations_vs_extra.png"):
-        shutil.copy(out / plot, RESULTS / f"gluestick_vla_{plot}")
+        shutil.copy(out / plot, RESULTS / f"{name}_{plot}")
     machines = sorted({s["machine"] for s in store.sessions() if s["cells_evaluated"]})
     eval_h = sum(d.get("eval_s", 0.0) for d in cells.values()) / 3600
     body = (
@@ -107,12 +109,14 @@ def main() -> None:
         f"invocation(s) of the command (log: {os.path.relpath(store.folder / 'sessions.jsonl', ROOT)}; the command's "
         "own time below covers only the last). The first table's query ms comes from each cell's own evaluation "
         "(2 worker processes on 2 cores, under that run's load and at its time); the side-by-side table is the "
-        "latency of record. Machines: " + "; ".join(machines) + ". Plots: benchmarks/results/"
-        "gluestick_vla_success_vs_extra.png, gluestick_vla_violations_vs_extra.png.\n"
+        "latency of record. Machines: " + "; ".join(machines) + f". Plots: benchmarks/results/{name}_success_vs_"
+        f"extra.png, {name}_violations_vs_extra.png.\n"
     )
     write_result(
-        "gluestick_vla",
-        "GLUESTICK on the shipped VLA (pruned backbone, recovery vs LoRA)",
+        name,
+        "GLUESTICK on the shipped VLA (pruned backbone, recovery vs LoRA)"
+        if name == "gluestick_vla"
+        else f"GLUESTICK on {cfg['model']} (pruned backbone, recovery)",
         body,
         summary,
         time.time() - t0,
