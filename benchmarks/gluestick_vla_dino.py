@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 import gluestick_vla
+
 from embodied_prune.errors import EmbodiedPruneError
 
 if __name__ == "__main__":
