@@ -154,7 +154,10 @@ def ship(
     ``work``, a temporary folder unless given. A given ``work`` folder is kept, and a later call with the
     same recipe (more rounds allowed) continues after the last stage it finished; its record names the
     reused stages, and its wall times are those measured when each stage was made. A stage whose folder
-    was deleted is made again, and so is every stage after it.
+    was deleted is made again, and so is every stage after it. Inside a stage, training keeps a trainer
+    checkpoint every ``CHECKPOINT_EVERY`` steps in ``work``: a killed run goes on from the last one, and the
+    stage's time adds the training time spent before it (``resumed_wall_s``; time spent on the tower feature
+    cache before the kill is recorded in the cache's own ``meta.json``).
 
     With ``data_from`` (another run's ``work`` folder) no demonstrations are recorded (``episodes`` and ``noise``
     are unused): behaviour cloning and the rounds train on that run's demonstrations and rollouts
