@@ -82,10 +82,26 @@ def ship_command(train: dict) -> str:
     return own if first is None else f"{first} && {own}"
 
 
+def feature_cost(train: dict, tower: str) -> str:
+    """The tower feature caches' encoding time (``tower_features`` meta.json, kept summed over resumed builds) of
+    the demonstration folders the policy was trained on, where they still exist on this machine; part of the
+    behaviour-cloning and DAgger stages' times."""
+    folders = train["demos"] if isinstance(train["demos"], list) else [train["demos"]]
+    metas = [json.loads(f.read_text()) for d in folders for f in Path(d).glob("tower_features/*/meta.json")]
+    metas = [m for m in metas if m["tower"] == tower and "wall_s" in m]
+    if not metas:
+        return ""
+    s, n = sum(m["wall_s"] for m in metas), sum(m["timed_frames"] for m in metas)
+    return (
+        f" (the tower's features of the training frames, cached once: {s / 60:.1f} min for the {n:,} frames timed, "
+        f"{n / s:.1f} frames/s, inside those stages' times)"
+    )
+
+
 def query_ms(model, tokenizer, repeats: int = 20) -> dict[str, float]:
     """Median milliseconds (one torch thread) of one query's parts for a tower policy: the tower on every camera,
-    the rest of the query from the tower's features (camera embeddings, projector, backbone, action head), and the
-    backbone alone on the query's embedded sequence."""
+    the rest of the query from the tower's features (camera embeddings, projector, backbone, action head), the
+    projector alone on every camera's patch features, and the backbone alone on the query's embedded sequence."""
     import statistics
 
     import torch
@@ -100,9 +116,11 @@ def query_ms(model, tokenizer, repeats: int = 20) -> dict[str, float]:
         proprio = torch.zeros(1, model.config.proprio_dim)
         bos = tokenizer.bos_token_id
         features = model.tower_features(images)
+        patches = torch.cat([features[n] for n, *_ in model.config.cameras], dim=1)
         x, mask = model.build_inputs(None, enc["input_ids"], enc["attention_mask"], proprio, bos, features)
         parts = {
             "tower": lambda: model.tower_features(images),
+            "projector": lambda: model.projector(patches),
             "rest": lambda: model(None, enc["input_ids"], enc["attention_mask"], proprio, bos, features=features),
             "backbone": lambda: model.backbone(inputs_embeds=x, attention_mask=mask, use_cache=False),
         }
@@ -195,9 +213,9 @@ def main() -> None:
             f"behaviour cloning {train['wall_s'] / 60:.1f} min ({train['steps']} steps of {train['batch_size']}"
             f"{dropout})"
         )
-    reused = ""
+    reused = feature_cost(train, model.config.vision_tower) if timed is not None else ""
     if "reused_stages" in train:  # ship_vla --work continued an earlier run: those stages' times were measured then
-        reused = (
+        reused += (
             f" (stages {', '.join(train['reused_stages']['stages'])} were made by an earlier run of the same "
             "recipe and reused through `--work`; their times are the ones measured then)"
         )
@@ -208,7 +226,8 @@ def main() -> None:
             f"The frozen tower `{model.config.vision_tower}` (not counted in the parameters; run once per query on "
             f"every camera) is {100 * split['tower']:.0f} % of the FLOPs. Timed (median of 20 queries, one torch "
             f"thread): tower {timed['tower']:.1f} ms, the rest of the query {timed['rest']:.1f} ms, of which the "
-            f"backbone {timed['backbone']:.1f} ms; token pruning shortens only the backbone, so even removing all of "
+            f"projector {timed['projector']:.1f} ms and the backbone {timed['backbone']:.1f} ms; token pruning "
+            "shortens only the backbone, so even removing all of "
             f"it would speed a query up at most {total / (total - timed['backbone']):.2f}×. "
         )
     body = (
