@@ -508,7 +508,7 @@ def test_eval_cli_rejects_a_malformed_file(smoke_controllers, tmp_path, capsys):
         ("train driving --stage sft --prune-to 1.5 --out {out}", "outside [0, 1)"),
         ("train driving --stage sft --prune-to 0.5 --schedule cosine --out {out}", "invalid choice"),
         ("train driving --stage sft --prune-to 0.5 --taylor-data rollouts --out {out}", "invalid choice"),
-        ("train manipulation --demos x --prune-to 0.5 --out {out}", "are for train driving"),
+        ("train manipulation --demos x --prune-to 0.5 --out {out}", "is for train driving"),
         ("eval driving --model builtin:tinylm --episodes 0", "--episodes"),
         ("eval driving --model builtin:tinylm --limit 0", "--limit"),
         ("eval driving --model builtin:tinylm --split test --instructions x.jsonl", "not both"),
