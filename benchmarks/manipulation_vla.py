@@ -86,7 +86,8 @@ def feature_cost(train: dict, tower: str) -> str:
     """The tower feature caches' encoding time (``tower_features`` meta.json, kept summed over resumed builds) of
     the demonstration folders the policy was trained on, where they still exist on this machine; part of the
     behaviour-cloning and DAgger stages' times."""
-    folders = train["demos"] if isinstance(train["demos"], list) else [train["demos"]]
+    demos = train.get("demos") or []
+    folders = demos if isinstance(demos, list) else [demos]
     metas = [json.loads(f.read_text()) for d in folders for f in Path(d).glob("tower_features/*/meta.json")]
     metas = [m for m in metas if m["tower"] == tower and "wall_s" in m]
     if not metas:
